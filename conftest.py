@@ -1,0 +1,13 @@
+"""Test-session defaults (pytest reads this before collecting tests and the notebook).
+
+The notebook re-executed by nbval reads these: CIFARKIT_SMOKE=1 trains for a handful of batches so the
+re-run takes minutes on a CPU, and CIFARKIT_DATA points at the offline copy of CIFAR-10 when it exists.
+"""
+import os
+from pathlib import Path
+
+os.environ.setdefault("CIFARKIT_SMOKE", "1")
+_shared = Path(__file__).resolve().parent / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
+if _shared.exists():
+    os.environ.setdefault("CIFARKIT_DATA", str(_shared.resolve()))
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,6 @@
+"""`python -m cifarkit ...`"""
+import sys
+
+from .cli import main
+
+sys.exit(main())

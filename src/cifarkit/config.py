@@ -1,0 +1,152 @@
+"""Constants and the training configuration.
+
+Every default carries a one-line comment saying what it is and why. A config is printed at the start of
+a run and saved as ``config.json`` next to its results, so a run folder always says how it was made.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# CIFAR-10 label order 0..9 (also the alphabetical order of the ImageFolder class folders).
+CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
+                            "dog", "frog", "horse", "ship", "truck")
+# Per-channel mean / std of the original CIFAR-10 training set, RGB, for pixels scaled to [0, 1].
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
+
+SCHEDULES = ("onecycle", "linear", "constant")  # learning-rate schedules `engine.make_scheduler` knows
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks the fastest safe one
+TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation used by `evaluate`
+FLIP_MODES = ("random", "alternate", "none")     # training flips: per image, or airbench's alternating
+PAD_MODES = ("zeros", "reflect")                 # how the random crop pads the image
+
+
+class CifarkitError(Exception):
+    """Base of every error cifarkit raises for bad input; its message is one line meant for a person."""
+
+
+class ConfigError(CifarkitError, ValueError):
+    """An invalid configuration value; the message names the field and the allowed values."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the recommended recipe for the seed network."""
+
+    # --- what to train ---
+    model: str = "seed"                 # name in `models.MODELS`
+    dropout: float = 0.0                # dropout after every conv block; the seed used 0.1, 0 trains better
+    # --- data ---
+    data: str | None = None             # None: torchvision download into `data_root`; else a folder or archive
+    data_root: str = "./data"           # where torchvision's CIFAR-10 is downloaded when `data` is None
+    limit_train: int | None = None      # class-balanced, seeded subset of N training images (quick runs)
+    limit_test: int | None = None       # class-balanced, seeded subset of N test images (quick runs)
+    val_split: int = 0                  # hold out N training images as a validation set (0: evaluate on test)
+    crop_padding: int = 4               # random crop after padding by this many pixels (the seed's 4)
+    pad_mode: str = "zeros"             # crop padding, one of PAD_MODES (torchvision's RandomCrop: zeros)
+    flip: str = "random"                # horizontal flips, one of FLIP_MODES
+    # --- optimisation ---
+    epochs: int = 20                    # passes over the training set (the seed ran 20)
+    batch_size: int = 128               # images per step (the seed's 128 = 391 steps per epoch)
+    lr: float = 0.2                     # peak learning rate (schedule "constant": the only one)
+    momentum: float = 0.9               # SGD momentum
+    nesterov: bool = True               # Nesterov momentum: a small, free gain over plain momentum
+    weight_decay: float = 5e-4          # L2 on conv / linear weights (BatchNorm and biases are exempt)
+    schedule: str = "onecycle"          # one of SCHEDULES
+    warmup: float = 0.2                 # fraction of all steps spent warming up (onecycle / linear)
+    lr_start: float = 0.0               # "linear": LR at step 0 as a fraction of the peak (warmup from here)
+    lr_end: float = 0.0                 # "linear": LR at the last step as a fraction of the peak
+    bias_lr_scale: float = 1.0          # LR multiplier for 1-D parameters (BatchNorm shifts, biases)
+    label_smoothing: float = 0.1        # cross-entropy label smoothing
+    ema: float = 0.0                    # weight-EMA decay per step (e.g. 0.999), evaluated separately; 0 disables
+    lookahead: bool = False             # airbench's lookahead: an EMA copied back into the weights every 5 steps
+    tta: str = "flip"                   # test-time augmentation of the final evaluation, one of TTA_MODES
+    # --- runtime ---
+    device: str = "auto"                # "auto": cuda, then mps, then cpu; or a torch device string
+    precision: str = "auto"             # one of PRECISIONS; "auto": bf16 where fast, fp16 on older GPUs
+    channels_last: bool = True          # NHWC memory layout: faster convolutions on CPU (oneDNN) and GPU
+    compile: bool = False               # torch.compile the model (see benchmarks/README.md: measure first)
+    eval_batch_size: int = 1000         # images per evaluation step (no autograd, so it can be large)
+    seed: int = 0                       # seeds model init, data order, augmentation and dropout
+    out: str = "runs/default"           # run folder: config, history, checkpoints
+    progress: bool = True               # tqdm bar per epoch and the seed-style test line
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first invalid field."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
+        need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
+             f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        need(0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema!r}")
+        need(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup!r}")
+        need(self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding!r}")
+        need(self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale!r}")
+        need(0 <= self.lr_start <= 1 and 0 <= self.lr_end <= 1,
+             f"lr_start and lr_end are fractions of the peak in [0, 1], got {self.lr_start!r}, {self.lr_end!r}")
+        need(not (self.ema > 0 and self.lookahead), "use either ema or lookahead, not both")
+        need(self.flip in FLIP_MODES, f"flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
+        need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
+        need(self.val_split >= 0, f"val_split must be >= 0, got {self.val_split!r}")
+        for name in ("limit_train", "limit_test"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and v >= 10), f"{name} must be >= 10 (one image per class), got {v!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(self.tta in TTA_MODES, f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
+        from .models import MODELS  # late import: models does not depend on config
+        need(self.model in MODELS, f"unknown model {self.model!r}; known: {', '.join(sorted(MODELS))}")
+
+    # --- (de)serialisation ---
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. a saved config.json); unknown keys are an error, missing keys take defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **overrides: Any) -> "TrainConfig":
+        """A preset from RECIPES with `overrides` on top (None values are ignored)."""
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        d = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls.from_dict(d)
+
+    def __str__(self) -> str:
+        width = max(len(f.name) for f in dataclasses.fields(self))
+        lines = [f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items()]
+        return "TrainConfig(\n" + "\n".join(lines) + "\n)"
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+
+# Named presets. "seed" reconstructs the original assignment's recipe: the write-up gives the network,
+# batch size (391 steps/epoch = 128) and 20 epochs but not the optimiser settings, so plain SGD at a
+# constant 0.01 with momentum 0.9 and dropout 0.1 (the usual course template) is our reconstruction.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed": dict(dropout=0.1, lr=0.01, momentum=0.9, nesterov=False, weight_decay=0.0, schedule="constant",
+                 label_smoothing=0.0, ema=0.0, tta="none", epochs=20, batch_size=128),
+}

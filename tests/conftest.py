@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny CIFAR-10-shaped datasets that the tests write themselves, in every format."""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarkit import CLASSES
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty decode cache, so no test sees another's (or the user's) cache."""
+    monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def tiny_arrays(n_train_per_class: int = 3, n_test_per_class: int = 2, seed: int = 0):
+    """Images whose class is visible in the pixels (a class-specific colour plus noise), uint8 NHWC."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
+        labels = np.repeat(np.arange(10), n)
+        base = (labels[:, None] * 25 + np.array([0, 80, 160])) % 256
+        imgs = base[:, None, None, :] + rng.integers(0, 20, size=(len(labels), 32, 32, 3))
+        out[split] = (imgs.clip(0, 255).astype(np.uint8), labels)
+    return out
+
+
+def write_tree(root: Path, fmt: str = "png", arrays=None) -> Path:
+    """ImageFolder layout root/{train,test}/<class>/<i>.<fmt>; returns root."""
+    arrays = arrays or tiny_arrays()
+    for split, (imgs, labels) in arrays.items():
+        for i, (img, label) in enumerate(zip(imgs, labels)):
+            d = root / split / CLASSES[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:04d}.{fmt}", quality=95)
+    return root
+
+
+def write_archive(tree: Path, dest: Path) -> Path:
+    """Pack a tree (under a top folder, like most downloads) as .tar / .tar.gz / .zip by `dest`'s suffix."""
+    if dest.name.endswith(".zip"):
+        with zipfile.ZipFile(dest, "w") as zf:
+            for f in sorted(tree.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f"cifar/{f.relative_to(tree)}")
+    else:
+        with tarfile.open(dest, "w:gz" if dest.name.endswith(".gz") else "w") as tf:
+            tf.add(tree, arcname="cifar")
+    return dest
+
+
+def write_batches(folder: Path, arrays=None) -> Path:
+    """torchvision's cifar-10-batches-py layout: five training batches and one test batch."""
+    arrays = arrays or tiny_arrays(n_train_per_class=5)
+    folder.mkdir(parents=True, exist_ok=True)
+    (tx, ty), (vx, vy) = arrays["train"], arrays["test"]
+    flat = lambda x: x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # noqa: E731  NHWC -> rows of CHW
+    for i, sel in enumerate(np.array_split(np.arange(len(ty)), 5)):  # contiguous, in order
+        with open(folder / f"data_batch_{i + 1}", "wb") as f:
+            pickle.dump({"data": flat(tx[sel]), "labels": ty[sel].tolist()}, f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": flat(vx), "labels": vy.tolist()}, f)
+    return folder
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    return write_tree(tmp_path / "tree", "png")
+
+
+@pytest.fixture
+def learnable_data():
+    """A Cifar10 of 200 train / 100 test images whose classes a small network learns in a few epochs."""
+    import torch
+
+    from cifarkit import Cifar10
+
+    a = tiny_arrays(20, 10, seed=1)
+    t = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # noqa: E731
+    return Cifar10(t(a["train"][0]), torch.from_numpy(a["train"][1]), t(a["test"][0]),
+                   torch.from_numpy(a["test"][1]), CLASSES, "synthetic")
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()

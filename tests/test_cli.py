@@ -1,0 +1,89 @@
+"""The command line: summary, a dry run, evaluate, and one-line errors for every bad option or input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cifarkit.cli import main
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits on bad options
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_summary_prints_table_rf_and_rules(capsys):
+    code, out, _ = run(["summary", "--model", "seed"], capsys)
+    assert code == 0
+    assert "Total params: 467,098" in out and "Estimated Total Size (MB): 5.11" in out
+    assert "c4.0.0          Conv2d               3  1  2  2     8   68" in out
+    assert "[PASS] receptive field > 44       84 px" in out
+    assert "[FAIL]" not in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--epochs", "0"], "argument --epochs: 0 is out of range: must be >= 1"),
+    (["train", "--batch-size", "x"], "argument --batch-size: 'x' is not an integer"),
+    (["train", "--lr", "-1"], "argument --lr: -1 is out of range: must be > 0"),
+    (["train", "--lr", "0"], "must be > 0"),
+    (["train", "--model", "resnet9000"], "argument --model: invalid choice: 'resnet9000'"),
+    (["train", "--dropout", "1.5"], "must be in [0, 1)"),
+    (["train", "--schedule", "cosine"], "invalid choice: 'cosine'"),
+    (["train", "--limit-train", "5"], "must be >= 10"),
+    (["evaluate"], "the following arguments are required: --checkpoint"),
+    (["fly"], "invalid choice: 'fly'"),
+])
+def test_bad_options_get_one_line(argv, needle, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_missing_data_path_is_one_line(tmp_path, capsys):
+    code, _, err = run(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err == f"cifarkit: error: data path not found: {tmp_path / 'missing'}\n"
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_dry_run_then_evaluate_reproduces_the_accuracy(tree, tmp_path, capsys):
+    out_dir = tmp_path / "dry"
+    code, out, _ = run(["train", "--dry-run", "--data", str(tree), "--out", str(out_dir), "--no-progress"], capsys)
+    assert code == 0, out
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["epochs"] == 1
+    code, out, _ = run(["evaluate", "--checkpoint", str(out_dir / "last.pt"), "--data", str(tree)], capsys)
+    assert code == 0
+    line = (f"Test set: Average loss: {res['final_test_loss']:.4f}, Accuracy: {res['final_test_correct']}/20 "
+            f"({res['final_test_accuracy']:.2f}%)")
+    assert line in out and "per-class accuracy:" in out and "airplane" in out
+
+
+def test_existing_run_needs_overwrite(tree, tmp_path, capsys):
+    argv = ["train", "--epochs", "1", "--data", str(tree), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert run(argv, capsys)[0] == 0
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "already holds a finished run" in err and err.count("\n") == 1
+    assert run(argv + ["--overwrite"], capsys)[0] == 0
+
+
+def test_bad_checkpoint_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    code, _, err = run(["evaluate", "--checkpoint", str(bad)], capsys)
+    assert code == 2 and err.startswith("cifarkit: error: cannot read checkpoint") and err.count("\n") == 1
+
+
+def test_diverging_run_exits_1_with_a_hint(tree, tmp_path, capsys):
+    code, _, err = run(["train", "--epochs", "2", "--lr", "1e30", "--schedule", "constant", "--data", str(tree),
+                        "--out", str(tmp_path / "r"), "--no-progress", "--precision", "fp32"], capsys)
+    assert code == 1 and "loss is" in err and "Lower --lr" in err and err.count("\n") == 1
+
+
+def test_module_entry_point_one_line_error():
+    p = subprocess.run([sys.executable, "-m", "cifarkit", "train", "--epochs", "-3"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--epochs" in p.stderr and not p.stdout

@@ -1,0 +1,207 @@
+"""load_cifar10 on tiny datasets written in every supported format, the cache, and every bad input."""
+import shutil
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+import cifarkit.data as data_mod
+from cifarkit import CLASSES, DataError, balanced_indices, load_cifar10, split_train_val
+from conftest import tiny_arrays, write_archive, write_batches, write_tree
+
+
+def expected():
+    a = tiny_arrays()
+    return {s: (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)) for s, (x, y) in a.items()}
+
+
+def assert_exact(d):
+    exp = expected()
+    assert torch.equal(d.train_images, exp["train"][0]) and torch.equal(d.train_labels, exp["train"][1])
+    assert torch.equal(d.test_images, exp["test"][0]) and torch.equal(d.test_labels, exp["test"][1])
+    assert d.classes == CLASSES
+
+
+def test_png_tree_loads_exactly(tree):
+    d = load_cifar10(tree, progress=False)
+    assert d.train_images.dtype == torch.uint8 and d.train_images.shape == (30, 3, 32, 32)
+    assert_exact(d)
+
+
+def test_jpeg_tree_loads_close(tmp_path):
+    d = load_cifar10(write_tree(tmp_path / "jpg", "jpg"), progress=False)
+    exp = expected()
+    assert torch.equal(d.train_labels, exp["train"][1])
+    assert (d.train_images.float() - exp["train"][0].float()).abs().mean() < 6  # JPEG is lossy
+
+
+def test_tree_one_folder_down(tmp_path, tree):
+    shutil.move(str(tree), str(tmp_path / "outer" / "CIFAR-10-images"))
+    assert_exact(load_cifar10(tmp_path / "outer", progress=False))
+
+
+@pytest.mark.parametrize("name", ["c.tar", "c.tar.gz", "c.tgz", "c.zip"])
+def test_archives_load_exactly(tmp_path, tree, name):
+    assert_exact(load_cifar10(write_archive(tree, tmp_path / name), progress=False))
+
+
+def test_torchvision_batches_folder(tmp_path):
+    write_batches(tmp_path / "root" / "cifar-10-batches-py", tiny_arrays())
+    assert_exact(load_cifar10(tmp_path / "root"))        # the folder holding cifar-10-batches-py
+    assert_exact(load_cifar10(tmp_path / "root" / "cifar-10-batches-py"))  # or the folder itself
+
+
+def test_default_source_uses_existing_torchvision_copy_without_download(tmp_path, monkeypatch):
+    write_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
+    monkeypatch.setattr("torchvision.datasets.CIFAR10.download", lambda self: pytest.fail("downloaded"))
+    assert_exact(load_cifar10(None, root=tmp_path))
+
+
+def test_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"partial")  # what an aborted download leaves
+        raise urllib.error.URLError("no internet")
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", refuse)
+    with pytest.raises(DataError, match=r"could not download CIFAR-10.*--data PATH"):
+        load_cifar10(None, root=tmp_path)
+    assert not (tmp_path / "cifar-10-python.tar.gz").exists()  # the partial file is gone
+
+
+def test_second_load_comes_from_cache(tree, private_cache, monkeypatch):
+    first = load_cifar10(tree, progress=False)
+    assert len(list(private_cache.glob("*.npz"))) == 1
+    monkeypatch.setattr(data_mod, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    second = load_cifar10(tree, progress=False)
+    assert torch.equal(first.train_images, second.train_images)
+
+
+def test_changed_source_is_decoded_again(tree, private_cache):
+    load_cifar10(tree, progress=False)
+    img = np.full((32, 32, 3), 7, np.uint8)
+    from PIL import Image
+    Image.fromarray(img).save(tree / "train" / "cat" / "9999.png")
+    d = load_cifar10(tree, progress=False)
+    assert len(d.train_labels) == 31
+    assert len(list(private_cache.glob("*.npz"))) == 2
+
+
+def test_corrupt_cache_file_is_rebuilt(tree, private_cache):
+    load_cifar10(tree, progress=False)
+    (cache_file,) = private_cache.glob("*.npz")
+    cache_file.write_bytes(b"garbage")
+    assert_exact(load_cifar10(tree, progress=False))
+
+
+# ---------------------------------------------------------------- bad input: one line, nothing written
+def no_cache_written(cache):
+    return not cache.exists() or not any(cache.iterdir())
+
+
+def test_missing_path(tmp_path, private_cache):
+    with pytest.raises(DataError, match="data path not found: .*nowhere"):
+        load_cifar10(tmp_path / "nowhere")
+    assert no_cache_written(private_cache)
+
+
+def test_folder_without_train_and_test(tmp_path):
+    (tmp_path / "x" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"has no test/ folder"):
+        load_cifar10(tmp_path / "x")
+
+
+def test_wrong_class_folders(tree, private_cache):
+    (tree / "train" / "cat").rename(tree / "train" / "kitty")
+    with pytest.raises(DataError, match=r"not the ten CIFAR-10 classes \(unexpected: kitty; missing or empty: cat\)"):
+        load_cifar10(tree, progress=False)
+    assert no_cache_written(private_cache)
+
+
+def test_empty_split(tree, private_cache):
+    for f in (tree / "test").rglob("*.png"):
+        f.unlink()
+    with pytest.raises(DataError, match="empty split: .* has no test/<class>/ images"):
+        load_cifar10(tree, progress=False)
+    assert no_cache_written(private_cache)
+
+
+def test_corrupt_image_is_named(tree, private_cache):
+    bad = tree / "train" / "dog" / "0016.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=r"cannot read image .*dog/0016\.png"):
+        load_cifar10(tree, progress=False)
+    assert no_cache_written(private_cache)
+
+
+def test_truncated_image_is_named(tmp_path, private_cache):
+    t = write_tree(tmp_path / "j", "jpg")
+    bad = t / "test" / "ship" / "0016.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"cannot read image .*ship/0016\.jpg"):
+        load_cifar10(t, progress=False)
+    assert no_cache_written(private_cache)
+
+
+def test_wrong_image_size(tree):
+    from PIL import Image
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tree / "train" / "cat" / "big.png")
+    with pytest.raises(DataError, match=r"big\.png is 64x64, expected 32x32"):
+        load_cifar10(tree, progress=False)
+
+
+@pytest.mark.parametrize("name", ["c.tar.gz", "c.zip", "c.tar"])
+def test_truncated_archive(tmp_path, tree, private_cache, name):
+    arc = write_archive(tree, tmp_path / name)
+    arc.write_bytes(arc.read_bytes()[: arc.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"(truncated or corrupt archive|cannot read image|not the ten)"):
+        load_cifar10(arc, progress=False)
+    assert no_cache_written(private_cache)
+
+
+def test_unsupported_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="unsupported data file"):
+        load_cifar10(tmp_path / "notes.txt")
+
+
+def test_corrupt_batch_file(tmp_path):
+    folder = write_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
+    (folder / "data_batch_3").write_bytes(b"\x80\x04junk")
+    with pytest.raises(DataError, match="corrupt CIFAR-10 batch file .*data_batch_3"):
+        load_cifar10(tmp_path)
+
+
+def test_batch_file_with_code_is_refused(tmp_path):
+    import os
+    import pickle
+    folder = write_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
+    with pytest.raises(DataError, match="corrupt CIFAR-10 batch file"):
+        load_cifar10(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- subsets
+def test_balanced_indices_are_balanced_seeded_and_sorted():
+    labels = torch.arange(10).repeat_interleave(50)
+    a = balanced_indices(labels, 100, seed=3)
+    assert labels[a].bincount().tolist() == [10] * 10
+    assert torch.equal(a, balanced_indices(labels, 100, seed=3))
+    assert not torch.equal(a, balanced_indices(labels, 100, seed=4))
+    assert torch.equal(a, a.sort().values)
+    assert len(balanced_indices(labels, 1000)) == 500  # more than there is: everything
+
+
+def test_split_train_val_is_disjoint_and_complete():
+    images = torch.arange(500).view(500, 1, 1, 1).expand(500, 3, 32, 32).to(torch.int32)
+    labels = torch.arange(10).repeat_interleave(50)
+    tx, ty, vx, vy = split_train_val(images, labels, 100)
+    assert len(ty) == 400 and len(vy) == 100 and vy.bincount().tolist() == [10] * 10
+    ids = torch.cat([tx[:, 0, 0, 0], vx[:, 0, 0, 0]]).sort().values
+    assert torch.equal(ids, torch.arange(500, dtype=torch.int32))
+    with pytest.raises(DataError, match="val_split"):
+        split_train_val(images, labels, 500)

@@ -1,0 +1,68 @@
+"""Batched augmentation on the device: correct crops and flips, reproducible per (seed, epoch)."""
+import torch
+import torch.nn.functional as F
+
+from cifarkit import CIFAR10_MEAN, DeviceLoader, augment, denormalize, normalize
+from cifarkit.loader import random_crop, random_flip
+
+
+def images(n=16):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_random_crop_is_a_window_of_the_zero_padded_image():
+    x = images()
+    out = random_crop(x, 4, torch.Generator().manual_seed(1))
+    padded = F.pad(x, (4,) * 4)
+    offsets = set()
+    for i in range(len(x)):
+        hits = [(dy, dx) for dy in range(9) for dx in range(9)
+                if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        assert hits, f"crop {i} is not a window of its padded image"
+        offsets.add(hits[0])
+    assert len(offsets) > 5  # offsets really vary
+
+
+def test_random_flip_mirrors_about_half():
+    x = images(200)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    same = [torch.equal(o, i) for o, i in zip(out, x)]
+    mirrored = [torch.equal(o, i.flip(2)) for o, i in zip(out, x)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 70 < sum(mirrored) < 130
+
+
+def test_no_padding_no_flip_is_identity():
+    x = images()
+    assert torch.equal(augment(x, padding=0, flip=False), x)
+
+
+def test_normalize_round_trip_and_constants():
+    x = images()
+    z = normalize(x)
+    assert z.dtype == torch.float32
+    assert torch.allclose(denormalize(z), x.float() / 255, atol=1e-6)
+    grey = torch.full((1, 3, 1, 1), round(CIFAR10_MEAN[0] * 255), dtype=torch.uint8)
+    assert abs(normalize(grey)[0, 0, 0, 0].item()) < 0.01
+    assert normalize(x, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_train_loader_visits_every_image_once_per_epoch_reproducibly():
+    x = images(50)
+    y = torch.arange(50)
+    loader = DeviceLoader(x, y, 16, train=True, seed=3)
+    assert len(loader) == 4
+    first = torch.cat([b[1] for b in loader])
+    assert sorted(first.tolist()) == list(range(50))
+    again = [b for b in loader]
+    assert torch.equal(torch.cat([b[1] for b in again]), first)  # same epoch, same order and augmentation
+    loader.set_epoch(1)
+    assert not torch.equal(torch.cat([b[1] for b in loader]), first)
+
+
+def test_eval_loader_is_ordered_and_unaugmented():
+    x = images(10)
+    loader = DeviceLoader(x, torch.arange(10), 4, train=False)
+    xs, ys = zip(*loader)
+    assert torch.equal(torch.cat(ys), torch.arange(10))
+    assert torch.allclose(torch.cat(xs), normalize(x))

@@ -1,0 +1,75 @@
+"""Every registered network: shapes, finite outputs, a gradient on every parameter; the seed network exactly."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarkit import MODELS, check_rules, count_parameters, create_model, summary_text
+
+REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "seed-assignment7-readme.md"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_shape_and_finite(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    out = model(torch.randn(4, 3, 32, 32))
+    assert out.shape == (4, 10)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{pname} got no gradient"
+            assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+            assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_network_keeps_the_course_rules(name):
+    failed = [c for c in check_rules(create_model(name)) if not c.passed]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_channels_last_bf16_matches_fp32(name):
+    """The fast path (channels_last + bf16 autocast) computes the same function up to bf16 rounding."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(8, 3, 32, 32)
+    ref = model(x)
+    fast = model.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.contiguous(memory_format=torch.channels_last)).float()
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+def test_unknown_model_name_lists_known_ones():
+    with pytest.raises(KeyError, match="seed"):
+        create_model("nope")
+
+
+def test_seed_parameter_count():
+    assert count_parameters(create_model("seed")) == 467_098
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference write-up not available")
+def test_seed_summary_is_the_seed_table_row_for_row():
+    """torchsummary prints exactly the table of the original write-up (from the header row on)."""
+    text = REFERENCE.read_text()
+    ref = re.search(r"```\n(\s+Layer \(type\).*?)```", text, re.S).group(1).rstrip("\n").splitlines()
+    got = summary_text(create_model("seed")).rstrip("\n").splitlines()
+    start = next(i for i, line in enumerate(got) if "Layer (type)" in line)
+    assert got[start:] == ref
+
+
+def test_seed_dropout_is_configurable():
+    model = create_model("seed", dropout=0.25)
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.25}

@@ -1,0 +1,104 @@
+"""fit(): the run folder, history, resume, Ctrl-C, divergence, overwrite protection, validation split."""
+import csv
+import json
+
+import pytest
+import torch
+
+import cifarkit.trainer as trainer_mod
+from cifarkit import CifarkitError, DivergenceError, TrainConfig, fit, load_checkpoint
+
+
+def cfg_for(tmp_path, **kw):
+    base = dict(epochs=2, batch_size=50, lr=0.05, progress=False, out=str(tmp_path / "run"), precision="fp32",
+                eval_batch_size=50)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fit_writes_the_run_folder(tmp_path, learnable_data):
+    r = fit(cfg_for(tmp_path), data=learnable_data)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.json", "history.csv", "history.json", "last.pt",
+                                               "best.pt", "results.json"}
+    assert json.loads((run / "config.json").read_text()) == r.config.to_dict()
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist[0]["lrs"]) == 4  # 200 images / 50 per step
+    res = json.loads((run / "results.json").read_text())
+    assert res["final_test_accuracy"] == hist[-1]["eval_accuracy"] and res["eval_set"] == "test"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_same_seed_same_numbers(tmp_path, learnable_data):
+    a = fit(cfg_for(tmp_path / "a"), data=learnable_data)
+    b = fit(cfg_for(tmp_path / "b"), data=learnable_data)
+    strip = lambda h: [{k: v for k, v in row.items() if "second" not in k} for row in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
+    c = fit(cfg_for(tmp_path / "c", seed=1), data=learnable_data)
+    assert strip(c.history) != strip(a.history)
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, monkeypatch, capsys):
+    cfg = dict(epochs=3, ema=0.9, dropout=0.1)
+    straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data)
+
+    real = trainer_mod.train_one_epoch
+    def interrupt_in_epoch_2(*a, **k):
+        if k["epoch"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupt_in_epoch_2)
+    cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data)
+    assert cut.interrupted and len(cut.history) == 1
+    out = capsys.readouterr().out
+    assert "Interrupted during epoch 2" in out and "--resume" in out and "last.pt" in out
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+
+    resumed = fit(TrainConfig(progress=False), data=learnable_data, resume=tmp_path / "cut" / "run" / "last.pt")
+    keys = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lrs")
+    assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in straight.history]
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_finished_run_is_not_overwritten(tmp_path, learnable_data):
+    fit(cfg_for(tmp_path, epochs=1), data=learnable_data)
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(CifarkitError, match="already holds a finished run.*--overwrite"):
+        fit(cfg_for(tmp_path, epochs=1), data=learnable_data)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    fit(cfg_for(tmp_path, epochs=1, seed=5), data=learnable_data, overwrite=True)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["seed"] == 5
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, learnable_data, monkeypatch):
+    real = trainer_mod.train_one_epoch
+    def poison_epoch_2(model, *a, **k):
+        if k["epoch"] == 1:
+            with torch.no_grad():
+                model.fc.weight.mul_(float("inf"))  # what an exploding learning rate does, at once
+        return real(model, *a, **k)
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", poison_epoch_2)
+    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, step 1 \(lr .*\).*Lower --lr"):
+        fit(cfg_for(tmp_path, epochs=3), data=learnable_data)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # the good one from epoch 1, intact
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_exploding_learning_rate_is_caught(tmp_path, learnable_data):
+    with pytest.raises(DivergenceError, match="loss is (nan|inf)"):
+        fit(cfg_for(tmp_path, lr=1e30, schedule="constant", epochs=3), data=learnable_data)
+
+
+def test_validation_split_tests_once_at_the_end(tmp_path, learnable_data):
+    r = fit(cfg_for(tmp_path, val_split=50), data=learnable_data)
+    assert all(h["eval_total"] == 50 for h in r.history)
+    assert r.final["eval_set"] == "validation" and r.final["final_test_total"] == 100
+
+
+def test_limits_take_balanced_subsets(tmp_path, learnable_data):
+    r = fit(cfg_for(tmp_path, epochs=1, limit_train=100, limit_test=30), data=learnable_data)
+    assert r.history[0]["eval_total"] == 30 and len(r.history[0]["lrs"]) == 2
