@@ -102,3 +102,45 @@ def test_precision_choice():
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
+
+
+def test_lr_factor_start_and_end_fractions():
+    f = [lr_factor(s, 100, "linear", 0.2, start=0.2, end=0.07) for s in range(100)]
+    assert f[0] == pytest.approx(0.2 + 0.8 / 20) and max(f) == 1.0 and f.index(1.0) == 19
+    assert f[-1] == pytest.approx(0.07 + 0.93 / 80)
+
+
+def test_bias_lr_scale_applies_to_one_dimensional_parameters():
+    cfg = TrainConfig(lr=0.1, bias_lr_scale=64, schedule="linear")
+    opt = make_optimizer(create_model("seed"), cfg)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, pytest.approx(6.4)]
+    sched = make_scheduler(opt, cfg, 10)
+    assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(64)
+    del sched
+
+
+def test_lookahead_pulls_weights_towards_their_average():
+    from cifarkit.engine import Lookahead
+    model = torch.nn.Linear(1, 1, bias=False)
+    la = Lookahead(total=20, start=0.0, every=1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    la.update(model)                      # step 1: the average starts at the current weights (0)
+    with torch.no_grad():
+        model.weight.fill_(1.0)           # an optimiser step moves the weight to 1
+    la.update(model)                      # step 2: pulled back towards 0 by decay 0.95 * (2/20)^3
+    d = 0.95 * (2 / 20) ** 3
+    assert model.weight.item() == pytest.approx(1 - d)
+    la.sync(model)
+    assert model.weight.item() == pytest.approx(1 - d)
+
+
+def test_flip_translate_tta_averages_six_views(learnable_data):
+    from cifarkit import predict
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 5), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    loader = DeviceLoader(learnable_data.test_images[:10], learnable_data.test_labels[:10], 10, train=False)
+    plain, _ = predict(model, loader, tta="none")
+    six, _ = predict(model, loader, tta="flip-translate")
+    assert six.shape == plain.shape and torch.allclose(six.sum(1), torch.ones(10))
+    assert not torch.allclose(six, plain)

@@ -66,3 +66,24 @@ def test_eval_loader_is_ordered_and_unaugmented():
     xs, ys = zip(*loader)
     assert torch.equal(torch.cat(ys), torch.arange(10))
     assert torch.allclose(torch.cat(xs), normalize(x))
+
+
+def test_reflect_crop_is_a_window_of_the_reflect_padded_image():
+    x = images()
+    out = random_crop(x, 2, torch.Generator().manual_seed(2), mode="reflect")
+    padded = F.pad(x.float(), (2,) * 4, mode="reflect").to(torch.uint8)
+    for i in range(len(x)):
+        assert any(torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(5) for dx in range(5))
+
+
+def test_alternating_flip_mirrors_complementary_halves_on_even_and_odd_epochs():
+    x = images(40)
+    loader = DeviceLoader(x, torch.arange(40), 40, train=True, crop_padding=0, flip="alternate", seed=1)
+    flipped = []
+    for epoch in (0, 1, 2):
+        loader.set_epoch(epoch)
+        batch, ids = next(iter(loader))
+        expect = normalize(x[ids].flip(3))
+        flipped.append(torch.tensor([torch.allclose(b, e) for b, e in zip(batch, expect)])[ids.argsort()])
+    assert 10 < flipped[0].sum() < 30
+    assert torch.equal(flipped[1], ~flipped[0]) and torch.equal(flipped[2], flipped[0])

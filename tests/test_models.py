@@ -73,3 +73,24 @@ def test_seed_dropout_is_configurable():
     model = create_model("seed", dropout=0.25)
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.25}
+
+
+def test_compact_whitening_decorrelates_patches():
+    """After init_from_data the 2x2x3 patches come out of the whitening conv with ~identity covariance."""
+    from cifarkit import normalize
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 35, 35, generator=g), 4, 1)  # correlated pixels
+    x = normalize((smooth * 255).to(torch.uint8))
+    model = create_model("compact")
+    model.init_from_data(x)
+    out = model.whiten(x) - model.whiten.bias.view(1, -1, 1, 1)
+    feats = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = feats.T @ feats / len(feats)
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
+    assert torch.allclose(out[:, 12:], -out[:, :12])
+
+
+def test_frozen_parameters_count_towards_the_size():
+    model = create_model("compact")
+    assert count_parameters(model) == 586_328
+    assert count_parameters(model, trainable_only=True) < count_parameters(model)

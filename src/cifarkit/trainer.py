@@ -112,16 +112,14 @@ def peak_rss_mb() -> float | None:
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to overwrite an existing run unless asked; with `overwrite`, clear its files first."""
+    """Refuse to reuse a folder that holds a run, unless `overwrite` (then fit clears it once set up)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CifarkitError(f"--out {run_dir} is a file, not a folder")
     existing = [n for n in RUN_FILES if (run_dir / n).exists()]
-    if not existing:
-        return
-    if not overwrite:
+    if existing and not overwrite:
         state = "a finished run" if (run_dir / "results.json").exists() else "an unfinished run"
         hint = "" if state == "a finished run" else f" (resume with --resume {run_dir / 'last.pt'})"
         raise CifarkitError(f"{run_dir} already holds {state}{hint}; pass --overwrite or choose another --out")
-    for n in existing:
-        (run_dir / n).unlink()
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
@@ -161,9 +159,8 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
         keep = {k: getattr(cfg, k) for k in ("data", "data_root", "device", "progress", "compile")}
         cfg = TrainConfig.from_dict({**saved.to_dict(), **keep, "out": str(Path(resume).parent)})
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if ckpt is None:
-        check_run_dir(run_dir, overwrite)
+        check_run_dir(run_dir, overwrite)  # refuse early; nothing is written until the setup succeeded
 
     device = resolve_device(cfg.device)
     amp_dtype = resolve_precision(cfg.precision, device)
@@ -210,7 +207,13 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
             raise CheckpointError(f"{resume} cannot be resumed: {type(e).__name__}: {e}") from None
         history, start_epoch = list(ckpt.get("history", [])), int(ckpt["epoch"])
         print(f"resuming {resume} after epoch {start_epoch}/{cfg.epochs}")
-    cfg.save(run_dir / "config.json")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing; never a real file
+        stale.unlink()
+    if ckpt is None and overwrite:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
     train_model = torch.compile(model) if cfg.compile else model
     eval_model = ema.module if ema is not None else model
 
@@ -248,11 +251,13 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.2f}% | "
                       f"{splits.eval_name.lower()} loss {ev['loss']:.4f} acc {ev['accuracy']:.2f}% | "
                       f"{tr['seconds']:.1f} s + {ev['seconds']:.1f} s", flush=True)
-            write_history(run_dir, history)
+            # Checkpoint first, history files second: whatever moment a kill hits, every epoch the history
+            # files show can be resumed from last.pt (which carries the history itself).
             save_checkpoint(run_dir / "last.pt", state(epoch + 1))
             if ev["accuracy"] > best:
                 best = ev["accuracy"]
                 save_checkpoint(run_dir / "best.pt", state(epoch + 1))
+            write_history(run_dir, history)
     except KeyboardInterrupt:
         done = len(history)
         where = (f"the checkpoint after epoch {done} is {run_dir / 'last.pt'}; resume with: "
