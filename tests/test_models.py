@@ -76,7 +76,8 @@ def test_seed_dropout_is_configurable():
 
 
 def test_compact_whitening_decorrelates_patches():
-    """After init_from_data the 2x2x3 patches come out of the whitening conv with ~identity covariance."""
+    """After init_from_data the 2x2x3 patches come out of the whitening conv decorrelated, with unit variance
+    (eps = 5e-4 shrinks the weakest directions slightly: variance lambda / (lambda + eps))."""
     from cifarkit import normalize
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 35, 35, generator=g), 4, 1)  # correlated pixels
@@ -86,8 +87,10 @@ def test_compact_whitening_decorrelates_patches():
     out = model.whiten(x) - model.whiten.bias.view(1, -1, 1, 1)
     feats = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     cov = feats.T @ feats / len(feats)
-    assert torch.allclose(cov, torch.eye(12), atol=0.05)
-    assert torch.allclose(out[:, 12:], -out[:, :12])
+    off = cov - torch.diag(cov.diag())
+    assert off.abs().max() < 0.01                                  # decorrelated
+    assert ((cov.diag() > 0.8) & (cov.diag() < 1.01)).all()        # unit variance, up to the eps shrinkage
+    assert torch.allclose(out[:, 12:], -out[:, :12], atol=1e-5)
 
 
 def test_frozen_parameters_count_towards_the_size():
