@@ -87,3 +87,15 @@ def test_diverging_run_exits_1_with_a_hint(tree, tmp_path, capsys):
 def test_module_entry_point_one_line_error():
     p = subprocess.run([sys.executable, "-m", "cifarkit", "train", "--epochs", "-3"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--epochs" in p.stderr and not p.stdout
+
+
+def test_evaluate_on_the_validation_split_reproduces_training(tree, tmp_path, capsys):
+    out_dir = tmp_path / "v"
+    code, _, _ = run(["train", "--epochs", "1", "--val-split", "10", "--data", str(tree), "--out", str(out_dir),
+                      "--no-progress", "--tta", "flip-translate"], capsys)
+    assert code == 0
+    last = json.loads((out_dir / "history.json").read_text())[-1]
+    assert last["eval_total"] == 10 and last["eval_tta"] == "flip-translate"
+    code, out, _ = run(["evaluate", "--checkpoint", str(out_dir / "last.pt"), "--data", str(tree),
+                        "--val-split", "10"], capsys)
+    assert code == 0 and f"Validation set: Average loss: {last['eval_loss']:.4f}, Accuracy: {last['eval_correct']}/10" in out

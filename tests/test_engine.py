@@ -82,9 +82,9 @@ def test_lr_factor_linear_shape():
 
 def test_weight_decay_spares_batchnorm_and_biases():
     opt = make_optimizer(create_model("seed"), TrainConfig(weight_decay=1e-3))
-    decayed, free = opt.param_groups
+    decayed, *free = opt.param_groups
     assert decayed["weight_decay"] == 1e-3 and all(p.ndim > 1 for p in decayed["params"])
-    assert free["weight_decay"] == 0 and all(p.ndim == 1 for p in free["params"])
+    assert all(g["weight_decay"] == 0 and all(p.ndim == 1 for p in g["params"]) for g in free)
 
 
 def test_ema_tracks_weights():
@@ -110,13 +110,16 @@ def test_lr_factor_start_and_end_fractions():
     assert f[-1] == pytest.approx(0.07 + 0.93 / 80)
 
 
-def test_bias_lr_scale_applies_to_one_dimensional_parameters():
-    cfg = TrainConfig(lr=0.1, bias_lr_scale=64, schedule="linear")
-    opt = make_optimizer(create_model("seed"), cfg)
-    assert [g["lr"] for g in opt.param_groups] == [0.1, pytest.approx(6.4)]
-    sched = make_scheduler(opt, cfg, 10)
-    assert opt.param_groups[1]["lr"] / opt.param_groups[0]["lr"] == pytest.approx(64)
-    del sched
+def test_bias_lr_scale_applies_to_batchnorm_parameters_only():
+    cfg = TrainConfig(model="compact", lr=0.1, bias_lr_scale=64, schedule="linear")
+    model = create_model("compact")
+    opt = make_optimizer(model, cfg)
+    weights, biases, norms = opt.param_groups
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1, pytest.approx(6.4)]
+    assert [id(p) for p in biases["params"]] == [id(model.whiten.bias)]  # a conv bias: normal LR
+    assert all(p.ndim == 1 for p in norms["params"]) and len(norms["params"]) == 6
+    make_scheduler(opt, cfg, 10)
+    assert norms["lr"] / weights["lr"] == pytest.approx(64)
 
 
 def test_lookahead_pulls_weights_towards_their_average():

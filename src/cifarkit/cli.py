@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'linear' schedule: first LR as a fraction of the peak")
     t.add_argument("--lr-end", type=_number(float, 0, what="in [0, 1]", high=1.0000001),
                    help="'linear' schedule: last LR as a fraction of the peak")
-    t.add_argument("--bias-lr-scale", type=POS_FLOAT, help="LR multiplier for BatchNorm shifts and biases")
+    t.add_argument("--bias-lr-scale", type=POS_FLOAT, help="LR multiplier for BatchNorm parameters")
     t.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None,
                    help="airbench's lookahead weight averaging")
     t.add_argument("--val-split", type=NONNEG_INT, help="hold out N training images for validation")
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--tta", choices=TTA_MODES, help="default: what the run used")
     e.add_argument("--batch-size", type=POS_INT, help="default: the run's eval batch size")
+    e.add_argument("--val-split", type=POS_INT,
+                   help="evaluate on the validation split of N training images that `train --val-split N` holds out")
     _runtime_options(e, data_default)
     return p
 
@@ -147,13 +149,19 @@ def _evaluate(args) -> int:
     amp = resolve_precision(args.precision or cfg.precision, device)
     tta = args.tta or cfg.tta
     data = load_cifar10(args.data, args.data_root or cfg.data_root)
-    loader = DeviceLoader(data.test_images, data.test_labels, args.batch_size or cfg.eval_batch_size,
+    images, labels, label = data.test_images, data.test_labels, "Test"
+    if args.val_split:
+        from .data import split_train_val
+        from .trainer import VAL_SEED
+        *_, images, labels = split_train_val(data.train_images, data.train_labels, args.val_split, VAL_SEED)
+        label = "Validation"
+    loader = DeviceLoader(images, labels, args.batch_size or cfg.eval_batch_size,
                           train=False, device=device, channels_last=cfg.channels_last)
     print(f"checkpoint {args.checkpoint}: model {cfg.model}, epoch {ckpt['epoch']}/{cfg.epochs}, "
           f"{'EMA' if ckpt.get('ema') else 'final'} weights, tta {tta}, "
           f"precision {str(amp).replace('torch.', '') if amp else 'fp32'}, device {device}")
     probs, labels = predict(model, loader, amp_dtype=amp, tta=tta)
-    score(probs, labels)
+    score(probs, labels, label=label)
     acc = per_class_accuracy(confusion_matrix(probs.argmax(1), labels))
     print("per-class accuracy:")
     for name, a in zip(data.classes, acc.tolist()):

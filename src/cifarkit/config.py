@@ -59,7 +59,7 @@ class TrainConfig:
     warmup: float = 0.2                 # fraction of all steps spent warming up (onecycle / linear)
     lr_start: float = 0.0               # "linear": LR at step 0 as a fraction of the peak (warmup from here)
     lr_end: float = 0.0                 # "linear": LR at the last step as a fraction of the peak
-    bias_lr_scale: float = 1.0          # LR multiplier for 1-D parameters (BatchNorm shifts, biases)
+    bias_lr_scale: float = 1.0          # LR multiplier for BatchNorm parameters (airbench: 64)
     label_smoothing: float = 0.1        # cross-entropy label smoothing
     ema: float = 0.0                    # weight-EMA decay per step (e.g. 0.999), evaluated separately; 0 disables
     lookahead: bool = False             # airbench's lookahead: an EMA copied back into the weights every 5 steps

@@ -73,12 +73,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # ---------------------------------------------------------------- optimiser and schedule
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD. Weight decay only on conv / linear weights (decaying BatchNorm parameters and biases hurts);
-    1-D parameters may get a larger learning rate (`bias_lr_scale`, airbench uses 64)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0, "lr": cfg.lr * cfg.bias_lr_scale}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+    BatchNorm parameters may get a larger learning rate (`bias_lr_scale`: airbench uses 64 for its
+    BatchNorm shifts, whose gradients are small)."""
+    norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1 and id(p) not in norm], "weight_decay": 0.0},
+              {"params": [p for p in params if id(p) in norm], "weight_decay": 0.0,
+               "lr": cfg.lr * cfg.bias_lr_scale}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.nesterov and cfg.momentum > 0)
 
 

@@ -31,6 +31,7 @@ from .engine import (EMA, Lookahead, evaluate, make_optimizer, make_scheduler, p
 from .loader import DeviceLoader, normalize
 from .models import count_parameters, create_model
 
+VAL_SEED = 12345  # the validation split is the same for every training seed, so runs compare on it
 RUN_FILES = ("config.json", "history.csv", "history.json", "last.pt", "best.pt", "results.json")
 CSV_COLUMNS = ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr", "train_seconds",
                "eval_seconds", "images_per_second")
@@ -57,7 +58,7 @@ def make_splits(cfg: TrainConfig, data: Cifar10) -> Splits:
         idx = balanced_indices(test[1], cfg.limit_test, cfg.seed)
         test = (test[0][idx], test[1][idx])
     if cfg.val_split:
-        tx, ty, vx, vy = split_train_val(tx, ty, cfg.val_split, seed=12345)  # fixed: same split every seed
+        tx, ty, vx, vy = split_train_val(tx, ty, cfg.val_split, seed=VAL_SEED)
         return Splits((tx, ty), (vx, vy), test, "Validation")
     return Splits((tx, ty), test, test, "Test")
 
