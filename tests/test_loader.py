@@ -87,3 +87,16 @@ def test_alternating_flip_mirrors_complementary_halves_on_even_and_odd_epochs():
         flipped.append(torch.tensor([torch.allclose(b, e) for b, e in zip(batch, expect)])[ids.argsort()])
     assert 10 < flipped[0].sum() < 30
     assert torch.equal(flipped[1], ~flipped[0]) and torch.equal(flipped[2], flipped[0])
+
+
+def test_cutout_paints_one_square_of_the_mean_colour():
+    from cifarkit.loader import cutout
+    x = torch.full((20, 3, 32, 32), 255, dtype=torch.uint8)
+    out = cutout(x, 8, torch.Generator().manual_seed(0))
+    painted = (out != 255).all(1)  # (N, H, W): pixels changed in every channel
+    assert (painted.sum((1, 2)) == 64).all()
+    for m in painted:
+        ys, xs = m.nonzero(as_tuple=True)
+        assert ys.max() - ys.min() == 7 and xs.max() - xs.min() == 7  # one 8x8 square
+    assert abs(normalize(out)[painted.unsqueeze(1).expand(-1, 3, -1, -1)].mean().item()) < 0.01
+    assert torch.equal(cutout(x, 0), x)

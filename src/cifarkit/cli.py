@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation for evaluation")
     t.add_argument("--crop-padding", type=NONNEG_INT)
     t.add_argument("--pad-mode", choices=PAD_MODES, help="crop padding: zeros (torchvision) or reflect")
+    t.add_argument("--cutout", type=_number(int, 0, what="in [0, 32]", high=33),
+                   help="side of a random square painted with the mean colour (0 = off)")
     t.add_argument("--flip", choices=FLIP_MODES, help="random (per image), alternate (airbench) or none")
     t.add_argument("--lr-start", type=_number(float, 0, what="in [0, 1]", high=1.0000001),
                    help="'linear' schedule: first LR as a fraction of the peak")

@@ -48,6 +48,7 @@ class TrainConfig:
     crop_padding: int = 4               # random crop after padding by this many pixels (the seed's 4)
     pad_mode: str = "zeros"             # crop padding, one of PAD_MODES (torchvision's RandomCrop: zeros)
     flip: str = "random"                # horizontal flips, one of FLIP_MODES
+    cutout: int = 0                     # side (px) of a random square painted with the mean colour; 0 = off
     # --- optimisation ---
     epochs: int = 20                    # passes over the training set (the seed ran 20)
     batch_size: int = 128               # images per step (the seed's 128 = 391 steps per epoch)
@@ -93,6 +94,7 @@ class TrainConfig:
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         need(0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema!r}")
         need(0 <= self.warmup < 1, f"warmup must be in [0, 1), got {self.warmup!r}")
+        need(0 <= self.cutout <= 32, f"cutout must be a square side in [0, 32], got {self.cutout!r}")
         need(self.crop_padding >= 0, f"crop_padding must be >= 0, got {self.crop_padding!r}")
         need(self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale!r}")
         need(0 <= self.lr_start <= 1 and 0 <= self.lr_end <= 1,

@@ -74,6 +74,21 @@ def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) 
     return flip_where(images, torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5)
 
 
+def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Paint one random size x size square per uint8 image (fully inside it) with the mean colour,
+    which is 0 after normalisation."""
+    if size == 0:
+        return images
+    b, _, h, w = images.shape
+    y0 = torch.randint(0, h - size + 1, (b, 1, 1, 1), device=images.device, generator=generator)
+    x0 = torch.randint(0, w - size + 1, (b, 1, 1, 1), device=images.device, generator=generator)
+    ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
+    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    mean = torch.tensor([round(255 * m) for m in CIFAR10_MEAN], dtype=images.dtype, device=images.device)
+    return torch.where(inside, mean.view(1, 3, 1, 1), images)
+
+
 def augment(images: torch.Tensor, padding: int = 4, flip: bool = True,
             generator: torch.Generator | None = None, pad_mode: str = "zeros") -> torch.Tensor:
     """The seed's training augmentation on a uint8 batch: random crop (zero padding), then flip."""
@@ -92,14 +107,14 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
                  device: torch.device | str = "cpu", crop_padding: int = 4, flip: str = "random",
-                 pad_mode: str = "zeros", channels_last: bool = False, seed: int = 0):
+                 pad_mode: str = "zeros", cutout: int = 0, channels_last: bool = False, seed: int = 0):
         if len(images) == 0:
             raise ValueError("DeviceLoader needs at least one image")
         self.device = torch.device(device)
         self.images = images.to(self.device)  # uint8: 4x less memory than float32
         self.labels = labels.to(self.device)
         self.batch_size, self.train = batch_size, train
-        self.crop_padding, self.flip, self.pad_mode = crop_padding, flip, pad_mode
+        self.crop_padding, self.flip, self.pad_mode, self.cutout = crop_padding, flip, pad_mode, cutout
         self.channels_last, self.seed = channels_last, seed
         self.epoch = 0
 
@@ -127,6 +142,7 @@ class DeviceLoader:
                     x = random_flip(x, g)
                 elif self.flip == "alternate":
                     x = flip_where(x, self.base_flips()[idx] ^ bool(self.epoch % 2))
+                x = cutout(x, self.cutout, g)
                 y = self.labels[idx]
             yield normalize(x, self.channels_last), y
 

@@ -183,7 +183,8 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
     model = model.to(device, memory_format=memory)
     print(f"model: {cfg.model}, {count_parameters(model):,} parameters")
     loader = DeviceLoader(*splits.train, cfg.batch_size, train=True, device=device, crop_padding=cfg.crop_padding,
-                          flip=cfg.flip, pad_mode=cfg.pad_mode, channels_last=cfg.channels_last, seed=cfg.seed)
+                          flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout, channels_last=cfg.channels_last,
+                          seed=cfg.seed)
     eval_loader = DeviceLoader(*splits.eval, cfg.eval_batch_size, train=False, device=device,
                                channels_last=cfg.channels_last)
     optimizer = make_optimizer(model, cfg)
