@@ -62,6 +62,17 @@ def test_dry_run_then_evaluate_reproduces_the_accuracy(tree, tmp_path, capsys):
             f"({res['final_test_accuracy']:.2f}%)")
     assert line in out and "per-class accuracy:" in out and "airplane" in out
 
+    # The slim export evaluates to the same line, is smaller, refuses to be overwritten or resumed.
+    slim = tmp_path / "slim.pt"
+    assert run(["export", "--checkpoint", str(out_dir / "last.pt"), "--out", str(slim)], capsys)[0] == 0
+    assert slim.stat().st_size < (out_dir / "last.pt").stat().st_size
+    code, out, _ = run(["evaluate", "--checkpoint", str(slim), "--data", str(tree)], capsys)
+    assert code == 0 and line in out
+    code, _, err = run(["export", "--checkpoint", str(out_dir / "last.pt"), "--out", str(slim)], capsys)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = run(["train", "--resume", str(slim), "--data", str(tree), "--no-progress"], capsys)
+    assert code == 2 and "exported checkpoint" in err and err.count("\n") == 1
+
 
 def test_existing_run_needs_overwrite(tree, tmp_path, capsys):
     argv = ["train", "--epochs", "1", "--data", str(tree), "--out", str(tmp_path / "r"), "--no-progress"]

@@ -40,7 +40,7 @@ def test_same_seed_same_numbers(tmp_path, learnable_data):
 
 
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, monkeypatch, capsys):
-    cfg = dict(epochs=3, ema=0.9, dropout=0.1)
+    cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
     straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data)
 
     real = trainer_mod.train_one_epoch

@@ -25,6 +25,10 @@ class CheckpointError(CifarkitError):
     """A checkpoint file is missing, truncated, foreign or does not fit the network."""
 
 
+_UMASK = os.umask(0)  # read the process umask (the only way is to set it) ...
+os.umask(_UMASK)      # ... and put it back at once
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(file_object) on a temp file in the same folder, fsync it, then rename over `path`.
 
@@ -37,6 +41,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -75,6 +80,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if key not in ckpt:
             raise CheckpointError(f"{path} is incomplete: no '{key}' entry")
     return ckpt
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """Write a slim copy of checkpoint `src` to `dst` for sharing: config, the evaluated weights, epoch,
+    history and results; no optimizer, scheduler or RNG state (so about the size of the weights, and it
+    can be evaluated but not resumed). Returns the slim dict."""
+    ckpt = load_checkpoint(src)
+    weights = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]  # the weights the run reported
+    slim = {"config": ckpt["config"], "model": weights, "epoch": ckpt["epoch"],
+            "history": ckpt.get("history", []), "exported_from": str(src), "resumable": False}
+    save_checkpoint(dst, slim)
+    return slim
 
 
 def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> TrainConfig:

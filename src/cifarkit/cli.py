@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--val-split", type=POS_INT,
                    help="evaluate on the validation split of N training images that `train --val-split N` holds out")
     _runtime_options(e, data_default)
+
+    x = sub.add_parser("export", help="slim copy of a checkpoint (weights, config, history) for sharing")
+    x.add_argument("--checkpoint", required=True, help="a run's last.pt or best.pt")
+    x.add_argument("--out", required=True, help="where to write the slim .pt")
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p
 
 
@@ -171,10 +176,23 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .checkpoint import CheckpointError, export_checkpoint
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise CheckpointError(f"{args.out} exists; pass --overwrite to replace it")
+    slim = export_checkpoint(args.checkpoint, args.out)
+    size = os.path.getsize(args.out) / 2**20
+    print(f"wrote {args.out} ({size:.1f} MiB): {slim['config']['model']} weights after epoch {slim['epoch']}; "
+          f"evaluate with: python -m cifarkit evaluate --checkpoint {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "summary": _summary, "evaluate": _evaluate}[args.command](args)
+        return {"train": _train, "summary": _summary, "evaluate": _evaluate,
+                "export": _export}[args.command](args)
     except CifarkitError as e:
         from .engine import DivergenceError
         print(f"cifarkit: error: {e}", file=sys.stderr)

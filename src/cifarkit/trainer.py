@@ -156,6 +156,9 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
+        if ckpt.get("resumable") is False:
+            raise CheckpointError(f"{resume} is an exported checkpoint (weights only): it can be evaluated, "
+                                  f"not resumed; resume from the run folder's last.pt")
         saved = config_from_checkpoint(ckpt, resume)
         keep = {k: getattr(cfg, k) for k in ("data", "data_root", "device", "progress", "compile")}
         cfg = TrainConfig.from_dict({**saved.to_dict(), **keep, "out": str(Path(resume).parent)})

@@ -1,0 +1,26 @@
+"""TrainConfig: round trip, recipes, and configs saved by older versions of cifarkit."""
+import pytest
+
+from cifarkit.config import RECIPES, ConfigError, TrainConfig
+
+
+def test_round_trip_and_recipes():
+    for name in RECIPES:
+        cfg = TrainConfig.from_recipe(name)
+        assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_recipe("seed").lookahead is False  # the original recipe: plain SGD, nothing added
+
+
+def test_old_config_keeps_the_behaviour_it_was_trained_with():
+    # A config.json written before flip modes, lookahead, BN-LR scaling and the linear schedule's ends existed.
+    old = {k: v for k, v in TrainConfig.from_recipe("seed").to_dict().items()
+           if k not in ("pad_mode", "cutout", "lr_start", "lr_end", "bias_lr_scale", "lookahead")}
+    old["flip"] = True
+    cfg = TrainConfig.from_dict(old)
+    assert (cfg.flip, cfg.lookahead, cfg.bias_lr_scale, cfg.pad_mode, cfg.cutout) == ("random", False, 1.0, "zeros", 0)
+    assert TrainConfig.from_dict({**old, "flip": False}).flip == "none"
+
+
+def test_unknown_field_is_an_error():
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
