@@ -9,6 +9,8 @@ def test_round_trip_and_recipes():
         cfg = TrainConfig.from_recipe(name)
         assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig.from_recipe("seed").lookahead is False  # the original recipe: plain SGD, nothing added
+    # A recipe with overrides takes today's defaults for everything else (never the legacy values).
+    assert TrainConfig.from_recipe("default", seed=3) == TrainConfig(seed=3)
 
 
 def test_old_config_keeps_the_behaviour_it_was_trained_with():

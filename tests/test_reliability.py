@@ -36,7 +36,7 @@ def env(tmp_path_factory):
 def train_cmd(out: Path, data: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cifarkit", "train", "--data", str(data), "--out", str(out),
             "--epochs", str(EPOCHS), "--batch-size", "50", "--eval-batch-size", "100", "--lr", "0.05",
-            "--dropout", "0.1", "--ema", "0.9", "--no-progress", *extra]
+            "--dropout", "0.1", "--ema", "0.9", "--no-lookahead", "--no-progress", *extra]
 
 
 def rows(run: Path) -> list[dict]:

@@ -118,11 +118,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict (e.g. a saved config.json); unknown keys are an error, missing keys take defaults."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        """Build from a saved config.json / checkpoint config; unknown keys are an error. A config saved before
+        an option existed gets that option's LEGACY_FIELDS value (how it was trained), otherwise defaults."""
+        cls._check_names(d)
         if "lookahead" not in d:  # saved before that option existed: keep the behaviour it was trained with
             d = {**LEGACY_FIELDS, **d}
         if isinstance(d.get("flip"), bool):  # flip was a bool before FLIP_MODES
@@ -135,7 +133,14 @@ class TrainConfig:
         if recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
         d = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
-        return cls.from_dict(d)
+        cls._check_names(d)
+        return cls(**d)  # not from_dict: a recipe takes today's defaults, never the legacy ones
+
+    @classmethod
+    def _check_names(cls, d: dict[str, Any]) -> None:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
 
     def __str__(self) -> str:
         width = max(len(f.name) for f in dataclasses.fields(self))
