@@ -34,3 +34,27 @@ def test_seed_network_beats_chance_clearly(cifar, tmp_path):
     result = fit(cfg, data=cifar)
     assert result.final["final_test_total"] == 2000
     assert result.final["final_test_accuracy"] > 35.0  # chance is 10%
+
+
+@pytest.mark.parametrize("name", ["seed-net-s0", "compact-s0"])
+def test_committed_checkpoint_reproduces_its_reported_accuracy(cifar, name):
+    """The README's numbers come from these files: evaluating them gives the recorded test result
+    (exactly on the machine that trained them; bf16 kernels of another CPU may move a handful of images)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from cifarkit.checkpoint import model_from_checkpoint
+    from cifarkit.engine import predict, resolve_precision
+    from cifarkit.loader import DeviceLoader
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    reported = json.loads((root / name / "results.json").read_text())
+    model, cfg, _ = model_from_checkpoint(root / f"{name}.pt")
+    loader = DeviceLoader(cifar.test_images, cifar.test_labels, cfg.eval_batch_size, train=False,
+                          device="cpu", channels_last=cfg.channels_last)
+    probs, labels = predict(model, loader, amp_dtype=resolve_precision(cfg.precision, torch.device("cpu")), tta=cfg.tta)
+    correct = int((probs.argmax(1) == labels).sum())
+    assert reported["tta"] == cfg.tta and reported["final_test_total"] == len(labels)
+    assert abs(correct - reported["final_test_correct"]) <= 10, (correct, reported["final_test_correct"])

@@ -1,0 +1,35 @@
+"""The README's results table, from the committed runs: mean +- sd of final-epoch test accuracy per group.
+
+    python benchmarks/results_table.py [checkpoints]
+
+Runs are grouped by folder name without the trailing "-sN" (seed-net-s0, -s1, -s2 -> seed-net). The sd is
+the sample standard deviation over seeds. Time is the run's wall clock (training, per-epoch tests, final
+test-time augmentation) as results.json recorded it.
+"""
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def main() -> int:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "checkpoints")
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for f in sorted(root.glob("*/results.json")):
+        groups[re.sub(r"-s\d+$", "", f.parent.name)].append({**json.loads(f.read_text()), "run": f.parent.name})
+    print(f"{'group':<14}{'model':<9}{'params':>9}{'epochs':>7}  {'test accuracy':<38}{'minutes':<20}tta")
+    for name, runs in groups.items():
+        accs = [r["final_test_accuracy"] for r in runs]
+        mins = [r["wall_seconds"] / 60 for r in runs]
+        acc = f"{statistics.mean(accs):.2f}" + (f" +- {statistics.stdev(accs):.2f}" if len(accs) > 1 else "")
+        acc += f" ({', '.join(f'{a:.2f}' for a in accs)})"
+        r = runs[0]
+        print(f"{name:<14}{r['model']:<9}{r['parameters']:>9,}{r['epochs']:>7}  {acc:<38}"
+              f"{', '.join(f'{m:.1f}' for m in mins):<20}{r['tta']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
