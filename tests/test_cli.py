@@ -70,6 +70,12 @@ def test_dry_run_then_evaluate_reproduces_the_accuracy(tree, tmp_path, capsys):
     assert code == 0 and line in out
     code, _, err = run(["export", "--checkpoint", str(out_dir / "last.pt"), "--out", str(slim)], capsys)
     assert code == 2 and "--overwrite" in err
+    nested = tmp_path / "new" / "folder" / "slim.pt"  # a folder that does not exist yet is created
+    assert run(["export", "--checkpoint", str(out_dir / "last.pt"), "--out", str(nested)], capsys)[0] == 0
+    assert nested.is_file()
+    code, _, err = run(["export", "--checkpoint", str(out_dir / "last.pt"), "--out", str(tmp_path), "--overwrite"],
+                       capsys)
+    assert code == 2 and "is a folder" in err and err.count("\n") == 1
     code, _, err = run(["train", "--resume", str(slim), "--data", str(tree), "--no-progress"], capsys)
     assert code == 2 and "exported checkpoint" in err and err.count("\n") == 1
 

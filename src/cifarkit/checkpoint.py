@@ -82,14 +82,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def reported_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a run evaluated and reported: the EMA copy when the run kept one, else the model's."""
+    return ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
+
+
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """Write a slim copy of checkpoint `src` to `dst` for sharing: config, the evaluated weights, epoch,
-    history and results; no optimizer, scheduler or RNG state (so about the size of the weights, and it
-    can be evaluated but not resumed). Returns the slim dict."""
+    """Write a slim copy of checkpoint `src` to `dst` for sharing: config, the reported weights, epoch and
+    history; no optimizer, scheduler or RNG state (so about the size of the weights, and it can be
+    evaluated but not resumed). Creates `dst`'s folder if needed. Returns the slim dict."""
     ckpt = load_checkpoint(src)
-    weights = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]  # the weights the run reported
-    slim = {"config": ckpt["config"], "model": weights, "epoch": ckpt["epoch"],
+    dst = Path(dst)
+    if dst.is_dir():
+        raise CheckpointError(f"{dst} is a folder; give the path of the .pt file to write")
+    slim = {"config": ckpt["config"], "model": reported_weights(ckpt), "epoch": ckpt["epoch"],
             "history": ckpt.get("history", []), "exported_from": str(src), "resumable": False}
+    dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, slim)
     return slim
 
@@ -124,8 +132,7 @@ def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = 
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
     model = create_model(cfg.model, dropout=cfg.dropout)
-    weights = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
-    load_weights(model, weights, path, cfg.model)
+    load_weights(model, reported_weights(ckpt), path, cfg.model)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

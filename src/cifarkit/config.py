@@ -121,8 +121,7 @@ class TrainConfig:
         """Build from a saved config.json / checkpoint config; unknown keys are an error. A config saved before
         an option existed gets that option's LEGACY_FIELDS value (how it was trained), otherwise defaults."""
         cls._check_names(d)
-        if "lookahead" not in d:  # saved before that option existed: keep the behaviour it was trained with
-            d = {**LEGACY_FIELDS, **d}
+        d = {**LEGACY_FIELDS, **d}  # a field the saved config lacks keeps the value it was trained with
         if isinstance(d.get("flip"), bool):  # flip was a bool before FLIP_MODES
             d = {**d, "flip": "random" if d["flip"] else "none"}
         return cls(**d)
