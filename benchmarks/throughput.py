@@ -69,12 +69,19 @@ def time_steps(step, batches, warmup: int, steps: int) -> float:
     it = iter(batches)
     for _ in range(warmup):
         step(*next(it))
+    sync()
     n, start = 0, time.perf_counter()
     for _ in range(steps):
         x, y = next(it)
         step(x, y)
         n += len(y)
+    sync()  # a GPU runs the queued steps asynchronously: count them only once they are done
     return n / (time.perf_counter() - start)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> int:

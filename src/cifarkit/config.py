@@ -46,13 +46,13 @@ class TrainConfig:
     limit_test: int | None = None       # class-balanced, seeded subset of N test images (quick runs)
     val_split: int = 0                  # hold out N training images as a validation set (0: evaluate on test)
     crop_padding: int = 4               # random crop after padding by this many pixels (the seed's 4)
-    pad_mode: str = "zeros"             # crop padding, one of PAD_MODES (torchvision's RandomCrop: zeros)
+    pad_mode: str = "reflect"           # crop padding, one of PAD_MODES (reflect: +0.5% on val over zeros)
     flip: str = "alternate"             # horizontal flips, one of FLIP_MODES (alternate: +0.1-0.3% on val)
     cutout: int = 0                     # side (px) of a random square painted with the mean colour; 0 = off
     # --- optimisation ---
     epochs: int = 20                    # passes over the training set (the seed ran 20)
-    batch_size: int = 128               # images per step (the seed's 128 = 391 steps per epoch)
-    lr: float = 0.2                     # peak learning rate (schedule "constant": the only one)
+    batch_size: int = 256               # images per step (seed: 128); 256 at lr 0.4: +0.3% on val, fewer steps
+    lr: float = 0.4                     # peak learning rate (schedule "constant": the only one)
     momentum: float = 0.9               # SGD momentum
     nesterov: bool = True               # Nesterov momentum: a small, free gain over plain momentum
     weight_decay: float = 1e-3          # L2 on conv / linear weights (BatchNorm and biases exempt); best on val
@@ -164,6 +164,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                     bias_lr_scale=64.0, label_smoothing=0.2, lookahead=True, tta="flip-translate",
                     flip="alternate", crop_padding=2, pad_mode="reflect"),
     "seed": dict(dropout=0.1, lr=0.01, momentum=0.9, nesterov=False, weight_decay=0.0, schedule="constant",
-                 label_smoothing=0.0, ema=0.0, lookahead=False, tta="none", flip="random", epochs=20,
-                 batch_size=128),
+                 label_smoothing=0.0, ema=0.0, lookahead=False, tta="none", flip="random", pad_mode="zeros",
+                 epochs=20, batch_size=128),
 }
