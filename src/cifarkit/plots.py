@@ -10,6 +10,14 @@ from typing import Sequence
 import torch
 
 
+def _epoch_axis(ax) -> None:
+    """Label the x axis "epoch" with whole-number ticks only (no 2.5 epochs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _finish(fig, path: str | Path | None):
     fig.tight_layout()
     if path is not None:
@@ -28,7 +36,7 @@ def plot_history(history: Sequence[dict], path: str | Path | None = None, eval_l
     for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
         ax.plot(epochs, [h[f"eval_{key}"] for h in history], "o-", ms=3, label=eval_label)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -53,7 +61,7 @@ def plot_compare(histories: dict[str, Sequence[dict]], path: str | Path | None =
                 label=f"{name}: {history[-1]['eval_accuracy']:.2f}% at epoch {history[-1]['epoch']}")
     if reference:
         ax.axhline(reference[1], color="grey", ls="--", lw=1, label=f"{reference[0]}: {reference[1]:.2f}%")
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -71,7 +79,7 @@ def plot_lr(history: Sequence[dict], path: str | Path | None = None):
         xs += [h["epoch"] - 1 + (i + 1) / len(lrs) for i in range(len(lrs))]
         ys += lrs
     ax.plot(xs, ys)
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("learning rate")
     ax.set_title("learning-rate schedule (per step)", fontsize=10)
     ax.grid(alpha=0.3)
