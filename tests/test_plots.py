@@ -43,7 +43,7 @@ def test_history_plot_reports_the_final_and_best_epoch():
     history[2]["eval_accuracy"] = 99.0  # best in the middle, so "best" and "final" differ
     fig = plot_history(history)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts] + [ax.get_title() for ax in fig.axes]
-    assert any("73.00% (final)" in t for t in texts)
+    assert any("test 73.00% (final)" in t for t in texts)
     assert any("99.00% at epoch 3" in t for t in texts)
 
 

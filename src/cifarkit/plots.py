@@ -41,8 +41,11 @@ def plot_history(history: Sequence[dict], path: str | Path | None = None, eval_l
         ax.grid(alpha=0.3)
         ax.legend()
     best = max(history, key=lambda h: h["eval_accuracy"])
-    ax_acc.annotate(f"{history[-1]['eval_accuracy']:.2f}% (final)", (epochs[-1], history[-1]["eval_accuracy"]),
-                    textcoords="offset points", xytext=(-90, -22))
+    # In the empty lower-right corner (accuracy rises left to right), boxed, with an arrow to the final point.
+    ax_acc.annotate(f"{eval_label} {history[-1]['eval_accuracy']:.2f}% (final)",
+                    (epochs[-1], history[-1]["eval_accuracy"]), xytext=(0.97, 0.06), textcoords="axes fraction",
+                    ha="right", bbox=dict(boxstyle="round", fc="white", ec="0.7"),
+                    arrowprops=dict(arrowstyle="->", color="0.4"))
     ax_acc.set_title(f"best {eval_label} {best['eval_accuracy']:.2f}% at epoch {best['epoch']}", fontsize=10)
     ax_loss.set_title("train loss includes label smoothing, if any", fontsize=10)
     if title:
