@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-REFLECT = ["--pad-mode", "reflect"]
 SETS: dict[str, list[tuple[str, list[str]]]] = {
     # the default recipe's choices, each changed alone (the first row is the baseline they are compared with)
     "seed-net": [("zeros-pad-bs128", ["--pad-mode", "zeros", "--batch-size", "128", "--lr", "0.2"]),
@@ -76,9 +75,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     todo = [(name, opts, s) for s in args.seeds for name, opts in SETS[args.set]
             if final_val(out / f"{name}-s{s}") is None]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2" if args.parallel > 1 else "")}
-    env = {k: v for k, v in env.items() if v != ""}
-    running: list[tuple[str, subprocess.Popen]] = []
+    env = dict(os.environ)
+    if args.parallel > 1:  # runs sharing the machine: two threads each, unless the caller chose
+        env.setdefault("OMP_NUM_THREADS", "2")
+    running: list[tuple[str, subprocess.Popen, object]] = []  # (run, process, its open log file)
     while todo or running:
         while todo and len(running) < args.parallel:
             name, opts, s = todo.pop(0)
@@ -87,11 +87,13 @@ def main() -> int:
                    "--seed", str(s), "--data", args.data, "--device", args.device, "--out", str(out / run),
                    "--no-progress", "--overwrite"]
             log = open(out / f"{run}.log", "w")
-            running.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+            running.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
             print(f"started {run}: {' '.join(opts) or '(defaults)'}", flush=True)
-        for run, proc in list(running):
+        for entry in list(running):
+            run, proc, log = entry
             if proc.poll() is not None:
-                running.remove((run, proc))
+                running.remove(entry)
+                log.close()
                 print(f"{run}: exit {proc.returncode}, val {final_val(out / run)}", flush=True)
         time.sleep(1)
 

@@ -43,18 +43,13 @@ def test_committed_checkpoint_reproduces_its_reported_accuracy(cifar, name):
     import json
     from pathlib import Path
 
-    import torch
-
     from cifarkit.checkpoint import model_from_checkpoint
-    from cifarkit.engine import predict, resolve_precision
-    from cifarkit.loader import DeviceLoader
+    from cifarkit.trainer import predict_with_config
 
     root = Path(__file__).resolve().parents[1] / "checkpoints"
     reported = json.loads((root / name / "results.json").read_text())
     model, cfg, _ = model_from_checkpoint(root / f"{name}.pt")
-    loader = DeviceLoader(cifar.test_images, cifar.test_labels, cfg.eval_batch_size, train=False,
-                          device="cpu", channels_last=cfg.channels_last)
-    probs, labels = predict(model, loader, amp_dtype=resolve_precision(cfg.precision, torch.device("cpu")), tta=cfg.tta)
+    probs, labels = predict_with_config(model, cfg, cifar.test_images, cifar.test_labels)
     correct = int((probs.argmax(1) == labels).sum())
     assert reported["tta"] == cfg.tta and reported["final_test_total"] == len(labels)
     assert abs(correct - reported["final_test_correct"]) <= 10, (correct, reported["final_test_correct"])

@@ -113,16 +113,21 @@ def _runtime_options(p: argparse.ArgumentParser, data_default: str | None) -> No
     p.add_argument("--precision", choices=PRECISIONS)
 
 
-def _train(args) -> int:
-    from .trainer import fit
-
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig a parsed `train` command line asks for: its recipe, then the options given on top
+    (--dry-run: 1 epoch on 512 / 256 images unless limits are given)."""
     fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if k in vars(args)}
     if args.dry_run:
         fields.update(epochs=1, limit_train=fields["limit_train"] or 512, limit_test=fields["limit_test"] or 256,
                       out=fields["out"] or "runs/dry-run")
-        args.overwrite = True
-    cfg = TrainConfig.from_recipe(args.recipe, **fields)
-    result = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    return TrainConfig.from_recipe(args.recipe, **fields)
+
+
+def _train(args) -> int:
+    from .trainer import fit
+
+    cfg = config_from_args(args)
+    result = fit(cfg, resume=args.resume, overwrite=args.overwrite or args.dry_run)
     if result.interrupted:
         return 130
     r = result.final
@@ -148,8 +153,8 @@ def _evaluate(args) -> int:
     from .analysis import confusion_matrix, per_class_accuracy
     from .checkpoint import model_from_checkpoint
     from .data import load_cifar10
-    from .engine import predict, resolve_device, resolve_precision, score
-    from .loader import DeviceLoader
+    from .engine import resolve_device, resolve_precision, score
+    from .trainer import predict_with_config
 
     device = resolve_device(args.device or "auto")
     model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device)
@@ -162,12 +167,11 @@ def _evaluate(args) -> int:
         from .trainer import VAL_SEED
         *_, images, labels = split_train_val(data.train_images, data.train_labels, args.val_split, VAL_SEED)
         label = "Validation"
-    loader = DeviceLoader(images, labels, args.batch_size or cfg.eval_batch_size,
-                          train=False, device=device, channels_last=cfg.channels_last)
     print(f"checkpoint {args.checkpoint}: model {cfg.model}, epoch {ckpt['epoch']}/{cfg.epochs}, "
           f"{'EMA' if ckpt.get('ema') else 'final'} weights, tta {tta}, "
           f"precision {str(amp).replace('torch.', '') if amp else 'fp32'}, device {device}")
-    probs, labels = predict(model, loader, amp_dtype=amp, tta=tta)
+    probs, labels = predict_with_config(model, cfg, images, labels, precision=args.precision, tta=tta,
+                                        batch_size=args.batch_size)
     score(probs, labels, label=label)
     acc = per_class_accuracy(confusion_matrix(probs.argmax(1), labels))
     print("per-class accuracy:")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from .config import CIFAR10_MEAN, CIFAR10_STD
 

@@ -78,13 +78,21 @@ class FitResult:
     def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(test images uint8, labels, probabilities) of the evaluated model on the run's test split,
         with the run's device, precision and test-time augmentation."""
-        cfg = self.config
-        images, labels = make_splits(cfg, self.data).test
-        device = next(self.model.parameters()).device
-        loader = DeviceLoader(images, labels, cfg.eval_batch_size, train=False, device=device,
-                              channels_last=cfg.channels_last)
-        probs, labels = predict(self.model, loader, amp_dtype=resolve_precision(cfg.precision, device), tta=cfg.tta)
+        images, labels = make_splits(self.config, self.data).test
+        probs, labels = predict_with_config(self.model, self.config, images, labels)
         return images, labels, probs
+
+
+def predict_with_config(model: nn.Module, cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, *,
+                        precision: str | None = None, tta: str | None = None,
+                        batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` on uint8 `images` on the model's device, with the run's precision, TTA, evaluation batch
+    and layout unless overridden. Returns (probabilities, labels) on the CPU."""
+    device = next(model.parameters()).device
+    loader = DeviceLoader(images, labels, batch_size or cfg.eval_batch_size, train=False, device=device,
+                          channels_last=cfg.channels_last)
+    amp = resolve_precision(precision or cfg.precision, device)
+    return predict(model, loader, amp_dtype=amp, tta=tta or cfg.tta)
 
 
 def hardware_string(device: torch.device) -> str:
