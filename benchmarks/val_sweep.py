@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--val-split", type=int, default=5000)
     ap.add_argument("--out", default="runs/sweep")
     args = ap.parse_args()
+    if not Path(args.data).exists():  # else every run would fail the same way, one log at a time
+        ap.error(f"--data {args.data}: no such file or folder")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
