@@ -7,7 +7,7 @@ from .data import Cifar10, DataError, balanced_indices, load_cifar10, split_trai
 from .engine import (DivergenceError, evaluate, make_optimizer, make_scheduler, predict, resolve_device,
                      resolve_precision, score, train_one_epoch)
 from .loader import DeviceLoader, augment, denormalize, normalize
-from .models import MODELS, SeedNet, count_parameters, create_model
+from .models import MODELS, SeedNet, build_model, count_parameters, create_model, register
 from .plots import plot_compare, plot_confusion, plot_history, plot_lr, plot_misclassified, show_images
 from .trainer import FitResult, fit, hardware_string, make_splits
 

@@ -5,8 +5,9 @@ a run and saved as ``config.json`` next to its results, so a run folder always s
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # CIFAR-10 label order 0..9 (also the alphabetical order of the ImageFolder class folders).
@@ -17,8 +18,9 @@ CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
 
-SCHEDULES = ("onecycle", "linear", "constant")  # learning-rate schedules `engine.make_scheduler` knows
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks the fastest safe one
+SCHEDULES = ("onecycle", "linear", "constant", "step")  # learning-rate schedules `engine.make_scheduler` knows
+OPTIMIZERS = ("sgd", "adam", "adamw")            # `engine.make_optimizer`
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks what the device does natively
 TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation used by `evaluate`
 FLIP_MODES = ("random", "alternate", "none")     # training flips: per image, or airbench's alternating
 PAD_MODES = ("zeros", "reflect")                 # how the random crop pads the image
@@ -37,8 +39,9 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the recommended recipe for the seed network."""
 
     # --- what to train ---
-    model: str = "seed"                 # name in `models.MODELS`
-    dropout: float = 0.0                # dropout after every conv block; the seed used 0.1, 0 trains better
+    model: Any = "seed"                 # a name in `models.MODELS`, an import path "file.py:Class(k=v)" /
+                                        # "pkg.mod:Class", or (Python only) an nn.Module / zero-argument factory
+    dropout: float = 0.0                # dropout of the built-in networks (seed used 0.1, 0 trains better)
     # --- data ---
     data: str | None = None             # None: torchvision download into `data_root`; else a folder or archive
     data_root: str = "./data"           # where torchvision's CIFAR-10 is downloaded when `data` is None
@@ -49,31 +52,41 @@ class TrainConfig:
     pad_mode: str = "reflect"           # crop padding, one of PAD_MODES (reflect: +0.5% on val over zeros)
     flip: str = "alternate"             # horizontal flips, one of FLIP_MODES (alternate: +0.1-0.3% on val)
     cutout: int = 0                     # side (px) of a random square painted with the mean colour; 0 = off
+    transforms: list = field(default_factory=list)  # extra torchvision.transforms.v2, e.g. "RandomRotation(15)":
+                                        # applied per image (own random draw) on uint8, after crop / flip
     # --- optimisation ---
     epochs: int = 20                    # passes over the training set (the seed ran 20)
     batch_size: int = 256               # images per step (seed: 128); 256 at lr 0.4: +0.3% on val, fewer steps
-    lr: float = 0.4                     # peak learning rate (schedule "constant": the only one)
-    momentum: float = 0.9               # SGD momentum
-    nesterov: bool = True               # Nesterov momentum: a small, free gain over plain momentum
+    optimizer: str = "sgd"              # one of OPTIMIZERS (adam / adamw want a peak lr near 1e-3)
+    lr: float = 0.4                     # peak learning rate (schedule "constant" / "step": the starting one)
+    momentum: float = 0.9               # SGD momentum (adam / adamw: beta1)
+    nesterov: bool = True               # Nesterov momentum (SGD only): a small, free gain over plain momentum
     weight_decay: float = 1e-3          # L2 on conv / linear weights (BatchNorm and biases exempt); best on val
-    schedule: str = "onecycle"          # one of SCHEDULES
+    schedule: str = "onecycle"          # one of SCHEDULES; every schedule advances once per batch (optimizer step)
     warmup: float = 0.2                 # fraction of all steps spent warming up (onecycle / linear)
     lr_start: float = 0.0               # "linear": LR at step 0 as a fraction of the peak (warmup from here)
     lr_end: float = 0.0                 # "linear": LR at the last step as a fraction of the peak
+    step_size: int = 0                  # "step": multiply the LR by `gamma` every N EPOCHS (0: use milestones)
+    milestones: list = field(default_factory=list)  # "step": ...or at these EPOCHS, e.g. [10, 15]
+    gamma: float = 0.1                  # "step": the LR factor at each step
     bias_lr_scale: float = 1.0          # LR multiplier for BatchNorm parameters (airbench: 64)
     label_smoothing: float = 0.2        # cross-entropy label smoothing (airbench's 0.2)
     ema: float = 0.0                    # weight-EMA decay per step (e.g. 0.999), evaluated separately; 0 disables
     lookahead: bool = True              # airbench's lookahead: an EMA copied back into the weights every 5 steps
-    tta: str = "flip-translate"         # test-time augmentation of the final evaluation, one of TTA_MODES
+    tta: str = "flip-translate"         # test-time augmentation of the separate final test, one of TTA_MODES
     # --- runtime ---
     device: str = "auto"                # "auto": cuda, then mps, then cpu; or a torch device string
-    precision: str = "auto"             # one of PRECISIONS; "auto": bf16 where fast, fp16 on older GPUs
+    precision: str = "auto"             # one of PRECISIONS; "auto": bf16 on CC >= 8.0 GPUs and bf16 CPUs, fp16 +
+                                        # gradient scaler on CC 7.x (T4, V100), else fp32
     channels_last: bool = True          # NHWC memory layout: faster convolutions on CPU (oneDNN) and GPU
     compile: bool = False               # torch.compile the model (see benchmarks/README.md: measure first)
+    cuda_graphs: bool = True            # on CUDA: replay the train step as a CUDA graph (no effect on CPU / MPS)
+    check_every: int = 50               # on GPUs, steps between host reads of the loss (NaN check, progress bar)
     eval_batch_size: int = 1000         # images per evaluation step (no autograd, so it can be large)
     seed: int = 0                       # seeds model init, data order, augmentation and dropout
     out: str = "runs/default"           # run folder: config, history, checkpoints
     progress: bool = True               # tqdm bar per epoch and the seed-style test line
+    data_fingerprint: str = ""          # set by `fit`: image counts + hash of the decoded arrays; resume checks it
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,14 +120,34 @@ class TrainConfig:
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 10), f"{name} must be >= 10 (one image per class), got {v!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(isinstance(self.step_size, int) and self.step_size >= 0, f"step_size must be >= 0 epochs, got {self.step_size!r}")
+        self.milestones = list(self.milestones)
+        need(all(isinstance(m, int) and 1 <= m for m in self.milestones) and self.milestones == sorted(set(self.milestones)),
+             f"milestones must be increasing epochs >= 1, got {self.milestones!r}")
+        need(self.schedule != "step" or bool(self.step_size) != bool(self.milestones),
+             "schedule 'step' needs exactly one of step_size (epochs) or milestones")
+        need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
+        need(isinstance(self.check_every, int) and self.check_every >= 1, f"check_every must be >= 1, got {self.check_every!r}")
+        self.transforms = [t if isinstance(t, str) else format_call(*t) for t in self.transforms]
+        for t in self.transforms:
+            parse_call(t, "transform")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.tta in TTA_MODES, f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        from .models import MODELS  # late import: models does not depend on config
-        need(self.model in MODELS, f"unknown model {self.model!r}; known: {', '.join(sorted(MODELS))}")
+        from .models import check_model_spec  # late import: models does not depend on config
+        check_model_spec(self.model)
+
+    @property
+    def model_name(self) -> str:
+        """The network as recorded in config.json: a registry name, an import path or "object:Class"."""
+        from .models import spec_string
+        return spec_string(self.model)
 
     # --- (de)serialisation ---
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able values; a model object is recorded by `model_name` (see models.spec_string)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**d, "model": self.model_name, "transforms": list(self.transforms), "milestones": list(self.milestones)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -143,14 +176,42 @@ class TrainConfig:
 
     def __str__(self) -> str:
         width = max(len(f.name) for f in dataclasses.fields(self))
-        lines = [f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items()]
+        lines = [f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items() if k != "data_fingerprint" or v]
         return "TrainConfig(\n" + "\n".join(lines) + "\n)"
 
 
 # Fields added after the first saved runs, with the value that reproduces how those runs were trained
 # (so an old config.json or checkpoint still evaluates and resumes as it ran, whatever today's defaults).
 LEGACY_FIELDS: dict[str, Any] = dict(pad_mode="zeros", cutout=0, lr_start=0.0, lr_end=0.0, bias_lr_scale=1.0,
-                                     lookahead=False)
+                                     lookahead=False, cuda_graphs=False)
+
+
+def parse_call(text: str, what: str = "spec") -> tuple[str, dict[str, Any]]:
+    """'Name' or 'Name(arg=literal, ...)' (dotted names allowed; positional literals become "_0", "_1", ...
+    only for transforms) -> (name, kwargs). Only Python literals are accepted, so a config never runs code."""
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+        call = node if isinstance(node, ast.Call) else None
+        name = ast.unparse(call.func if call else node)
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError
+        args = [ast.literal_eval(a) for a in call.args] if call else []
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if call else {}
+        if any(k is None for k in kwargs):
+            raise ValueError
+    except (SyntaxError, ValueError, TypeError):
+        raise ConfigError(f"bad {what} {text!r}: expected Name or Name(arg=value, ...) with literal values") from None
+    for i, a in enumerate(args):
+        kwargs[f"_{i}"] = a
+    return name, kwargs
+
+
+def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
+    """Inverse of `parse_call`: ('RandomRotation', {'degrees': 15}) -> 'RandomRotation(degrees=15)'."""
+    kwargs = kwargs or {}
+    pos = [repr(kwargs[f"_{i}"]) for i in range(len(kwargs)) if f"_{i}" in kwargs]
+    kw = [f"{k}={v!r}" for k, v in kwargs.items() if not k.startswith("_")]
+    return f"{name}({', '.join(pos + kw)})" if kwargs else name
 
 # Named presets. "seed" reconstructs the original assignment's recipe: the write-up gives the network,
 # batch size (391 steps/epoch = 128) and 20 epochs but not the optimiser settings, so plain SGD at a
