@@ -1,27 +1,64 @@
-"""Training throughput of the seed network: the classic PyTorch path (A) vs cifarkit's default path (B).
+"""Training throughput of the seed network (default recipe, batch 256): the classic path, cifarkit's old eager
+path and its new path, side by side in one process on the same card and data.
 
-Both run in this one process on the same data, for the same number of steps of 128 images after a warm-up:
-  A  torchvision.datasets.CIFAR10 + PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
-     ToTensor, Normalize) + DataLoader(batch_size=128, num_workers=2, shuffle=True), fp32, NCHW, SGD.
-  B  cifarkit: uint8 dataset on the device, batched crop / flip, bf16 autocast where the CPU has native
-     bf16 (AMX or AVX-512-BF16), channels_last, the default TrainConfig (Nesterov SGD, OneCycle).
-Then B runs one real full epoch (50,000 images) plus its test pass, and A's full epoch is estimated from
-its throughput and a timed test pass. The last line reads ``speedup B/A: X.XX``.
+  A   classic: torchvision.datasets.CIFAR10 + PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
+      ToTensor, Normalize) + DataLoader(num_workers=2, shuffle=True), fp32, NCHW, SGD(lr 0.01, momentum 0.9).
+  B   cifarkit, old eager path: uint8 data on the device, batched crop / flip, channels_last, the default
+      TrainConfig (Nesterov SGD, OneCycle, label smoothing, lookahead), the old "auto" precision
+      (bf16 wherever torch.cuda.is_bf16_supported() says so: also on a T4, emulated), the unfused optimiser
+      (with fp16 GradScaler then reads the overflow flag on the host every step) and a host read of the
+      loss every 20 steps.
+  C   cifarkit, new path: `choose_precision` (fp16 + scaler on CC 7.x, bf16 on CC >= 8), fused optimiser,
+      the loss read every `check_every` (50) steps, and the train step replayed as CUDA graphs
+      (`prepare_train_model`, cuda_graphs=True). CUDA only: on a CPU the row says N/A.
+Optional rows (--rows) split B -> C into its parts: B1 = B with the new precision choice; B2 = B1 + fused
+optimiser + loss read every 50 steps (no host sync inside the epoch), eager; C2 = C + compile
+(torch.compile mode="reduce-overhead": Inductor kernels as CUDA graphs; compiling can take minutes).
 
-    python benchmarks/throughput.py --data ../shared/data/cifar10-jpg.tar.gz
+For each row: img/s of the training steps alone (`--steps` timed steps after `--warmup` steps, data
+augmentation included), and one epoch of 50,000 images plus the per-epoch test pass over 10,000 test
+images (plain, no TTA, as `fit` runs it after every epoch but the last). On a GPU the epoch is real (the
+second of two, so tracing / graph recording is counted separately as "setup"); on a CPU it is estimated
+from the step rate plus a timed test pass (`--epoch real` runs it there too: minutes per row).
+
+    python benchmarks/throughput.py                          # synthetic random uint8 images (default)
+    python benchmarks/throughput.py --steps 10 --warmup 3    # a CPU run in about a minute
+    python benchmarks/throughput.py --data ../shared/data/cifar10-jpg.tar.gz --rows A,B,B1,B2,C
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import pickle
 import resource
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+ENGINE_ROWS = {  # name: (description, old precision choice, fused optimiser, check_every, cuda_graphs, compile)
+    "B": ("cifarkit eager, old path (loss read every 20 steps)", True, False, 20, False, False),
+    "B1": ("B + new precision choice", False, False, 20, False, False),
+    "B2": ("B1 + fused optimiser + loss read every 50: no sync", False, True, 50, False, False),
+    "C": ("cifarkit new: no host sync + CUDA graphs", False, True, 50, True, False),
+    "C2": ("C + compile (reduce-overhead)", False, True, 50, True, True),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    path: str
+    precision: str = ""
+    step_ips: float | None = None   # img/s over the timed training steps
+    train_s: float | None = None    # one epoch of training, seconds
+    test_s: float | None = None     # the per-epoch test pass, seconds
+    estimated: bool = False         # train_s = images / step_ips instead of a real epoch
+    note: str = ""                  # N/A reason, failure, setup time
 
 
 def rss_mb() -> float:
@@ -29,20 +66,133 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU runs queued work asynchronously: time it only once it is done
+
+
+def forever(loader):
+    """Batches of `loader`, starting over when it ends (for step counts beyond one epoch)."""
+    while True:
+        yield from loader
+
+
+class Take:
+    """The first `n` batches of `loader` (restarting it as needed), with a length for `train_one_epoch`."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(forever(self.loader), self.n)
+
+
+def synthetic_cifar10(n_train: int, n_test: int):
+    """Random uint8 images and labels of CIFAR-10's shapes: throughput does not depend on the pixels."""
+    from cifarkit import Cifar10
+    g = torch.Generator().manual_seed(0)
+    img = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)  # noqa: E731
+    return Cifar10(img(n_train), torch.arange(n_train) % 10, img(n_test), torch.arange(n_test) % 10,
+                   source="synthetic")
+
+
+def old_auto_precision(device: torch.device) -> torch.dtype | None:
+    """cifarkit's "auto" before choose_precision: bf16 where torch.cuda.is_bf16_supported(), which counts
+    emulation and so also says True on a T4 (pytorch/pytorch#148322)."""
+    from cifarkit.engine import resolve_precision
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return resolve_precision("auto", device)
+
+
+def unfused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimiser and groups with torch's default (foreach) kernels, as cifarkit built it before."""
+    groups = [{k: v for k, v in g.items() if k != "fused"} for g in opt.param_groups]
+    return type(opt)(groups)
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16+scaler", None: "fp32"}[dtype]
+
+
+def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
+    """Rows B..C2: cifarkit's own loop (`train_one_epoch`) with the row's settings."""
+    from cifarkit import DeviceLoader, create_model, evaluate, make_optimizer, make_scheduler, train_one_epoch
+    from cifarkit.engine import choose_precision, make_grad_scaler, prepare_train_model
+    from cifarkit.optim import Lookahead
+
+    path, old_precision, fused, check_every, graphs, compile_ = ENGINE_ROWS[name]
+    if (graphs or fused) and device.type != "cuda":
+        why = "CUDA graphs are CUDA-only" if graphs else "fused optimiser is used on CUDA only"
+        same = "; a CPU reads the loss every step anyway, so this is row B" if device.type == "cpu" else ""
+        return Row(name, path, note=f"N/A on {device.type}: {why}{same}")
+    amp = old_auto_precision(device) if old_precision else choose_precision(cfg.precision, device)[0]
+    torch.manual_seed(0)
+    model = create_model("seed", dropout=cfg.dropout).to(device, memory_format=torch.channels_last)
+    loader = DeviceLoader(data.train_images, data.train_labels, cfg.batch_size, train=True, device=device,
+                          crop_padding=cfg.crop_padding, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout,
+                          channels_last=True, seed=0)
+    test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, train=False, device=device,
+                               channels_last=True)
+    opt = make_optimizer(model, cfg)
+    opt = opt if fused else unfused(opt)
+    sched = make_scheduler(opt, cfg, len(loader))
+    scaler = make_grad_scaler(amp, device)
+    lookahead = Lookahead(cfg.epochs * len(loader)) if cfg.lookahead else None
+    train_model = prepare_train_model(model, device=device, cuda_graphs=graphs, compile=compile_)
+
+    def train(batches, epoch: int = 0) -> dict:
+        return train_one_epoch(train_model, batches, opt, sched, amp_dtype=amp, scaler=scaler, ema=lookahead,
+                               label_smoothing=cfg.label_smoothing, epoch=epoch, progress=False,
+                               check_every=check_every)
+
+    def test() -> float:
+        if lookahead is not None:
+            lookahead.sync(model)  # as fit does before each evaluation
+        return evaluate(model, test_loader, amp_dtype=amp, tta="none", verbose=False)["seconds"]
+
+    row = Row(name, path, dtype_name(amp))
+    start = time.perf_counter()
+    train(Take(loader, args.warmup))  # also traces / records the CUDA graphs of the full-batch shape
+    setup = time.perf_counter() - start
+    row.step_ips = train(Take(loader, args.steps))["images_per_second"]
+    if real_epoch(args, device):
+        seconds = []
+        for epoch in range(2):  # the first epoch also records the graphs of the last, smaller batch
+            loader.set_epoch(epoch)
+            tr = train(loader, epoch)
+            seconds.append((tr["seconds"], test()))
+        (t1, e1), (row.train_s, row.test_s) = seconds
+        row.note = f"first epoch {t1 + e1:.1f} s; warm-up {args.warmup} steps {setup:.1f} s"
+    else:
+        evaluate(model, Take(test_loader, 1), amp_dtype=amp, verbose=False)  # warm the kernels' caches
+        row.train_s, row.test_s, row.estimated = len(data.train_labels) / row.step_ips, test(), True
+    return row
+
+
+def real_epoch(args, device: torch.device) -> bool:
+    return args.epoch == "real" or (args.epoch == "auto" and device.type == "cuda")
+
+
 def write_batches(data, folder: Path) -> None:
-    """Write the arrays as torchvision's cifar-10-batches-py pickles, so path A uses the real class."""
+    """Write the arrays as torchvision's cifar-10-batches-py pickles (rows of 3,072 channel-planar bytes,
+    i.e. (3, 32, 32) flattened, as in the real download), so row A uses the real torchvision class."""
     folder.mkdir(parents=True)
-    train_x = data.train_images.permute(0, 2, 3, 1).reshape(len(data.train_labels), -1).numpy()
+    train_x, n = data.train_images.reshape(len(data.train_labels), -1).numpy(), len(data.train_labels)
+    per = -(-n // 5)
     for i in range(5):
-        sl = slice(i * 10000, (i + 1) * 10000)
+        sl = slice(i * per, (i + 1) * per)
         with open(folder / f"data_batch_{i + 1}", "wb") as f:
             pickle.dump({"data": train_x[sl], "labels": data.train_labels[sl].tolist()}, f)
     with open(folder / "test_batch", "wb") as f:
-        pickle.dump({"data": data.test_images.permute(0, 2, 3, 1).reshape(10000, -1).numpy(),
+        pickle.dump({"data": data.test_images.reshape(len(data.test_labels), -1).numpy(),
                      "labels": data.test_labels.tolist()}, f)
 
 
-def classic_loaders(root: Path, batch_size: int):
+def classic_loaders(root: Path, batch_size: int, workers: int):
     from torchvision import datasets, transforms
 
     from cifarkit import CIFAR10_MEAN, CIFAR10_STD, CLASSES
@@ -60,113 +210,117 @@ def classic_loaders(root: Path, batch_size: int):
                                    transforms.ToTensor(), norm])
     train = LocalCIFAR10(str(root), train=True, transform=train_tf)
     test = LocalCIFAR10(str(root), train=False, transform=transforms.Compose([transforms.ToTensor(), norm]))
-    return (torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=2),
-            torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=2))
+    return (torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers),
+            torch.utils.data.DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=workers))
 
 
-def time_steps(step, batches, warmup: int, steps: int) -> float:
-    """Run `warmup` then `steps` steps over the iterator `batches`; images per second of the timed part."""
-    it = iter(batches)
-    for _ in range(warmup):
-        step(*next(it))
-    sync()
-    n, start = 0, time.perf_counter()
-    for _ in range(steps):
-        x, y = next(it)
-        step(x, y)
-        n += len(y)
-    sync()  # a GPU runs the queued steps asynchronously: count them only once they are done
-    return n / (time.perf_counter() - start)
+def classic_row(cfg, data, device: torch.device, args) -> Row:
+    """Row A: the course-template loop, fp32, data prepared per image by PIL in DataLoader workers."""
+    from cifarkit import create_model
+
+    row = Row("A", f"classic: torchvision + DataLoader({args.workers} workers)", "fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_batches(data, Path(tmp) / "cifar-10-batches-py")
+        train_dl, test_dl = classic_loaders(Path(tmp), cfg.batch_size, args.workers)
+        torch.manual_seed(0)
+        model = create_model("seed").to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(x, y):
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        model.train()
+        batches = forever(train_dl)
+        for _ in range(args.warmup):
+            step(*next(batches))
+        sync()
+        n, start = 0, time.perf_counter()
+        for _ in range(args.steps):
+            x, y = next(batches)
+            step(x, y)
+            n += len(y)
+        sync()
+        row.step_ips = n / (time.perf_counter() - start)
+        del batches  # shut its workers down before the epoch starts its own
+        if real_epoch(args, device):
+            start = time.perf_counter()
+            for x, y in train_dl:
+                step(x, y)
+            sync()
+            row.train_s = time.perf_counter() - start
+        else:
+            row.train_s, row.estimated = len(data.train_labels) / row.step_ips, True
+        start = time.perf_counter()
+        model.eval()
+        with torch.inference_mode():
+            for x, _ in test_dl:
+                model(x.to(device))
+        sync()
+        row.test_s = time.perf_counter() - start
+    return row
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def format_row(r: Row, n_train: int) -> str:
+    head = f"{r.name:<3} {r.path:<54} {r.precision:<12}"
+    if r.step_ips is None:
+        return f"{head} {r.note}"
+    total = r.train_s + r.test_s
+    epoch = f"{r.train_s:6.1f} + {r.test_s:5.1f} = {total:6.1f}{' est.' if r.estimated else '     '}"
+    return f"{head} {r.step_ips:10.1f}   {epoch} {n_train / total:9.0f}  {r.note}".rstrip()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="CIFAR-10 folder or archive (see cifarkit.load_cifar10)")
-    ap.add_argument("--steps", type=int, default=100, help="timed steps of 128 images per path")
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--no-full-epoch", action="store_true", help="skip B's real full epoch")
-    args = ap.parse_args()
+    ap.add_argument("--data", help="CIFAR-10 folder or archive (see cifarkit.load_cifar10); default: synthetic")
+    ap.add_argument("--steps", type=int, default=100, help="timed training steps per row (batch 256)")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (tracing, graph recording)")
+    ap.add_argument("--epoch", choices=("auto", "real", "estimate"), default="auto",
+                    help="auto: a real epoch on a GPU, estimated from the step rate on a CPU")
+    ap.add_argument("--rows", default="A,B,C", help=f"comma-separated, from A,{','.join(ENGINE_ROWS)}")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of row A")
+    ap.add_argument("--train-images", type=int, default=50_000, help="synthetic data: training images")
+    ap.add_argument("--test-images", type=int, default=10_000, help="synthetic data: test images")
+    args = ap.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r != "A" and r not in ENGINE_ROWS]
+    if unknown:
+        ap.error(f"unknown row(s) {', '.join(unknown)}")
 
-    from cifarkit import (DeviceLoader, TrainConfig, create_model, evaluate, load_cifar10, make_optimizer,
-                          make_scheduler, resolve_device, resolve_precision, train_one_epoch)
-    from cifarkit.engine import autocast
+    from cifarkit import TrainConfig, load_cifar10, resolve_device
+    from cifarkit.engine import choose_precision
     from cifarkit.trainer import hardware_string
 
     cfg = TrainConfig(progress=False)
     device = resolve_device(cfg.device)
-    amp = resolve_precision(cfg.precision, device)
-    data = load_cifar10(args.data, progress=False)
-    print(f"hardware: {hardware_string(device)}; torch {torch.__version__}; B precision: "
-          f"{str(amp).replace('torch.', '') if amp else 'fp32'}; {args.steps} timed steps of 128 images per path")
-    bs = 128
-
-    # ---- B: cifarkit default path
-    torch.manual_seed(0)
-    model = create_model("seed", dropout=cfg.dropout).to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(model, cfg)
-    sched = make_scheduler(opt, cfg, 391)
-
-    def step_b(x, y):
-        with autocast(device, amp):
-            loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-
-    loader = DeviceLoader(data.train_images, data.train_labels, bs, train=True, device=device, channels_last=True)
-    model.train()
-    ips_b = time_steps(step_b, loader, args.warmup, args.steps)
-    print(f"B cifarkit: {ips_b:8.1f} img/s  (peak RSS so far {rss_mb():.0f} MB)")
-
-    epoch_b = None
-    if not args.no_full_epoch:
-        test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, train=False,
-                                   device=device, channels_last=True)
-        tr = train_one_epoch(model, loader, opt, sched, amp_dtype=amp, label_smoothing=cfg.label_smoothing,
-                             progress=False)
-        # The per-epoch test pass, as fit runs it on every epoch but the last (which adds cfg.tta).
-        ev = evaluate(model, test_loader, amp_dtype=amp, tta="none", verbose=False)
-        epoch_b = tr["seconds"] + ev["seconds"]
-        print(f"B full epoch: {tr['seconds']:.1f} s train ({tr['images_per_second']:.0f} img/s) + {ev['seconds']:.1f} s "
-              f"test = {epoch_b:.1f} s  (peak RSS {rss_mb():.0f} MB)")
-    del loader
-
-    # ---- A: classic path
-    with tempfile.TemporaryDirectory() as tmp:
-        write_batches(data, Path(tmp) / "cifar-10-batches-py")
-        train_dl, test_dl = classic_loaders(Path(tmp), bs)
-        torch.manual_seed(0)
-        model_a = create_model("seed").to(device)
-        opt_a = torch.optim.SGD(model_a.parameters(), lr=0.01, momentum=0.9)
-
-        def step_a(x, y):
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model_a(x), y)
-            opt_a.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_a.step()
-
-        model_a.train()
-        ips_a = time_steps(step_a, train_dl, args.warmup, args.steps)
-        print(f"A classic:  {ips_a:8.1f} img/s  (peak RSS so far {rss_mb():.0f} MB, workers not included)")
-        start = time.perf_counter()
-        model_a.eval()
-        with torch.inference_mode():
-            for x, _ in test_dl:
-                model_a(x.to(device))
-        test_a = time.perf_counter() - start
-    epoch_a = 50000 / ips_a + test_a
-    print(f"A full epoch (estimated): {50000 / ips_a:.1f} s train + {test_a:.1f} s test = {epoch_a:.1f} s")
-    if epoch_b is not None:
-        print(f"epoch time B vs A: {epoch_b:.1f} s vs {epoch_a:.1f} s ({epoch_a / epoch_b:.2f}x)")
+    data = load_cifar10(args.data, progress=False) if args.data else synthetic_cifar10(args.train_images,
+                                                                                      args.test_images)
+    n_train = len(data.train_labels)
+    print(f"hardware: {hardware_string(device)}; torch {torch.__version__}; data: {data.source or args.data} "
+          f"({n_train} train / {len(data.test_labels)} test images)")
+    print(f"seed network, default recipe, batch {cfg.batch_size}; {args.steps} timed steps after {args.warmup} "
+          f"warm-up steps per row; new precision: {choose_precision(cfg.precision, device)[1]}")
+    print(f"{'row':<3} {'path':<54} {'precision':<12} {'step img/s':>10}   "
+          f"{'epoch s: train + test = total':<31} {'epoch img/s':>9}")
+    results = {}
+    for name in [r for r in rows if r != "A"] + (["A"] if "A" in rows else []):  # A last: it forks workers
+        try:
+            row = classic_row(cfg, data, device, args) if name == "A" else engine_row(name, cfg, data, device, args)
+        except Exception as e:  # noqa: BLE001 - report the row and measure the others
+            path = "classic" if name == "A" else ENGINE_ROWS[name][0]
+            row = Row(name, path, note=f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        results[name] = row
+        print(format_row(row, n_train), flush=True)
     print(f"peak RSS: {rss_mb():.0f} MB")
-    print(f"speedup B/A: {ips_b / ips_a:.2f}")
+    done = {k: r for k, r in results.items() if r.step_ips is not None}
+    for new, old in (("C", "B"), ("C", "A"), ("B", "A")):
+        if new in done and old in done:
+            a, b = done[old], done[new]
+            print(f"speedup {new}/{old}: steps {b.step_ips / a.step_ips:.2f}x, epoch incl. test "
+                  f"{(a.train_s + a.test_s) / (b.train_s + b.test_s):.2f}x")
     return 0
 
 

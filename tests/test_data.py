@@ -1,13 +1,18 @@
 """load_cifar10 on tiny datasets written in every supported format, the cache, and every bad input."""
+import gzip
+import re
 import shutil
+import tarfile
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import cifarkit.data as data_mod
-from cifarkit import CLASSES, DataError, balanced_indices, load_cifar10, split_train_val
+import cifarkit.imagefiles as imagefiles
+from cifarkit import CLASSES, Cifar10, DataError, balanced_indices, load_cifar10, split_train_val
+from cifarkit.data import data_warnings, fingerprint
 from conftest import tiny_arrays, write_archive, write_batches, write_tree
 
 
@@ -71,7 +76,7 @@ def test_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
 def test_second_load_comes_from_cache(tree, private_cache, monkeypatch):
     first = load_cifar10(tree, progress=False)
     assert len(list(private_cache.glob("*.npz"))) == 1
-    monkeypatch.setattr(data_mod, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(imagefiles, "_decode", lambda *a, **k: pytest.fail("decoded again"))
     second = load_cifar10(tree, progress=False)
     assert torch.equal(first.train_images, second.train_images)
 
@@ -183,6 +188,84 @@ def test_batch_file_with_code_is_refused(tmp_path):
     with pytest.raises(DataError, match="corrupt CIFAR-10 batch file"):
         load_cifar10(tmp_path)
     assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------- loads, but warns: one line each on stderr
+def warnings_of(capfd) -> list[str]:
+    err = capfd.readouterr().err
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def test_small_dataset_warns_once_with_its_counts(tree, capfd):
+    load_cifar10(tree, progress=False)
+    (line,) = warnings_of(capfd)
+    assert line == (f"warning: {tree} holds 30 train / 20 test images (train per class 3..3, test per class 2..2); "
+                    "the full CIFAR-10 has 5,000 / 1,000 per class")
+    load_cifar10(tree, progress=False)  # from the cache: the same warning
+    assert warnings_of(capfd) == [line]
+
+
+def test_full_counts_do_not_warn():
+    labels = lambda n: torch.arange(10).repeat_interleave(n)  # noqa: E731
+    empty = torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
+    assert data_warnings(Cifar10(empty, labels(5000), empty, labels(1000), source="x")) == []
+    assert "train per class 4,999..5,000" in data_warnings(Cifar10(empty, labels(5000)[1:], empty, labels(1000)))[0]
+
+
+def cut_before_last_member(archive: Path) -> int:
+    """Rewrite a tar (or .tar.gz) as if cut exactly between its last two members; returns the images left."""
+    with tarfile.open(archive, "r:*") as tf:
+        members = tf.getmembers()
+    cut = members[-1].offset  # the last member's header: everything before it is whole members
+    opener = gzip.open if archive.name.endswith(".gz") else open
+    with opener(archive, "rb") as f:
+        data = f.read()[:cut]
+    with opener(archive, "wb") as f:
+        f.write(data)
+    return sum(m.isfile() for m in members[:-1])
+
+
+@pytest.mark.parametrize("name", ["c.tar", "c.tar.gz"])
+def test_tar_cut_between_members_loads_with_a_truncation_warning(tmp_path, tree, capfd, name):
+    arc = write_archive(tree, tmp_path / name)
+    load_cifar10(arc, progress=False)
+    assert "truncated" not in " ".join(warnings_of(capfd))  # complete: counts only
+    assert cut_before_last_member(arc) == 49
+    for _ in range(2):  # decoded, then from the cache
+        d = load_cifar10(arc, progress=False)
+        assert len(d.train_labels) + len(d.test_labels) == 49
+        (line,) = warnings_of(capfd)
+        assert line.startswith(f"warning: {arc} holds ") and "train per class 2..3" in line
+        assert line.endswith("; archive looks truncated (no end-of-archive marker)")
+
+
+@pytest.mark.parametrize("fmt", ["tree", "c.zip", "c.tar.gz"])
+def test_nested_folder_in_a_class_folder_is_skipped_with_a_warning(tmp_path, tree, capfd, fmt):
+    nested = tree / "train" / "cat" / "extra" / "deeper"
+    nested.mkdir(parents=True)
+    for i in range(4):
+        shutil.copy(tree / "train" / "dog" / f"{15 + i % 3:04d}.png", nested.parent / f"x{i}.png")
+    shutil.copy(tree / "train" / "dog" / "0015.png", nested / "y.png")
+    source = tree if fmt == "tree" else write_archive(tree, tmp_path / fmt)
+    for _ in range(2):  # decoded, then from the cache
+        assert_exact(load_cifar10(source, progress=False))  # the nested images are not loaded
+        lines = warnings_of(capfd)
+        assert len(lines) == 2 and "holds 30 train / 20 test" in lines[0]
+        assert lines[1].startswith("warning: skipped 5 images in the nested folder ")
+        assert "train/cat/extra/ (only images directly in train/<class>/" in lines[1]
+
+
+# ---------------------------------------------------------------- fingerprint
+def test_fingerprint_names_the_content(tmp_path, tree):
+    a = load_cifar10(tree, progress=False)
+    fp = fingerprint(a)
+    assert re.fullmatch(r"30\+20:[0-9a-f]{16}", fp)
+    assert fingerprint(load_cifar10(write_archive(tree, tmp_path / "c.tar"), progress=False)) == fp  # same pixels
+    a.train_images[7, 1, 20, 3] ^= 1  # one pixel, one bit
+    assert fingerprint(a) != fp
+    a.train_images[7, 1, 20, 3] ^= 1
+    a.test_labels[0] = 9
+    assert fingerprint(a) != fp
 
 
 # ---------------------------------------------------------------- subsets

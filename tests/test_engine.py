@@ -1,14 +1,21 @@
 """train_one_epoch / evaluate return dicts, learn, stop on divergence; schedules and precision choice."""
+import math
+
 import pytest
 import torch
 
 from cifarkit import (DeviceLoader, DivergenceError, TrainConfig, create_model, evaluate, make_optimizer,
                       make_scheduler, resolve_precision, train_one_epoch)
-from cifarkit.engine import EMA, lr_factor, score
+from cifarkit import engine
+from cifarkit.engine import (EMA, CompiledModel, choose_precision, lr_factor, make_grad_scaler, predict,
+                             prepare_train_model, score)
 
 
 def loaders(data, batch=50):
-    return (DeviceLoader(data.train_images, data.train_labels, batch, train=True, seed=0),
+    # The augmentation these tests were calibrated with (the loader's defaults now follow TrainConfig:
+    # reflection padding, alternating flips, which learn this 200-image set more slowly in 6 epochs).
+    return (DeviceLoader(data.train_images, data.train_labels, batch, train=True, seed=0, flip="random",
+                         pad_mode="zeros"),
             DeviceLoader(data.test_images, data.test_labels, 100, train=False))
 
 
@@ -35,10 +42,13 @@ def test_nan_loss_stops_with_step_and_lr(learnable_data):
     model = create_model("seed")
     with torch.no_grad():
         model.fc.bias.fill_(float("nan"))
+    before = [p.detach().clone() for p in model.parameters()]
     train, _ = loaders(learnable_data)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     with pytest.raises(DivergenceError, match=r"loss is nan at epoch 3, step 1 \(lr 0.5\).*Lower --lr"):
-        train_one_epoch(model, train, opt, epoch=2, progress=False)
+        train_one_epoch(model, train, opt, epoch=2, progress=False, check_every=50)  # CPU: checks every step
+    # stopped before the optimiser applied the NaN gradients
+    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(before, model.parameters()))
 
 
 def test_score_matches_counts():
@@ -49,7 +59,6 @@ def test_score_matches_counts():
 
 
 def test_flip_tta_is_invariant_to_mirroring(learnable_data):
-    from cifarkit import predict
     model = create_model("seed").eval()
     x, y = learnable_data.test_images[:20], learnable_data.test_labels[:20]
     p1, _ = predict(model, DeviceLoader(x, y, 10, train=False), tta="flip")
@@ -102,6 +111,8 @@ def test_precision_choice():
     assert resolve_precision("fp32", torch.device("cpu")) is None
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
     assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        choose_precision("half", torch.device("cpu"))
 
 
 def test_lr_factor_start_and_end_fractions():
@@ -139,7 +150,6 @@ def test_lookahead_pulls_weights_towards_their_average():
 
 
 def test_flip_translate_tta_averages_six_views(learnable_data):
-    from cifarkit import predict
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 5), torch.nn.Flatten(), torch.nn.LazyLinear(10))
     loader = DeviceLoader(learnable_data.test_images[:10], learnable_data.test_labels[:10], 10, train=False)
@@ -147,3 +157,293 @@ def test_flip_translate_tta_averages_six_views(learnable_data):
     six, _ = predict(model, loader, tta="flip-translate")
     assert six.shape == plain.shape and torch.allclose(six.sum(1), torch.ones(10))
     assert not torch.allclose(six, plain)
+
+
+# ---------------------------------------------------------------- precision by card
+def fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> torch.device:
+    """Pretend torch sees one CUDA card `name` of compute `capability` (nothing touches a real GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as on a T4
+    return torch.device("cuda")
+
+
+@pytest.mark.parametrize("name, cc, dtype, reason", [
+    ("Tesla T4", (7, 5), torch.float16, "fp16 + gradient scaler: Tesla T4 has compute capability 7.5 (no native bf16)"),
+    ("Tesla V100-SXM2-16GB", (7, 0), torch.float16, "fp16 + gradient scaler: Tesla V100-SXM2-16GB has compute "
+                                                     "capability 7.0 (no native bf16)"),
+    ("Tesla P100-PCIE-16GB", (6, 0), None, "fp32: Tesla P100-PCIE-16GB has compute capability 6.0 (no tensor cores"),
+    ("NVIDIA A100-SXM4-40GB", (8, 0), torch.bfloat16, "bf16: NVIDIA A100-SXM4-40GB has compute capability 8.0 "
+                                                      "(native bf16)"),
+    ("NVIDIA L4", (8, 9), torch.bfloat16, "bf16: NVIDIA L4 has compute capability 8.9 (native bf16)"),
+    ("NVIDIA H100 80GB HBM3", (9, 0), torch.bfloat16, "bf16: NVIDIA H100 80GB HBM3 has compute capability 9.0"),
+])
+def test_auto_precision_follows_compute_capability(monkeypatch, name, cc, dtype, reason):
+    device = fake_gpu(monkeypatch, name, cc)
+    got, why = choose_precision("auto", device)
+    assert got == dtype and why.startswith(reason) and "\n" not in why
+    assert resolve_precision("auto", device) == dtype
+    scaler = make_grad_scaler(got, torch.device("cpu"))  # a CUDA scaler would warn without a real GPU
+    assert (scaler is not None) == (dtype == torch.float16)
+
+
+def test_explicit_precision_is_honoured_and_emulation_named(monkeypatch):
+    t4 = fake_gpu(monkeypatch, "Tesla T4", (7, 5))
+    dtype, why = choose_precision("bf16", t4)
+    assert dtype == torch.bfloat16 and why.startswith("bf16 (requested): Tesla T4") and "emulated" in why
+    assert choose_precision("fp32", t4) == (None, "fp32 (requested): Tesla T4 has compute capability 7.5 "
+                                                  "(auto picks fp16 + gradient scaler)")
+    a100 = fake_gpu(monkeypatch, "NVIDIA A100", (8, 0))
+    assert choose_precision("fp16", a100) == (torch.float16, "fp16 + gradient scaler (requested): NVIDIA A100 has "
+                                                            "compute capability 8.0 (auto picks bf16, which needs no scaler)")
+    assert choose_precision("bf16", a100)[1] == "bf16 (requested): NVIDIA A100 has compute capability 8.0 (native bf16)"
+    p100 = fake_gpu(monkeypatch, "Tesla P100", (6, 0))
+    assert choose_precision("fp16", p100)[1].endswith("(no tensor cores: fp16 is not faster there)")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_and_mps_precision(monkeypatch, native):
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: native)
+    dtype, why = choose_precision("auto", torch.device("cpu"))
+    assert dtype == (torch.bfloat16 if native else None)
+    assert why.startswith("bf16: this CPU has native bf16" if native else "fp32: this CPU has no native bf16")
+    dtype, why = choose_precision("bf16", torch.device("cpu"))
+    assert dtype == torch.bfloat16 and ("emulated" in why) != native
+    assert choose_precision("auto", torch.device("mps"))[0] is None
+    assert choose_precision("fp16", torch.device("mps"))[0] == torch.float16
+
+
+def test_grad_scaler_only_for_fp16():
+    cpu = torch.device("cpu")
+    assert make_grad_scaler(None, cpu) is None and make_grad_scaler(torch.bfloat16, cpu) is None
+    scaler = make_grad_scaler(torch.float16, cpu)
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+
+
+# ---------------------------------------------------------------- the training step
+def tiny_setup(n: int = 48, batch: int = 8, seed: int = 0):
+    """A small conv + BatchNorm network and a loader of random uint8 images (6 steps of 8)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    loader = DeviceLoader(images, torch.arange(n) % 10, batch, train=True, seed=seed)
+    return model, loader
+
+
+def test_fp16_with_grad_scaler_trains_on_cpu():
+    model, loader = tiny_setup()
+    cfg = TrainConfig(lr=0.05, batch_size=8, epochs=2, lookahead=False)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, len(loader))
+    scaler = make_grad_scaler(torch.float16, torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        r = train_one_epoch(model, loader, opt, sched, amp_dtype=torch.float16, scaler=scaler, epoch=epoch,
+                            progress=False)
+    assert math.isfinite(r["loss"]) and r["total"] == 48 and len(r["lrs"]) == 6
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert math.isfinite(scaler.get_scale()) and scaler.get_scale() > 0
+
+
+def test_checks_every_n_steps_name_the_step_range(monkeypatch, capsys):
+    # On a GPU the loss is read every `check_every` steps; force that cadence on the CPU.
+    monkeypatch.setattr(engine, "_check_interval", lambda device, every: every)
+    model, loader = tiny_setup()
+    calls = []
+
+    class NaNAtThird(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            calls.append(1)
+            out = self.net(x)
+            return out * float("nan") if len(calls) == 3 else out
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, between steps 3 and 4 \(lr 0.1\)"):
+        train_one_epoch(NaNAtThird(), loader, opt, epoch=1, progress=False, check_every=2)
+    assert len(calls) == 4  # steps 1-2 passed the check at step 2; found at the check of step 4
+    fresh, _ = tiny_setup()
+    r = train_one_epoch(fresh, loader, torch.optim.SGD(fresh.parameters(), lr=0.1), progress=False,
+                        check_every=4)  # 6 steps: checked at steps 4 and 6 (the last)
+    assert r["total"] == 48 and math.isfinite(r["loss"])
+
+
+def test_divergence_message_lr_range():
+    err = engine._divergence(float("inf"), 0, 51, 100, [0.1] * 50 + [0.1 + i / 1000 for i in range(50)])
+    assert str(err).startswith("loss is inf at epoch 1, between steps 51 and 100 (lr 0.1 to 0.149); stopping.")
+
+
+# ---------------------------------------------------------------- CUDA graphs / compile switches
+def test_prepare_train_model_is_a_no_op_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled on the CPU"))
+    model = torch.nn.Linear(2, 2)
+    cpu = torch.device("cpu")
+    assert prepare_train_model(model, device=cpu, cuda_graphs=True, compile=False) is model
+    assert prepare_train_model(model, device=cpu, cuda_graphs=False, compile=False) is model
+    assert prepare_train_model(model, device=torch.device("cuda"), cuda_graphs=False, compile=False) is model
+
+
+@pytest.mark.parametrize("device, kwargs, label", [("cuda", dict(cuda_graphs=True, compile=False), "cuda_graphs"),
+                                                   ("cuda", dict(cuda_graphs=True, compile=True), "cuda_graphs"),
+                                                   ("cpu", dict(cuda_graphs=True, compile=True), "compile")])
+def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch, capsys, device, kwargs, label):
+    def broken(*args, **kw):
+        raise RuntimeError("Cannot find a working triton installation\nmore detail")
+    monkeypatch.setattr(torch, "compile", broken)
+    model = torch.nn.Linear(2, 2)
+    assert prepare_train_model(model, device=torch.device(device), **kwargs) is model
+    out = capsys.readouterr().out
+    assert out == f"{label}: falling back to eager (RuntimeError: Cannot find a working triton installation)\n"
+
+
+class FailingBackward(torch.autograd.Function):
+    """Identity forward; a backward that raises, like a CUDA graph whose backward recording fails."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_lazy_failure_of_compiled_model_trains_eagerly(monkeypatch, capsys, where):
+    def fake_compile(module, **kw):
+        def call(x):
+            if where == "forward":
+                raise AssertionError("tracing failed")
+            return FailingBackward.apply(module(x))
+        return call
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model, loader = tiny_setup()
+    train_model = prepare_train_model(model, device=torch.device("cpu"), cuda_graphs=False, compile=True)
+    assert isinstance(train_model, CompiledModel) and list(train_model.parameters()) == list(model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    r = train_one_epoch(train_model, loader, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+    assert r["total"] == 48 and math.isfinite(r["loss"]) and not train_model.active
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    lines = capsys.readouterr().out.splitlines()
+    expected = "AssertionError: tracing failed" if where == "forward" else "RuntimeError: CUDA error: operation"
+    assert len(lines) == 1 and lines[0].startswith(f"compile: falling back to eager ({expected}")
+
+
+def test_errors_of_an_eager_model_are_not_swallowed():
+    class Broken(torch.nn.Linear):
+        def forward(self, x):
+            raise ValueError("bug in my network")
+    _, loader = tiny_setup()
+    model = Broken(2, 2)
+    with pytest.raises(ValueError, match="bug in my network"):
+        train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+
+
+# ---------------------------------------------------------------- optimisers and the step schedule
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_adam_and_adamw_groups_and_betas(name, cls):
+    cfg = TrainConfig(model="compact", optimizer=name, lr=1e-3, momentum=0.85, weight_decay=0.05, bias_lr_scale=4)
+    opt = make_optimizer(create_model("compact"), cfg)
+    assert type(opt) is cls
+    weights, biases, norms = opt.param_groups
+    assert all(g["betas"] == (0.85, 0.999) for g in opt.param_groups)
+    assert weights["weight_decay"] == 0.05 and all(p.ndim > 1 for p in weights["params"])
+    assert biases["weight_decay"] == norms["weight_decay"] == 0.0
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, pytest.approx(4e-3)]
+
+
+def test_sgd_stays_nesterov_by_default():
+    opt = make_optimizer(create_model("seed"), TrainConfig())
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+
+
+def lrs_per_epoch(cfg: TrainConfig, steps_per_epoch: int) -> list[list[float]]:
+    """The LR of every optimiser step, per epoch, stepping the scheduler once per batch."""
+    opt = make_optimizer(create_model("seed"), cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    epochs = []
+    for _ in range(cfg.epochs):
+        epochs.append([])
+        for _ in range(steps_per_epoch):
+            epochs[-1].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    return epochs
+
+
+@pytest.mark.parametrize("kwargs, factors", [(dict(step_size=2), [1, 1, 0.1, 0.1, 0.01, 0.01]),
+                                             (dict(milestones=[1, 4]), [1, 0.1, 0.1, 0.1, 0.01, 0.01])])
+def test_step_schedule_counts_epochs_not_batches(kwargs, factors):
+    cfg = TrainConfig(epochs=6, lr=0.4, schedule="step", gamma=0.1, **kwargs)
+    epochs = lrs_per_epoch(cfg, steps_per_epoch=7)
+    for lrs, factor in zip(epochs, factors):  # constant within an epoch, x gamma at the epoch boundaries
+        assert lrs == pytest.approx([0.4 * factor] * 7)
+
+
+@pytest.mark.parametrize("schedule, extra", [("onecycle", {}), ("linear", {}), ("step", dict(milestones=[2]))])
+def test_scheduler_state_dict_round_trip_resumes_the_same_lrs(schedule, extra):
+    import io
+    cfg = TrainConfig(epochs=3, lr=0.4, schedule=schedule, **extra)
+    straight = [lr for epoch in lrs_per_epoch(cfg, 5) for lr in epoch]
+    model = create_model("seed")
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, 5)
+    for _ in range(8):
+        opt.step()
+        sched.step()
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+    opt2 = make_optimizer(model, cfg)
+    sched2 = make_scheduler(opt2, cfg, 5)
+    opt2.load_state_dict(saved["opt"])
+    sched2.load_state_dict(saved["sched"])
+    resumed = []
+    for _ in range(7):
+        resumed.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert resumed == pytest.approx(straight[8:])
+
+
+# ---------------------------------------------------------------- benchmarks/throughput.py
+def load_throughput():
+    import importlib.util
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module  # its dataclass looks its module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_rows_run_on_cpu(capsys):
+    tp = load_throughput()
+    assert tp.main(["--rows", "B,C", "--steps", "1", "--warmup", "1", "--train-images", "300",
+                    "--test-images", "100", "--epoch", "estimate"]) == 0
+    out = capsys.readouterr().out
+    row_b = next(line for line in out.splitlines() if line.startswith("B "))
+    assert " est. " in row_b and "failed" not in out
+    assert "N/A on cpu: CUDA graphs are CUDA-only" in next(line for line in out.splitlines() if line.startswith("C "))
+
+
+def test_classic_row_reads_the_images_we_wrote(tmp_path):
+    from cifarkit import CIFAR10_MEAN, CIFAR10_STD
+    tp = load_throughput()
+    data = tp.synthetic_cifar10(20, 10)
+    tp.write_batches(data, tmp_path / "cifar-10-batches-py")
+    _, test_dl = tp.classic_loaders(tmp_path, 10, workers=0)
+    x, y = next(iter(test_dl))
+    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    assert torch.equal((x * std + mean).mul(255).round().to(torch.uint8), data.test_images[:10])
+    assert torch.equal(y, data.test_labels[:10])

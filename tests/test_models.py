@@ -33,7 +33,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_network_keeps_the_course_rules(name):
-    failed = [c for c in check_rules(create_model(name)) if not c.passed]
+    failed = [c for c in check_rules(create_model(name)) if c.passed is False]
     assert not failed, failed
 
 

@@ -19,14 +19,15 @@ def test_fit_writes_the_run_folder(tmp_path, learnable_data):
     r = fit(cfg_for(tmp_path), data=learnable_data)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"config.json", "history.csv", "history.json", "last.pt",
-                                               "best.pt", "results.json"}
+                                               "best.pt", "results.json"}  # the .lock is gone
     assert json.loads((run / "config.json").read_text()) == r.config.to_dict()
+    assert r.config.data_fingerprint.startswith("200+100:")
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     hist = json.loads((run / "history.json").read_text())
     assert len(hist[0]["lrs"]) == 4  # 200 images / 50 per step
     res = json.loads((run / "results.json").read_text())
-    assert res["final_test_accuracy"] == hist[-1]["eval_accuracy"] and res["eval_set"] == "test"
+    assert res["single_view_accuracy"] == hist[-1]["eval_accuracy"] and res["eval_set"] == "test"
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
@@ -51,8 +52,8 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, mo
     monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupt_in_epoch_2)
     cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data)
     assert cut.interrupted and len(cut.history) == 1
-    out = capsys.readouterr().out
-    assert "Interrupted during epoch 2" in out and "--resume" in out and "last.pt" in out
+    err = capsys.readouterr().err  # the interrupt message goes to stderr
+    assert "Interrupted during epoch 2" in err and "--resume" in err and "last.pt" in err
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
 
     resumed = fit(TrainConfig(progress=False), data=learnable_data, resume=tmp_path / "cut" / "run" / "last.pt")
@@ -96,9 +97,41 @@ def test_exploding_learning_rate_is_caught(tmp_path, learnable_data):
 def test_validation_split_tests_once_at_the_end(tmp_path, learnable_data):
     r = fit(cfg_for(tmp_path, val_split=50), data=learnable_data)
     assert all(h["eval_total"] == 50 for h in r.history)
-    assert r.final["eval_set"] == "validation" and r.final["final_test_total"] == 100
+    assert r.final["eval_set"] == "validation" and r.final["test_total"] == 100
 
 
 def test_limits_take_balanced_subsets(tmp_path, learnable_data):
     r = fit(cfg_for(tmp_path, epochs=1, limit_train=100, limit_test=30), data=learnable_data)
     assert r.history[0]["eval_total"] == 30 and len(r.history[0]["lrs"]) == 2
+
+
+def test_tta_is_a_separate_final_result_and_epochs_count_from_1(tmp_path, learnable_data, capsys):
+    r = fit(cfg_for(tmp_path, epochs=2, progress=True, tta="flip-translate"), data=learnable_data)
+    out = capsys.readouterr().out
+    assert "EPOCH: 1" in out and "EPOCH: 2" in out and "EPOCH: 0" not in out
+    assert all(h["eval_tta"] == "none" for h in r.history)  # every per-epoch row is single view
+    res = r.final
+    assert res["single_view_correct"] == r.history[-1]["eval_correct"]
+    assert f"Final test, flip-translate TTA (6 views): Accuracy: {res['tta_correct']}/100 " in out
+    assert out.count("Test set: Average loss") == 2  # one single-view line per epoch, nothing more
+    # the TTA number really is another evaluation of the same weights
+    _, _, probs = r.test_predictions(tta="flip-translate")
+    assert int((probs.argmax(1) == learnable_data.test_labels).sum()) == res["tta_correct"]
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["epoch"] == res["best_eval_epoch"]
+
+
+def test_precision_choice_and_reason_are_saved(tmp_path, learnable_data):
+    r = fit(cfg_for(tmp_path, epochs=1), data=learnable_data)
+    assert r.final["precision"] == "fp32" and r.final["precision_reason"]
+
+
+def test_resume_refuses_changes_and_other_data(tmp_path, learnable_data):
+    fit(cfg_for(tmp_path, epochs=2), data=learnable_data)
+    last = tmp_path / "run" / "last.pt"
+    with pytest.raises(CifarkitError, match="refusing to change lr"):
+        fit(cfg_for(tmp_path, epochs=2, lr=0.3), data=learnable_data, resume=last)
+    other = type(learnable_data)(learnable_data.train_images.flip(3), learnable_data.train_labels,
+                                 learnable_data.test_images, learnable_data.test_labels)
+    with pytest.raises(CifarkitError, match="not the dataset this run started on"):
+        fit(cfg_for(tmp_path, epochs=2), data=other, resume=last)

@@ -1,17 +1,25 @@
-"""Command line: ``python -m cifarkit {train,summary,evaluate} ...``.
+"""Command line: ``python -m cifarkit {train,summary,evaluate,export,predict,lr-find} ...``.
 
-Every bad option or input ends in one line on stderr and a non-zero exit code, never a traceback:
-2 for bad options / input, 1 for a diverged run, 130 for Ctrl-C.
+The training options are generated from TrainConfig's fields, with each field's comment as its help, so
+the config is the one source of names, defaults and meanings. Every bad option or input ends in one line
+on stderr and a non-zero exit code, never a traceback: 2 for bad options / input, 1 for a diverged run or
+a failed write (disk full, read-only folder), 130 for Ctrl-C, 143 for SIGTERM.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import tempfile
+import typing
 
-from .config import (FLIP_MODES, PAD_MODES, PRECISIONS, RECIPES, SCHEDULES, TTA_MODES, CifarkitError,
-                     TrainConfig)
-from .models import MODELS
+from .config import (FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, RECIPES, SCHEDULES, TTA_MODES, TTA_VIEWS,
+                     CifarkitError, TrainConfig, field_help)
+
+CHOICES = {"flip": FLIP_MODES, "pad_mode": PAD_MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
+           "precision": PRECISIONS, "tta": TTA_MODES}
+NOT_OPTIONS = ("data_fingerprint",)  # set by fit, never by hand
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,160 +29,190 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind, low: float, inclusive: bool = True, high: float | None = None, what: str = ""):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if (v < low if inclusive else v <= low) or (high is not None and v >= high):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {what}")
-        return v
-    return parse
-
-
-POS_INT = _number(int, 1, what=">= 1")
-NONNEG_INT = _number(int, 0, what=">= 0")
-POS_FLOAT = _number(float, 0, inclusive=False, what="> 0")
-NONNEG_FLOAT = _number(float, 0, what=">= 0")
-FRACTION = _number(float, 0, high=1, what="in [0, 1)")
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (--batch-size for batch_size), default None = "not given"."""
+    hints = typing.get_type_hints(TrainConfig)
+    helps = field_help()
+    data_default = os.environ.get("CIFARKIT_DATA")  # the notebook and CI point this at a local copy
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NOT_OPTIONS:
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw: dict = {"help": f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%"), "default": None}
+        if f.name == "data":
+            kw["default"] = data_default
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.name == "transforms":
+            kw.update(action="append", metavar="TRANSFORM")
+        elif f.name == "milestones":
+            kw.update(type=int, nargs="+", metavar="EPOCH")
+        elif f.name in CHOICES:
+            kw["choices"] = CHOICES[f.name]
+        elif kind in (int, typing.Optional[int]):
+            kw["type"] = int
+        elif kind is float:
+            kw["type"] = float
+        p.add_argument(flag, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cifarkit", description="Train and inspect compact CIFAR-10 networks.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    data_default = os.environ.get("CIFARKIT_DATA")  # the notebook and CI point this at a local copy
 
     t = sub.add_parser("train", help="train a network; writes a run folder")
-    t.add_argument("--recipe", choices=list(RECIPES), default="default",
-                   help="preset to start from: 'default' (recommended) or 'seed' (the original recipe)")
-    t.add_argument("--model", choices=sorted(MODELS))
-    t.add_argument("--epochs", type=POS_INT)
-    t.add_argument("--batch-size", type=POS_INT)
-    t.add_argument("--lr", type=POS_FLOAT, help="peak learning rate")
-    t.add_argument("--momentum", type=FRACTION)
-    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--weight-decay", type=NONNEG_FLOAT)
-    t.add_argument("--dropout", type=FRACTION)
-    t.add_argument("--schedule", choices=SCHEDULES)
-    t.add_argument("--warmup", type=FRACTION, help="fraction of steps spent warming up")
-    t.add_argument("--label-smoothing", type=FRACTION)
-    t.add_argument("--ema", type=FRACTION, help="weight-EMA decay per step, 0 = off")
-    t.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation for evaluation")
-    t.add_argument("--crop-padding", type=NONNEG_INT)
-    t.add_argument("--pad-mode", choices=PAD_MODES, help="crop padding: zeros (torchvision) or reflect")
-    t.add_argument("--cutout", type=_number(int, 0, what="in [0, 32]", high=33),
-                   help="side of a random square painted with the mean colour (0 = off)")
-    t.add_argument("--flip", choices=FLIP_MODES, help="random (per image), alternate (airbench) or none")
-    t.add_argument("--lr-start", type=_number(float, 0, what="in [0, 1]", high=1.0000001),
-                   help="'linear' schedule: first LR as a fraction of the peak")
-    t.add_argument("--lr-end", type=_number(float, 0, what="in [0, 1]", high=1.0000001),
-                   help="'linear' schedule: last LR as a fraction of the peak")
-    t.add_argument("--bias-lr-scale", type=POS_FLOAT, help="LR multiplier for BatchNorm parameters")
-    t.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None,
-                   help="airbench's lookahead weight averaging")
-    t.add_argument("--val-split", type=NONNEG_INT, help="hold out N training images for validation")
-    t.add_argument("--limit-train", type=_number(int, 10, what=">= 10"), help="train on a balanced subset of N")
-    t.add_argument("--limit-test", type=_number(int, 10, what=">= 10"), help="test on a balanced subset of N")
-    t.add_argument("--seed", type=NONNEG_INT)
-    t.add_argument("--out", help="run folder (default runs/default)")
-    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its last.pt")
+    t.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help="preset to start from: 'default' (recommended), 'compact' or 'seed' (the original recipe)")
+    add_config_options(t)
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its last.pt (its own settings)")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    t.add_argument("--dry-run", action="store_true", help="1 epoch on 512 / 256 images: checks the whole path")
-    _runtime_options(t, data_default)
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--eval-batch-size", type=POS_INT)
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--dry-run", action="store_true",
+                   help="1 epoch on 512 / 256 images in a throwaway folder (or an empty --out): checks the path")
 
-    s = sub.add_parser("summary", help="torchsummary table, receptive field and course-rule checks")
-    s.add_argument("--model", choices=sorted(MODELS), default="seed")
+    s = sub.add_parser("summary", help="summary table, receptive field and course-rule checks")
+    s.add_argument("--model", default=None, help="registry name or import path file.py:Class (default: seed)")
+    s.add_argument("--checkpoint", help="summarise the network of this checkpoint instead")
 
-    e = sub.add_parser("evaluate", help="test accuracy and per-class accuracy of a checkpoint")
+    e = sub.add_parser("evaluate", help="single-view and TTA test accuracy, per class, of a checkpoint")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--tta", choices=TTA_MODES, help="default: what the run used")
-    e.add_argument("--batch-size", type=POS_INT, help="default: the run's eval batch size")
-    e.add_argument("--val-split", type=POS_INT,
+    e.add_argument("--tta", choices=TTA_MODES, help="TTA of the second line (default: what the run used)")
+    e.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+    e.add_argument("--val-split", type=int,
                    help="evaluate on the validation split of N training images that `train --val-split N` holds out")
-    _runtime_options(e, data_default)
+    e.add_argument("--model", help="import path to rebuild a network the run was given as an object")
+    _runtime_options(e)
 
     x = sub.add_parser("export", help="slim copy of a checkpoint (weights, config, history) for sharing")
     x.add_argument("--checkpoint", required=True, help="a run's last.pt or best.pt")
     x.add_argument("--out", required=True, help="where to write the slim .pt")
     x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    q = sub.add_parser("predict", help="classify your own images (any size; resized to 32x32) with a checkpoint")
+    q.add_argument("--checkpoint", required=True)
+    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("--top", type=int, default=3, help="how many classes to list per image (default 3)")
+    q.add_argument("--model", help="import path to rebuild a network the run was given as an object")
+    q.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+
+    f = sub.add_parser("lr-find", help="learning-rate range test for the configured network and recipe")
+    f.add_argument("--recipe", choices=list(RECIPES), default=None)
+    add_config_options(f)
+    f.add_argument("--num-iter", type=int, default=100, help="optimiser steps of the range test (default 100)")
+    f.add_argument("--start-lr", type=float, default=1e-5, help="first learning rate (default 1e-5)")
+    f.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
+    f.add_argument("--plot", default="lr_find.png", help="where to save the loss-vs-LR plot (default lr_find.png)")
     return p
 
 
-def _runtime_options(p: argparse.ArgumentParser, data_default: str | None) -> None:
-    p.add_argument("--data", default=data_default,
-                   help="CIFAR-10 folder or archive (default: $CIFARKIT_DATA, else torchvision download)")
-    p.add_argument("--data-root", help="torchvision download folder when --data is not given (./data)")
+def _runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=os.environ.get("CIFARKIT_DATA"),
+                   help="CIFAR-10 folder or archive (default: $CIFARKIT_DATA, else the run's data / torchvision)")
+    p.add_argument("--data-root", help="torchvision download folder when --data is not given")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS)
 
 
+def given_fields(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given on the command line (argparse leaves the others None)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig a parsed `train` command line asks for: its recipe, then the options given on top
-    (--dry-run: 1 epoch on 512 / 256 images unless limits are given)."""
-    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if k in vars(args)}
-    if args.dry_run:
-        fields.update(epochs=1, limit_train=fields["limit_train"] or 512, limit_test=fields["limit_test"] or 256,
-                      out=fields["out"] or "runs/dry-run")
-    return TrainConfig.from_recipe(args.recipe, **fields)
+    (--dry-run: 1 epoch on 512 / 256 images unless limits are given, in a fresh temporary folder unless
+    --out is given)."""
+    fields = given_fields(args)
+    if getattr(args, "dry_run", False):
+        fields = {"limit_train": 512, "limit_test": 256, **fields, "epochs": 1}
+        fields.setdefault("out", tempfile.mkdtemp(prefix="cifarkit-dry-run-"))
+    return TrainConfig.from_recipe(args.recipe or "default", **fields)
 
 
 def _train(args) -> int:
     from .trainer import fit
 
     cfg = config_from_args(args)
-    result = fit(cfg, resume=args.resume, overwrite=args.overwrite or args.dry_run)
+    explicit = set(given_fields(args))
+    if args.recipe:
+        explicit |= set(RECIPES[args.recipe])
+    result = fit(cfg, resume=args.resume, overwrite=args.overwrite, explicit=explicit if args.resume else None)
     if result.interrupted:
-        return 130
+        return result.exit_code
     r = result.final
-    print(f"final test accuracy: {r['final_test_correct']}/{r['final_test_total']} ({r['final_test_accuracy']:.2f}%),"
-          f" {r['epochs']} epochs, {r['wall_seconds']:.0f} s on {r['hardware']}; run folder: {result.run_dir}")
+    tta = (f"; {r['tta']} TTA ({TTA_VIEWS[r['tta']]} views) {r['tta_correct']}/{r['test_total']} "
+           f"({r['tta_accuracy']:.2f}%)" if r["tta_correct"] is not None else "")
+    print(f"final test accuracy: single view {r['single_view_correct']}/{r['test_total']} "
+          f"({r['single_view_accuracy']:.2f}%){tta}; {r['epochs']} epochs, {r['wall_seconds']:.0f} s on "
+          f"{r['hardware']}; run folder: {result.run_dir}")
     return 0
 
 
 def _summary(args) -> int:
     from .analysis import check_rules, format_rf_table, format_rules, receptive_field, summary_text
-    from .models import create_model
+    from .models import build_model, spec_string
 
-    model = create_model(args.model)
+    if args.checkpoint:
+        from .checkpoint import model_from_checkpoint
+        model, cfg, _ = model_from_checkpoint(args.checkpoint, "cpu", model=args.model)
+        name, accuracy = cfg.model_name, _reported_accuracy(args.checkpoint)
+    else:
+        name, accuracy = args.model or "seed", None
+        model = build_model(name)
+    print(f"network: {spec_string(name)}")
     print(summary_text(model))
     print("Receptive field (k kernel, s stride, p padding, d dilation; jump and RF in input pixels)")
     print(format_rf_table(receptive_field(model)))
     print("\nCourse rules")
-    print(format_rules(check_rules(model)))
+    print(format_rules(check_rules(model, accuracy=accuracy)))
     return 0
+
+
+def _reported_accuracy(checkpoint: str) -> float | None:
+    """The single-view test accuracy in the results.json next to a checkpoint, if there is one."""
+    import json
+    from pathlib import Path
+
+    for f in (Path(checkpoint).parent / "results.json", Path(checkpoint).with_suffix("") / "results.json"):
+        try:
+            return float(json.loads(f.read_text())["single_view_accuracy"])
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+    return None
 
 
 def _evaluate(args) -> int:
     from .analysis import confusion_matrix, per_class_accuracy
     from .checkpoint import model_from_checkpoint
     from .data import load_cifar10
-    from .engine import resolve_device, resolve_precision, score
-    from .trainer import predict_with_config
+    from .engine import choose_precision, resolve_device, score
+    from .trainer import VAL_SEED, predict_with_config
 
     device = resolve_device(args.device or "auto")
-    model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device)
-    amp = resolve_precision(args.precision or cfg.precision, device)
+    model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device, model=args.model)
+    _, reason = choose_precision(args.precision or cfg.precision, device)
     tta = args.tta or cfg.tta
-    data = load_cifar10(args.data, args.data_root or cfg.data_root)
+    data = load_cifar10(args.data if args.data is not None else cfg.data, args.data_root or cfg.data_root)
     images, labels, label = data.test_images, data.test_labels, "Test"
     if args.val_split:
         from .data import split_train_val
-        from .trainer import VAL_SEED
         *_, images, labels = split_train_val(data.train_images, data.train_labels, args.val_split, VAL_SEED)
         label = "Validation"
-    print(f"checkpoint {args.checkpoint}: model {cfg.model}, epoch {ckpt['epoch']}/{cfg.epochs}, "
-          f"{'EMA' if ckpt.get('ema') else 'final'} weights, tta {tta}, "
-          f"precision {str(amp).replace('torch.', '') if amp else 'fp32'}, device {device}")
-    probs, labels = predict_with_config(model, cfg, images, labels, precision=args.precision, tta=tta,
+    print(f"checkpoint {args.checkpoint}: model {cfg.model_name}, epoch {ckpt['epoch']}/{cfg.epochs}, "
+          f"{'EMA' if ckpt.get('ema') else 'final'} weights, precision {reason}, device {device}")
+    probs, labels = predict_with_config(model, cfg, images, labels, precision=args.precision, tta="none",
                                         batch_size=args.batch_size)
-    score(probs, labels, label=label)
+    score(probs, labels, label=label)  # the seed-style line, single view like every per-epoch line
+    if tta != "none":
+        tprobs, _ = predict_with_config(model, cfg, images, labels, precision=args.precision, tta=tta,
+                                        batch_size=args.batch_size)
+        t = score(tprobs, labels, verbose=False)
+        print(f"Final {label.lower()}, {tta} TTA ({TTA_VIEWS[tta]} views): Accuracy: {t['correct']}/{t['total']} "
+              f"({t['accuracy']:.2f}%)\n")
+        probs = tprobs
     acc = per_class_accuracy(confusion_matrix(probs.argmax(1), labels))
-    print("per-class accuracy:")
+    print(f"per-class accuracy ({'single view' if tta == 'none' else tta + ' TTA'}):")
     for name, a in zip(data.classes, acc.tolist()):
         print(f"  {name:<11}{a:6.2f}%")
     return 0
@@ -192,15 +230,39 @@ def _export(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from .checkpoint import model_from_checkpoint
+    from .engine import resolve_device
+    from .predict import format_prediction, predict_image
+
+    if args.top < 1:
+        raise CifarkitError(f"--top must be >= 1, got {args.top}")
+    model, cfg, _ = model_from_checkpoint(args.checkpoint, resolve_device(args.device or "auto"), model=args.model)
+    for path in args.images:
+        print(format_prediction(predict_image(model, path, cfg=cfg, top=args.top)))
+    return 0
+
+
+def _lr_find(args) -> int:
+    from .lrfind import describe, lr_find
+
+    cfg = config_from_args(args)
+    result = lr_find(cfg, num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr, path=args.plot)
+    print(describe(result, cfg.lr))
+    print(f"plot: {args.plot}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "summary": _summary, "evaluate": _evaluate,
-                "export": _export}[args.command](args)
+        return {"train": _train, "summary": _summary, "evaluate": _evaluate, "export": _export,
+                "predict": _predict, "lr-find": _lr_find}[args.command](args)
     except CifarkitError as e:
+        from .checkpoint import WriteError
         from .engine import DivergenceError
         print(f"cifarkit: error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, DivergenceError) else 2
-    except KeyboardInterrupt:
-        print("\ncifarkit: interrupted", file=sys.stderr)
-        return 130
+        return 1 if isinstance(e, (DivergenceError, WriteError)) else 2  # 1: the run failed; 2: bad input
+    except KeyboardInterrupt as e:  # outside fit's own handling (e.g. while loading data)
+        print("cifarkit: interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)

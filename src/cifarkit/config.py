@@ -21,7 +21,8 @@ IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
 SCHEDULES = ("onecycle", "linear", "constant", "step")  # learning-rate schedules `engine.make_scheduler` knows
 OPTIMIZERS = ("sgd", "adam", "adamw")            # `engine.make_optimizer`
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks what the device does natively
-TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation used by `evaluate`
+TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation of the separate final test
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per image that each mode averages
 FLIP_MODES = ("random", "alternate", "none")     # training flips: per image, or airbench's alternating
 PAD_MODES = ("zeros", "reflect")                 # how the random crop pads the image
 
@@ -228,3 +229,21 @@ RECIPES: dict[str, dict[str, Any]] = {
                  label_smoothing=0.0, ema=0.0, lookahead=False, tta="none", flip="random", pad_mode="zeros",
                  epochs=20, batch_size=128),
 }
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment in this file (continuation lines joined): the CLI's --help text."""
+    import inspect
+
+    help_, name = {}, None
+    for line in inspect.getsource(TrainConfig).splitlines():
+        code, _, comment = line.partition("#")
+        head = code.strip().split(":", 1)[0]
+        if head.isidentifier() and ":" in code and not code.strip().startswith(("def ", "class ")):
+            name = head
+            help_[name] = comment.strip()
+        elif not code.strip() and comment and name and line.startswith(" " * 20):
+            help_[name] += " " + comment.strip()  # an indented comment-only line continues the field above
+        elif code.strip():
+            name = None
+    return {k: v for k, v in help_.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}

@@ -9,19 +9,20 @@ Decoded image trees and archives are cached as ``.npz`` in a user cache folder (
 ``$XDG_CACHE_HOME/cifarkit``, else ``~/.cache/cifarkit``), keyed by the source's content (archives) or
 file names, sizes and times (trees), so a changed source is decoded again. Bad input raises `DataError`
 with one line naming the problem and the path; the cache is written atomically, never half.
+
+Input that loads but is probably not what was meant prints one line each to stderr, starting "warning:",
+on every load (cached or not): class counts other than CIFAR-10's 5,000 train / 1,000 test per class
+(with "archive looks truncated" when a tar lacks its end-of-archive marker, e.g. cut between two
+members), and image files in a nested folder inside a class folder, which are skipped.
+`fingerprint` names the decoded content in one short string, for resume checks.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
-import re
 import sys
-import tarfile
 import tempfile
-import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,9 @@ import torch
 
 from .config import CLASSES, CifarkitError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 1  # bump when the cached layout changes, so old caches are ignored
+FULL_COUNTS = (5000, 1000)  # images per class in CIFAR-10's train and test splits
+TRUNCATED = "archive looks truncated (no end-of-archive marker)"
 
 
 class DataError(CifarkitError):
@@ -48,6 +50,7 @@ class Cifar10:
     test_labels: torch.Tensor
     classes: tuple[str, ...] = CLASSES
     source: str = ""  # where the arrays came from, for logs
+    notes: tuple[str, ...] = ()  # what decoding noticed (TRUNCATED, skipped nested folders): printed as warnings
 
     def __repr__(self) -> str:
         return (f"Cifar10(train={len(self.train_labels)}, test={len(self.test_labels)}, "
@@ -56,22 +59,59 @@ class Cifar10:
 
 def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLike = "./data",
                  download: bool = True, progress: bool = True) -> Cifar10:
-    """Load CIFAR-10 from `source` (see the module docstring); raises DataError on bad input."""
+    """Load CIFAR-10 from `source` (see the module docstring); raises DataError on bad input and prints
+    `data_warnings` (one line each, stderr) for input that loads but looks incomplete."""
+    data = _load(source, root, download, progress)
+    for line in data_warnings(data):
+        print(line, file=sys.stderr)
+    return data
+
+
+def _load(source: str | os.PathLike | None, root: str | os.PathLike, download: bool, progress: bool) -> Cifar10:
+    from .imagefiles import archive_kind, decode_archive, decode_tree, find_tree  # imports this module
+
     if source is None:
         return _load_torchvision(Path(root), download)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data path not found: {path}")
     if path.is_file():
-        if not _archive_kind(path):
+        if not archive_kind(path):
             raise DataError(f"unsupported data file {path}: expected a folder, .tar, .tar.gz, .tgz or .zip")
-        return _cached(path, _archive_key(path), lambda: _decode_archive(path, progress))
+        return _cached(path, _archive_key(path), lambda: decode_archive(path, progress))
     if (path / "cifar-10-batches-py").is_dir():
         return _load_batches(path / "cifar-10-batches-py")
     if (path / "data_batch_1").is_file():
         return _load_batches(path)
-    tree = _find_tree(path)
-    return _cached(tree, _tree_key(tree), lambda: _decode_tree(tree, progress))
+    tree = find_tree(path)
+    return _cached(tree, _tree_key(tree), lambda: decode_tree(tree, progress))
+
+
+def data_warnings(data: Cifar10) -> list[str]:
+    """The "warning: ..." lines for `data`: class counts other than CIFAR-10's (computed from the arrays, so
+    a cached load warns too), a truncated archive, and skipped nested folders."""
+    counts = [torch.bincount(y, minlength=len(data.classes)).tolist() for y in (data.train_labels, data.test_labels)]
+    lines = []
+    full = all(c == n for cs, n in zip(counts, FULL_COUNTS) for c in cs)
+    if not full or TRUNCATED in data.notes:
+        per = ", ".join(f"{split} per class {min(cs):,}..{max(cs):,}" for split, cs in zip(("train", "test"), counts))
+        line = (f"warning: {data.source or 'the data'} holds {sum(counts[0]):,} train / {sum(counts[1]):,} test "
+                f"images ({per}); the full CIFAR-10 has {FULL_COUNTS[0]:,} / {FULL_COUNTS[1]:,} per class")
+        lines.append(line + (f"; {TRUNCATED}" if TRUNCATED in data.notes else ""))
+    return lines + [f"warning: {n}" for n in data.notes if n != TRUNCATED]
+
+
+def fingerprint(data: Cifar10) -> str:
+    """The decoded content in one string, "<train>+<test>:<16 hex digits>": the image counts, then a SHA-256
+    of the train and test images and labels (their dtypes, shapes and bytes). Equal data gives an equal
+    string wherever it was loaded from; one changed pixel changes it. SHA-256 rather than BLAKE2b: CPUs
+    with SHA extensions hash at ~1 GB/s (0.27 s for the 60,000 images on a loaded 2-core Xeon; BLAKE2b 0.49 s)."""
+    h = hashlib.sha256()
+    for t in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        a = np.ascontiguousarray(t.detach().cpu().numpy())  # no copy for the usual contiguous CPU tensors
+        h.update(f"{a.dtype}{a.shape}".encode())  # so re-shaped or re-typed arrays with equal bytes differ
+        h.update(memoryview(a).cast("B"))
+    return f"{len(data.train_labels)}+{len(data.test_labels)}:{h.hexdigest()[:16]}"
 
 
 # ---------------------------------------------------------------- torchvision pickles
@@ -129,119 +169,6 @@ def _load_torchvision(root: Path, download: bool) -> Cifar10:
     return _load_batches(folder)
 
 
-# ---------------------------------------------------------------- image trees and archives
-_MEMBER = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<split>train|test)/(?P<cls>[^/]+)/(?P<file>[^/]+)$")
-
-
-def _is_image(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _find_tree(path: Path) -> Path:
-    """`path` itself if it holds train/ and test/, else its single sub-folder that does."""
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return path
-    subs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
-    if len(subs) == 1 and (subs[0] / "train").is_dir() and (subs[0] / "test").is_dir():
-        return subs[0]
-    missing = " and ".join(s + "/" for s in ("train", "test") if not (path / s).is_dir())
-    raise DataError(f"{path} has no {missing} folder: expected an ImageFolder tree train/<class>/*, "
-                    "test/<class>/* or torchvision's cifar-10-batches-py/")
-
-
-def _check_classes(where: str, split: str, found: set[str]) -> None:
-    if not found:
-        raise DataError(f"empty split: {where} has no {split}/<class>/ images")
-    if found != set(CLASSES):
-        extra, missing = sorted(found - set(CLASSES)), sorted(set(CLASSES) - found)
-        detail = "; ".join(s for s in (f"unexpected: {', '.join(extra)}" if extra else "",
-                                       f"missing or empty: {', '.join(missing)}" if missing else "") if s)
-        raise DataError(f"class folders in {where} {split}/ are not the ten CIFAR-10 classes ({detail})")
-
-
-def _decode(items: list[tuple[str, bytes | Path]], progress: bool, desc: str) -> np.ndarray:
-    """Decode (name, bytes-or-path) pairs to uint8 (N, 3, 32, 32), in threads (PIL releases the GIL)."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    def one(item: tuple[str, bytes | Path]) -> np.ndarray:
-        name, blob = item
-        try:
-            with Image.open(io.BytesIO(blob) if isinstance(blob, bytes) else blob) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as e:  # PIL raises OSError / UnidentifiedImageError / ValueError for bad files
-            raise DataError(f"cannot read image {name}: {e}") from None
-        if arr.shape != (32, 32, 3):
-            raise DataError(f"image {name} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
-        return arr
-
-    out = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, mininterval=2.0, ncols=110,
-                   file=sys.stdout)
-        for i, arr in enumerate(pool.map(one, items, chunksize=256)):
-            out[i] = arr
-            bar.update(1)
-        bar.close()
-    return out.transpose(0, 3, 1, 2).copy()  # NHWC -> NCHW
-
-
-def _collect(entries: list[tuple[str, str, str, bytes | Path]], where: str, progress: bool) -> Cifar10:
-    """entries: (split, class, name, payload). Sorted by name so the order is independent of the source."""
-    arrays = {}
-    for split in ("train", "test"):
-        rows = sorted((e for e in entries if e[0] == split), key=lambda e: (CLASSES.index(e[1])
-                                                                           if e[1] in CLASSES else -1, e[2]))
-        _check_classes(where, split, {e[1] for e in rows})
-        x = _decode([(e[2], e[3]) for e in rows], progress, f"decoding {split} images (once; cached after)")
-        arrays[split] = (x, np.array([CLASSES.index(e[1]) for e in rows], dtype=np.int64))
-    return _to_tensors(*arrays["train"], *arrays["test"], source=where)
-
-
-def _decode_tree(tree: Path, progress: bool) -> Cifar10:
-    entries = []
-    for split in ("train", "test"):
-        for cls_dir in sorted(p for p in (tree / split).iterdir() if p.is_dir()):
-            for f in sorted(cls_dir.iterdir()):
-                if f.is_file() and _is_image(f.name):
-                    entries.append((split, cls_dir.name, str(f), f))
-    return _collect(entries, str(tree), progress)
-
-
-def _archive_kind(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith((".tar.gz", ".tgz", ".tar")):
-        return "tar"
-    return "zip" if name.endswith(".zip") else None
-
-
-def _decode_archive(path: Path, progress: bool) -> Cifar10:
-    entries = []
-    prefixes = set()
-    try:
-        if _archive_kind(path) == "tar":
-            with tarfile.open(path, "r:*") as tf:
-                for m in tf:  # streams: a .tar.gz is read once, front to back
-                    match = _MEMBER.match(m.name.lstrip("./"))
-                    if m.isfile() and match and _is_image(m.name):
-                        prefixes.add(match["prefix"])
-                        entries.append((match["split"], match["cls"], f"{path}:{m.name}",
-                                        tf.extractfile(m).read()))
-        else:
-            with zipfile.ZipFile(path) as zf:
-                for name in zf.namelist():
-                    match = _MEMBER.match(name)
-                    if match and _is_image(name) and "__MACOSX" not in name:
-                        prefixes.add(match["prefix"])
-                        entries.append((match["split"], match["cls"], f"{path}:{name}", zf.read(name)))
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise DataError(f"truncated or corrupt archive {path}: {type(e).__name__}: {e}") from None
-    if len(prefixes) > 1:
-        raise DataError(f"archive {path} holds several train/ test/ trees: {', '.join(sorted(prefixes))}")
-    return _collect(entries, str(path), progress)
-
-
 # ---------------------------------------------------------------- cache
 def cache_dir() -> Path:
     """The folder decoded datasets are cached in (created on first write)."""
@@ -275,7 +202,9 @@ def _cached(path: Path, key: str, build) -> Cifar10:
     if file.is_file():
         try:
             with np.load(file) as z:
-                return _to_tensors(z["train_x"], z["train_y"], z["test_x"], z["test_y"], source=str(path))
+                notes = tuple(str(n) for n in z["notes"]) if "notes" in z.files else ()
+                return _to_tensors(z["train_x"], z["train_y"], z["test_x"], z["test_y"], source=str(path),
+                                   notes=notes)
         except Exception:
             file.unlink(missing_ok=True)  # unreadable cache: decode again
     data = build()
@@ -285,7 +214,8 @@ def _cached(path: Path, key: str, build) -> Cifar10:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, train_x=data.train_images.numpy(), train_y=data.train_labels.numpy(),
-                         test_x=data.test_images.numpy(), test_y=data.test_labels.numpy())
+                         test_x=data.test_images.numpy(), test_y=data.test_labels.numpy(),
+                         notes=np.array(data.notes, dtype=str))  # so a cached load warns like the first
             os.replace(tmp, file)  # atomic: readers see the old state or the whole new file
         finally:
             if os.path.exists(tmp):
@@ -295,9 +225,9 @@ def _cached(path: Path, key: str, build) -> Cifar10:
     return data
 
 
-def _to_tensors(train_x, train_y, test_x, test_y, source: str) -> Cifar10:
+def _to_tensors(train_x, train_y, test_x, test_y, source: str, notes: tuple[str, ...] | list[str] = ()) -> Cifar10:
     t = [torch.from_numpy(np.ascontiguousarray(a)) for a in (train_x, train_y, test_x, test_y)]
-    return Cifar10(t[0], t[1].long(), t[2], t[3].long(), CLASSES, source)
+    return Cifar10(t[0], t[1].long(), t[2], t[3].long(), CLASSES, source, tuple(notes))
 
 
 # ---------------------------------------------------------------- subsets

@@ -1,11 +1,11 @@
 """Training and evaluation steps: pure functions that take a model and a loader and return a dict.
 
-The caller (`trainer.fit`, the notebook) keeps the history; nothing here writes files.
+The caller (`trainer.fit`, the notebook) keeps the history; nothing here writes files. Optimisers, fp16 loss
+scaling, schedules and weight averaging live in `cifarkit.optim` and are re-exported here.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import sys
 import time
@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CifarkitError, TrainConfig
+from .config import CifarkitError, ConfigError
+from .optim import (EMA, Lookahead, lr_factor, make_grad_scaler, make_optimizer,  # noqa: F401 (re-exported)
+                    make_scheduler)
 
 
 class DivergenceError(CifarkitError):
     """The training loss became NaN or infinite."""
 
 
-# ---------------------------------------------------------------- hardware
+# ---------------------------------------------------------------- hardware and precision
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto": CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
     if name != "auto":
@@ -50,17 +52,57 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+_LABEL = {torch.bfloat16: "bf16", torch.float16: "fp16 + gradient scaler", None: "fp32"}
+
+
+def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for `precision` on `device` (None: plain fp32) and a one-line reason to print.
+
+    "auto" picks what the hardware runs natively:
+      CUDA compute capability >= 8.0 (A100, L4, H100): bf16 (fp32's range, so no loss scaling needed).
+      CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`: it returns True on
+        a T4 because it counts emulation (including_emulation=True by default, pytorch/pytorch#148322),
+        while cuDNN has no bf16 convolution engines below 8.0, so bf16 there is slow.
+      CUDA < 7.0 (P100 and older: no tensor cores): fp32.
+      CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is slower).
+      MPS: fp32 (autocast support varies with the macOS / torch version).
+    An explicit "bf16" / "fp16" / "fp32" is always honoured; the reason says when the device only emulates it.
+    """
+    if precision not in ("auto", *_DTYPES):
+        raise ConfigError(f"precision must be one of auto, {', '.join(_DTYPES)}, got {precision!r}")
+    asked = "" if precision == "auto" else " (requested)"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        card = f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}"
+        auto = torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
+        dtype = auto if precision == "auto" else _DTYPES[precision]
+        if dtype == torch.bfloat16:
+            note = "native bf16" if major >= 8 else f"no native bf16: emulated and slow; auto picks {_LABEL[auto]}"
+        elif dtype == torch.float16:
+            note = "no native bf16" if 7 <= major < 8 else "no tensor cores: fp16 is not faster there" \
+                if major < 7 else "auto picks bf16, which needs no scaler"
+        else:
+            note = "no tensor cores for fp16 / bf16" if major < 7 else f"auto picks {_LABEL[auto]}"
+        return dtype, f"{_LABEL[dtype]}{asked}: {card} ({note})"
+    if device.type == "cpu":
+        native = cpu_has_fast_bf16()
+        dtype = (torch.bfloat16 if native else None) if precision == "auto" else _DTYPES[precision]
+        has = "this CPU has native bf16 (AMX or AVX-512-BF16)" if native else \
+            "this CPU has no native bf16 (no AMX or AVX-512-BF16)"
+        if dtype == torch.bfloat16 and not native:
+            has += ": emulated, likely slower than fp32"
+        elif dtype == torch.float16:
+            has = "fp16 on a CPU is mostly emulated, likely slower than fp32"
+        return dtype, f"{_LABEL[dtype]}{asked}: {has}"
+    dtype = None if precision == "auto" else _DTYPES[precision]
+    why = "autocast support on Apple MPS varies with the macOS / torch version" if precision == "auto" else device.type
+    return dtype, f"{_LABEL[dtype]}{asked}: {why}"
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_fast_bf16() else None
-        return None  # MPS: autocast support varies by macOS version; fp32 is the safe default
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+    """The autocast dtype for `precision` on `device`; None means plain fp32 (see `choose_precision`)."""
+    return choose_precision(precision, device)[0]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -70,181 +112,175 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# ---------------------------------------------------------------- optimiser and schedule
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD. Weight decay only on conv / linear weights (decaying BatchNorm parameters and biases hurts);
-    BatchNorm parameters may get a larger learning rate (`bias_lr_scale`: airbench uses 64 for its
-    BatchNorm shifts, whose gradients are small)."""
-    norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for p in m.parameters()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1 and id(p) not in norm], "weight_decay": 0.0},
-              {"params": [p for p in params if id(p) in norm], "weight_decay": 0.0,
-               "lr": cfg.lr * cfg.bias_lr_scale}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+# ---------------------------------------------------------------- CUDA graphs / compile
+class CompiledModel(nn.Module):
+    """A compiled `module` that falls back to `module` itself, for good, the first time it raises.
 
-
-def lr_factor(step: int, total: int, schedule: str, warmup: float, start: float = 0.0, end: float = 0.0) -> float:
-    """Multiplier on the peak learning rate at `step` of `total` for the schedules built by hand.
-
-    "linear": from `start` up to 1 over the first `warmup` fraction of the steps, then down to `end`.
-    """
-    if schedule == "constant":
-        return 1.0
-    w = max(1, round(warmup * total))
-    if step < w:
-        return start + (1 - start) * (step + 1) / w
-    return end + (1 - end) * max(0.0, (total - step) / max(1, total - w))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step LR schedule: torch's OneCycleLR, or warmup + linear decay, or constant."""
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=cfg.warmup or 0.01,
-            anneal_strategy="linear", cycle_momentum=False, div_factor=25.0, final_div_factor=1e3)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _LrLambda(total, cfg.schedule, cfg.warmup, cfg.lr_start, cfg.lr_end))
-
-
-class _LrLambda:
-    """A picklable schedule (LambdaLR saves an object's __dict__ in its state, not a closure)."""
-
-    def __init__(self, total: int, schedule: str, warmup: float, start: float, end: float):
-        self.total, self.schedule, self.warmup, self.start, self.end = total, schedule, warmup, start, end
-
-    def __call__(self, step: int) -> float:
-        return lr_factor(step, self.total, self.schedule, self.warmup, self.start, self.end)
-
-
-class EMA:
-    """Exponential moving average of a model's weights and BatchNorm statistics.
-
-    The decay ramps up as min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the
-    random initialisation.
+    torch.compile is lazy: tracing, kernel generation and CUDA-graph recording happen at the first calls
+    (and again for a new batch shape), in the forward or, for the backward graph, in `loss.backward()`.
+    The forward is guarded here; `train_one_epoch` guards the backward and calls `fall_back` itself.
+    Its parameters and state_dict are `module`'s (the compiled callable is not registered as a submodule).
     """
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self.decay, self.updates = decay, 0
+    def __init__(self, module: nn.Module, compiled, what: str, cuda_graphs: bool):
+        super().__init__()
+        self.module = module
+        self.__dict__["compiled"] = compiled  # unregistered: it shares `module`'s parameters
+        self.what, self.cuda_graphs, self.active = what, cuda_graphs, True
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema = [t for t in self.module.state_dict().values() if t.dtype.is_floating_point]
-        cur = [t for t in model.state_dict().values() if t.dtype.is_floating_point]
-        torch._foreach_lerp_(ema, cur, 1.0 - d)
-        for e, c in zip(self.module.buffers(), model.buffers()):
-            if not e.dtype.is_floating_point:
-                e.copy_(c)  # BatchNorm's num_batches_tracked
+    def forward(self, *args, **kwargs):
+        if self.active:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - any failure of the optimisation: run eagerly instead
+                self.fall_back(e)
+        return self.module(*args, **kwargs)
 
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+    def fall_back(self, error: BaseException) -> None:
+        """Print one line and run eagerly from now on."""
+        self.active = False
+        print(f"{self.what}: falling back to eager ({_one_line(error)})", flush=True)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.decay, self.updates = state["decay"], state["updates"]
+    def step_begin(self) -> None:
+        """Tell CUDA graph trees a new training step starts (the last step's graph outputs may be reused)."""
+        mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+        if self.active and self.cuda_graphs and mark is not None:
+            mark()
 
 
-class Lookahead:
-    """airbench's weight averaging: every `every` steps, pull an EMA towards the weights and copy it back.
+def _one_line(error: BaseException) -> str:
+    """'TypeName: first line' of an error, unwrapping torch.compile's BackendCompilerFailed."""
+    error = getattr(error, "inner_exception", None) or error
+    lines = [s.strip() for s in str(error).splitlines() if s.strip()]
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
 
-    It starts after `start` of the `total` steps; the decay rises as 0.95**every * (step / total)**3, so
-    the averaging is weak while the learning rate is high and strong at the end of training.
+
+def prepare_train_model(model: nn.Module, *, device: torch.device, cuda_graphs: bool = True,
+                        compile: bool = False) -> nn.Module:
+    """The module to train with: `model` itself, or a `CompiledModel` sharing its parameters.
+
+    On CUDA: cuda_graphs alone -> torch.compile(backend="cudagraphs"); cuda_graphs + compile ->
+    torch.compile(mode="reduce-overhead") (Inductor kernels replayed as CUDA graphs); compile alone ->
+    torch.compile(model). On CPU / MPS cuda_graphs does nothing; compile -> torch.compile(model).
+    Evaluate with `model` itself (eval mode would record further graphs). If compiling or a first
+    call fails (no Triton, an old GPU, an op the tracer cannot handle), one line is printed
+    ("cuda_graphs: falling back to eager (Error: ...)") and training continues eagerly.
     """
-
-    def __init__(self, total: int, start: float = 0.25, every: int = 5):
-        self.total, self.start, self.every = total, round(start * total), every
-        self.step, self.state = 0, None
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.step += 1
-        if self.step < self.start or self.step % self.every:
-            return
-        weights = [t for t in model.state_dict().values() if t.dtype.is_floating_point]
-        if self.state is None:
-            self.state = [t.detach().clone() for t in weights]
-            return
-        decay = 0.95 ** self.every * (self.step / self.total) ** 3
-        torch._foreach_lerp_(self.state, weights, 1.0 - decay)
-        torch._foreach_copy_(weights, self.state)
-
-    @torch.no_grad()
-    def sync(self, model: nn.Module) -> None:
-        """Copy the average into the weights (done at the end of each epoch, before evaluation)."""
-        if self.state is not None:
-            weights = [t for t in model.state_dict().values() if t.dtype.is_floating_point]
-            torch._foreach_copy_(weights, self.state)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "state": self.state}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.step, self.state = d["step"], d["state"]
+    # Why torch.compile's CUDA graph trees and not a hand-captured torch.cuda.CUDAGraph: that needs static
+    # input buffers, a side-stream warm-up, a second graph for the last, smaller batch (50,000 % 256 = 80
+    # images), gradients at fixed addresses, and it would silently bake a student network's Python control
+    # flow into the graph. Dynamo guards on the shapes (dynamic=False: one graph per batch shape, two per run),
+    # applies BatchNorm's running-statistics updates, and splits the graph where it cannot capture.
+    # backend="cudagraphs" traces the model and replays torch's own eager kernels (cuDNN convolutions): it
+    # takes seconds and generates no kernels, so nothing needs Triton or minutes of compiling on Colab's two
+    # CPU cores, and a T4 behaves like any other card. Neither variant is measured on a GPU yet.
+    graphs = cuda_graphs and device.type == "cuda"
+    if not (graphs or compile):
+        return model
+    what = "cuda_graphs" if graphs else "compile"
+    try:
+        if graphs and not compile:
+            compiled = torch.compile(model, backend="cudagraphs", dynamic=False)
+        elif graphs:
+            compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        else:
+            compiled = torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python / platform
+        print(f"{what}: falling back to eager ({_one_line(e)})", flush=True)
+        return model
+    return CompiledModel(model, compiled, what, cuda_graphs=graphs)
 
 
 # ---------------------------------------------------------------- train / evaluate
+def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                      amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None,
+                      label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss and backward of one batch -> (correct predictions, loss), both still on the device."""
+    with autocast(device, amp_dtype):
+        out = model(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+    hits = (out.argmax(1) == y).sum()  # before backward: a CUDA graph may reuse `out`'s memory afterwards
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return hits, loss
+
+
+def _check_interval(device: torch.device, check_every: int) -> int:
+    """Steps between host reads of the loss: every step on a CPU (reading is free), else `check_every`."""
+    return 1 if device.type == "cpu" else max(1, check_every)
+
+
+def _divergence(value: float, epoch: int, first: int, last: int, lrs: list[float]) -> DivergenceError:
+    """The error for a non-finite loss somewhere in steps first..last (1-based) of `epoch` (0-based)."""
+    where = f"step {last}" if first == last else f"between steps {first} and {last}"
+    lo, hi = lrs[first - 1], lrs[last - 1]
+    lr = f"lr {lo:.4g}" if f"{lo:.4g}" == f"{hi:.4g}" else f"lr {lo:.4g} to {hi:.4g}"
+    return DivergenceError(f"loss is {value} at epoch {epoch + 1}, {where} ({lr}); stopping. "
+                           "Lower --lr (or use --precision fp32) and start again")
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler=None, *,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
                     label_smoothing: float = 0.0, ema: EMA | Lookahead | None = None, epoch: int = 0,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, check_every: int = 50) -> dict:
     """One pass over `loader`. Returns loss (mean per image), accuracy (%), counts, seconds and the LRs.
 
-    The bar reads like the seed's log: ``Loss=... Batch_id=... Accuracy=...``. The loss is checked every
-    step and a NaN / Inf raises DivergenceError before the optimiser applies it.
+    The bar reads like the seed's log: ``Loss=... Batch_id=... Accuracy=...``. Loss and correct counts are
+    summed on the device; the host reads them only at check points: every `check_every` steps and at the
+    last step on a GPU (each read drains the GPU's queue of launched work), every step on a CPU (free
+    there). A NaN / Inf loss raises DivergenceError at the check, before that step's optimiser update
+    (on a GPU the steps since the previous check were already applied). `model` may be a
+    `prepare_train_model` result; if its compiled backward fails, training falls back to eager.
     """
     from tqdm import tqdm  # plain text bars: they read well in a terminal, a saved notebook and on GitHub
 
     device = next(model.parameters()).device
     model.train()
+    every = _check_interval(device, check_every)
+    compiled = model if isinstance(model, CompiledModel) else None
+    # Summed per-image loss: NaN / Inf as soon as any step's loss was (cross-entropy is >= 0), so it is
+    # the divergence flag too and costs no extra kernel per step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, lrs = 0, []
-    sync_every = 1 if device.type == "cpu" else 20  # .item() stalls a GPU pipeline; on CPU it is free
+    seen, lrs, checked, n = 0, [], 0, len(loader)  # checked: steps known to have a finite loss
     start = time.perf_counter()
     bar = tqdm(loader, disable=not progress, ncols=110, mininterval=2.0, file=sys.stdout)
     for step, (x, y) in enumerate(bar):
-        with autocast(device, amp_dtype):
-            out = model(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-        last = step == len(loader) - 1
-        if step % sync_every == 0 or last:
-            value = loss.item()
-            if not math.isfinite(value):
-                lr = optimizer.param_groups[0]["lr"]
-                raise DivergenceError(
-                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} (lr {lr:.4g}); stopping. "
-                    "Lower --lr (or use --precision fp32) and start again")
-            if progress:
-                acc = 100.0 * (correct.item() + (out.argmax(1) == y).sum().item()) / (seen + len(y))
-                bar.set_description(f"Loss={value:.4f} Batch_id={step} Accuracy={acc:.2f}", refresh=False)
+        if compiled is not None:
+            compiled.step_begin()
         optimizer.zero_grad(set_to_none=True)
+        try:
+            hits, loss = _forward_backward(model, x, y, device, amp_dtype, scaler, label_smoothing)
+        except Exception as e:  # noqa: BLE001 - only a compiled model's failure is retried, eagerly
+            if compiled is None or not compiled.active:
+                raise
+            compiled.fall_back(e)  # BatchNorm statistics may have moved once more: harmless
+            optimizer.zero_grad(set_to_none=True)
+            hits, loss = _forward_backward(model, x, y, device, amp_dtype, scaler, label_smoothing)
+        loss_sum += loss.detach() * len(y)
+        correct += hits
+        seen += len(y)
+        lrs.append(optimizer.param_groups[0]["lr"])  # a Python float: no GPU sync
+        if (step + 1) % every == 0 or step == n - 1:
+            total, current, right = torch.stack([loss_sum, loss.detach(), correct.float()]).tolist()  # 1 sync
+            if not math.isfinite(total):
+                raise _divergence(total, epoch, checked + 1, step + 1, lrs)
+            checked = step + 1
+            if progress:
+                bar.set_description(f"Loss={current:.4f} Batch_id={step} Accuracy={100.0 * right / seen:.2f}",
+                                    refresh=False)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
             ema.update(model)
-        loss_sum += loss.detach() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
+    total, right = torch.stack([loss_sum, correct.float()]).tolist()  # waits for the queued last step
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / seen, "accuracy": 100.0 * correct.item() / seen,
-            "correct": int(correct.item()), "total": seen, "seconds": seconds,
-            "images_per_second": seen / seconds, "lr": lrs[-1], "lrs": lrs}
+    return {"loss": total / seen, "accuracy": 100.0 * right / seen, "correct": int(right), "total": seen,
+            "seconds": seconds, "images_per_second": seen / seconds, "lr": lrs[-1], "lrs": lrs}
 
 
 @torch.inference_mode()

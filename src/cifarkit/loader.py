@@ -1,17 +1,27 @@
-"""Batches from a dataset that lives on the training device, augmented batch-wise on that device.
+"""Batches from a dataset that lives on the training device, augmented on that device.
 
 Why not torchvision transforms + DataLoader: those run PIL crops and flips image by image in Python
 (50,000 calls per epoch) and on a 2-core machine the worker processes compete with the training
-threads. Here the whole uint8 dataset (150 MB) sits on the device once; each step slices a batch,
-crops and flips it with a few tensor ops and normalises it (the airbench recipe).
+threads. Here the whole uint8 dataset (150 MB) sits on the device once. When a training epoch starts,
+the loader draws that epoch's parameters for every image (crop offset, flip, cutout square: a few
+(N,) tensors from a generator seeded with (seed, epoch)), augments the whole set in a few large
+batched ops (10,000 images each, to bound memory), and then yields shuffled slices, normalised per
+batch. Nothing in an epoch reads a value back to the host, so a GPU never waits for Python.
+
+Defaults come from `TrainConfig` (reflection padding, alternating flips, ...): the loader, `augment`
+and `DeviceLoader.from_config` therefore train what a default config trains.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
-from .config import CIFAR10_MEAN, CIFAR10_STD
+from .augmentation import (DEFAULTS, crop_at, cutout, cutout_at, flip_where, random_crop,  # noqa: F401 (re-exported)
+                           random_flip)
+from .config import CIFAR10_MEAN, CIFAR10_STD, FLIP_MODES, PAD_MODES, ConfigError, TrainConfig
+from .transforms import ImageTransforms
+CHUNK = 10_000  # images per batched augmentation op: ~30 MB uint8 plus ~4x that in temporaries
 
 
 def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -29,70 +39,23 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * std + mean).clamp(0, 1)
 
 
-def _source_index(offset: torch.Tensor, size: int, padding: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source coordinates (B, size) of a crop starting at `offset` in a virtually padded axis, and a
-    mask of the coordinates that fall inside the image (False = zero padding)."""
-    src = offset + torch.arange(size, device=offset.device) - padding
-    if mode == "reflect":  # -1 -> 1, size -> size - 2 (numpy / torch 'reflect', no edge repeat)
-        src = src.abs()
-        src = torch.where(src > size - 1, 2 * (size - 1) - src, src)
-        return src, torch.ones_like(src, dtype=torch.bool)
-    inside = (src >= 0) & (src < size)
-    return src.clamp(0, size - 1), inside
-
-
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None,
-                mode: str = "zeros") -> torch.Tensor:
-    """Pad by `padding` pixels (zeros, like torchvision's RandomCrop, or reflection), then take a random
-    crop of the original size from each image.
-
-    Done as one gather over a (B, C, H, W) index grid, without materialising the padded batch.
-    """
-    if padding == 0:
-        return images
-    b, c, h, w = images.shape
-    dy = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device, generator=generator)
-    rows, row_ok = _source_index(dy, h, padding, mode)
-    cols, col_ok = _source_index(dx, w, padding, mode)
-    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
-    chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
-    out = images[batch, chans, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
-    if mode == "zeros":
-        out = out * (row_ok.view(b, 1, h, 1) & col_ok.view(b, 1, 1, w))
-    return out
-
-
-def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right the images whose entry in the boolean vector `flip` is True."""
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    return flip_where(images, torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5)
-
-
-def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Paint one random size x size square per uint8 image (fully inside it) with the mean colour,
-    which is 0 after normalisation."""
-    if size == 0:
-        return images
-    b, _, h, w = images.shape
-    y0 = torch.randint(0, h - size + 1, (b, 1, 1, 1), device=images.device, generator=generator)
-    x0 = torch.randint(0, w - size + 1, (b, 1, 1, 1), device=images.device, generator=generator)
-    ys = torch.arange(h, device=images.device).view(1, 1, h, 1)
-    xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
-    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
-    mean = torch.tensor([round(255 * m) for m in CIFAR10_MEAN], dtype=images.dtype, device=images.device)
-    return torch.where(inside, mean.view(1, 3, 1, 1), images)
-
-
-def augment(images: torch.Tensor, padding: int = 4, flip: bool = True,
-            generator: torch.Generator | None = None, pad_mode: str = "zeros") -> torch.Tensor:
-    """The seed's training augmentation on a uint8 batch: random crop (zero padding), then flip."""
-    images = random_crop(images, padding, generator, pad_mode)
-    return random_flip(images, generator) if flip else images
+def augment(images: torch.Tensor, padding: int = DEFAULTS["crop_padding"], flip: str | bool = DEFAULTS["flip"],
+            generator: torch.Generator | None = None, pad_mode: str = DEFAULTS["pad_mode"], *,
+            cutout: int = DEFAULTS["cutout"], transforms: Sequence[str] = (), epoch: int = 0,
+            seed: int = DEFAULTS["seed"]) -> torch.Tensor:
+    """The training augmentation of a uint8 batch, exactly as a training loader over these images applies
+    it in `epoch`: random crop after padding (reflection by default), flips ("alternate" by default: a
+    fixed random half of the images mirrored on even epochs, the other half on odd ones), `transforms`,
+    then cutout. Defaults are TrainConfig's. flip=True / False mean "random" / "none"; a `generator`, if
+    given, replaces `seed` by a number drawn from it."""
+    if isinstance(flip, bool):
+        flip = "random" if flip else "none"
+    if generator is not None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    loader = DeviceLoader(images, torch.zeros(len(images), dtype=torch.long), len(images), train=True,
+                          device=images.device, crop_padding=padding, flip=flip, pad_mode=pad_mode, cutout=cutout,
+                          transforms=transforms, seed=seed)
+    return loader.epoch_images(epoch)[0]  # in chunks, like training: bounded memory for a large batch
 
 
 class DeviceLoader:
@@ -101,21 +64,41 @@ class DeviceLoader:
     Training loaders shuffle and augment with a generator seeded from (seed, epoch), so an epoch's
     order and augmentation depend only on those two numbers: a resumed run repeats them exactly.
     flip="alternate" (airbench) mirrors a fixed random half of the images on even epochs and the other
-    half on odd epochs, so every image is seen both ways within two epochs.
+    half on odd epochs, so every image is seen both ways within two epochs. `transforms` are
+    torchvision.transforms.v2 specs (see `cifarkit.transforms`), applied per image after crop and flip.
+    Evaluation loaders (train=False) yield the images in order, unaugmented.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool,
-                 device: torch.device | str = "cpu", crop_padding: int = 4, flip: str = "random",
-                 pad_mode: str = "zeros", cutout: int = 0, channels_last: bool = False, seed: int = 0):
+                 device: torch.device | str = "cpu", crop_padding: int = DEFAULTS["crop_padding"],
+                 flip: str = DEFAULTS["flip"], pad_mode: str = DEFAULTS["pad_mode"], cutout: int = DEFAULTS["cutout"],
+                 transforms: Sequence[str] | None = None, channels_last: bool = False, seed: int = DEFAULTS["seed"]):
         if len(images) == 0:
             raise ValueError("DeviceLoader needs at least one image")
+        side = min(images.shape[-2:])
+        for ok, msg in ((flip in FLIP_MODES, f"flip must be one of {', '.join(FLIP_MODES)}, got {flip!r}"),
+                        (pad_mode in PAD_MODES, f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}"),
+                        (crop_padding >= 0, f"crop_padding must be >= 0, got {crop_padding!r}"),
+                        (0 <= cutout <= side, f"cutout must be a square side in [0, {side}], got {cutout!r}")):
+            if not ok:
+                raise ConfigError(msg)
         self.device = torch.device(device)
         self.images = images.to(self.device)  # uint8: 4x less memory than float32
         self.labels = labels.to(self.device)
         self.batch_size, self.train = batch_size, train
         self.crop_padding, self.flip, self.pad_mode, self.cutout = crop_padding, flip, pad_mode, cutout
+        self.transforms = ImageTransforms(transforms or ())
         self.channels_last, self.seed = channels_last, seed
         self.epoch = 0
+
+    @classmethod
+    def from_config(cls, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, *, train: bool,
+                    device: torch.device | str = "cpu") -> "DeviceLoader":
+        """A loader with every setting from `cfg`: batch_size (train) or eval_batch_size, crop_padding,
+        pad_mode, flip, cutout, transforms, channels_last and seed."""
+        return cls(images, labels, cfg.batch_size if train else cfg.eval_batch_size, train=train, device=device,
+                   crop_padding=cfg.crop_padding, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout,
+                   transforms=cfg.transforms, channels_last=cfg.channels_last, seed=cfg.seed)
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)  # ceil: the last partial batch is kept
@@ -124,26 +107,10 @@ class DeviceLoader:
         """Choose which epoch's shuffle and augmentation the next iteration produces."""
         self.epoch = epoch
 
-    def generator(self) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        g = self.generator() if self.train else None
-        order = torch.randperm(n, device=self.device, generator=g) if self.train else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                x, y = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
-            else:
-                idx = order[start:start + self.batch_size]
-                x = random_crop(self.images[idx], self.crop_padding, g, self.pad_mode)
-                if self.flip == "random":
-                    x = random_flip(x, g)
-                elif self.flip == "alternate":
-                    x = flip_where(x, self.base_flips()[idx] ^ bool(self.epoch % 2))
-                x = cutout(x, self.cutout, g)
-                y = self.labels[idx]
-            yield normalize(x, self.channels_last), y
+    def generator(self, epoch: int | None = None) -> torch.Generator:
+        """The generator of an epoch's order and augmentation parameters (default: the current epoch)."""
+        epoch = self.epoch if epoch is None else epoch
+        return torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
 
     def base_flips(self) -> torch.Tensor:
         """The fixed random half of the images that alternating flip mirrors on even epochs."""
@@ -151,3 +118,72 @@ class DeviceLoader:
             g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 - 1)
             self._base_flips = torch.rand(len(self.labels), device=self.device, generator=g) < 0.5
         return self._base_flips
+
+    def epoch_draws(self, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """An epoch's order (a permutation of the N images) and augmentation parameters, one entry per
+        dataset index: crop offsets dy, dx in [0, 2 * crop_padding], flip (bool), cutout corner cy, cx."""
+        n, (h, w) = len(self.labels), self.images.shape[-2:]
+        g, dev = self.generator(epoch), self.device
+        order = torch.randperm(n, device=dev, generator=g)
+        p: dict[str, torch.Tensor] = {}
+        if self.crop_padding:
+            p["dy"] = torch.randint(0, 2 * self.crop_padding + 1, (n,), device=dev, generator=g)
+            p["dx"] = torch.randint(0, 2 * self.crop_padding + 1, (n,), device=dev, generator=g)
+        if self.flip == "random":
+            p["flip"] = torch.rand(n, device=dev, generator=g) < 0.5
+        elif self.flip == "alternate":
+            p["flip"] = self.base_flips() ^ bool(epoch % 2)
+        if self.cutout:
+            p["cy"] = torch.randint(0, h - self.cutout + 1, (n,), device=dev, generator=g)
+            p["cx"] = torch.randint(0, w - self.cutout + 1, (n,), device=dev, generator=g)
+        return order, p
+
+    def _augment(self, idx: torch.Tensor | slice, ids: Sequence[int], epoch: int,
+                 p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Augment images[idx] (uint8) with the epoch's parameters `p`; `ids` are the same dataset indices as
+        Python ints (they seed the transforms' per-image draws without reading a device tensor)."""
+        x = self.images[idx]
+        if "dy" in p:
+            x = crop_at(x, p["dy"][idx], p["dx"][idx], self.crop_padding, self.pad_mode)
+        if "flip" in p:
+            x = flip_where(x, p["flip"][idx])
+        if self.transforms:
+            x = self.transforms(x, ids, key=self.seed * 100_003 + epoch)
+        if "cy" in p:
+            x = cutout_at(x, p["cy"][idx], p["cx"][idx], self.cutout)
+        return x
+
+    def augmented(self, indices: torch.Tensor | Sequence[int], epoch: int = 0) -> torch.Tensor:
+        """The uint8 images (n, 3, H, W), on the device, that training sees for these dataset indices in
+        `epoch` (same crop, flip, transforms and cutout); unaugmented for an evaluation loader."""
+        ids = indices.tolist() if isinstance(indices, torch.Tensor) else [int(i) for i in indices]
+        if ids and not 0 <= min(ids) <= max(ids) < len(self.labels):
+            raise IndexError(f"indices must be in [0, {len(self.labels)}), got {min(ids)}..{max(ids)}")
+        idx = torch.tensor(ids, dtype=torch.long, device=self.device)
+        if not self.train:
+            return self.images[idx]
+        return self._augment(idx, ids, epoch, self.epoch_draws(epoch)[1])
+
+    def preview(self, indices: torch.Tensor | Sequence[int], epoch: int = 0) -> torch.Tensor:
+        """`augmented` on the CPU: exactly what training sees for these images in `epoch`, for figures."""
+        return self.augmented(indices, epoch).cpu()
+
+    def epoch_images(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole training set augmented for `epoch`, in dataset order (uint8), and the epoch's order."""
+        order, p = self.epoch_draws(epoch)
+        out = torch.empty_like(self.images)
+        for start in range(0, len(out), CHUNK):
+            stop = min(start + CHUNK, len(out))
+            out[start:stop] = self._augment(slice(start, stop), range(start, stop), epoch, p)
+        return out, order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, bs = len(self.labels), self.batch_size
+        if not self.train:
+            for start in range(0, n, bs):
+                yield normalize(self.images[start:start + bs], self.channels_last), self.labels[start:start + bs]
+            return
+        images, order = self.epoch_images(self.epoch)
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]  # a device tensor: the gathers below never reach the host
+            yield normalize(images[idx], self.channels_last), self.labels[idx]

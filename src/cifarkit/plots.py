@@ -27,30 +27,57 @@ def _finish(fig, path: str | Path | None):
 
 
 def plot_history(history: Sequence[dict], path: str | Path | None = None, eval_label: str = "test",
-                 title: str | None = None):
-    """Loss and accuracy per epoch, train vs evaluation set, side by side."""
+                 title: str | None = None, final: dict | None = None, label_smoothing: float | None = None):
+    """Loss and accuracy per epoch (1..N), train vs evaluation set, side by side.
+
+    Every line is single-view. `final` (a results.json dict) adds the separate final test-time-augmented
+    test accuracy as its own marked point; `label_smoothing` is noted on the loss plot (the train loss
+    includes it, so it cannot fall to 0).
+    """
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
-        ax.plot(epochs, [h[f"eval_{key}"] for h in history], "o-", ms=3, label=eval_label)
+        ax.plot(epochs, [h[f"eval_{key}"] for h in history], "o-", ms=3, label=f"{eval_label} (single view)")
         _epoch_axis(ax)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+    if final and final.get("tta_accuracy") is not None:
+        from .config import TTA_VIEWS
+        ax_acc.plot([epochs[-1]], [final["tta_accuracy"]], "*", ms=12, color="C3", ls="none",
+                    label=f"final test, {final['tta']} TTA ({TTA_VIEWS[final['tta']]} views): "
+                          f"{final['tta_accuracy']:.2f}%")
+    ax_loss.legend()
+    ax_acc.legend(loc="upper left", fontsize=8.5)
     best = max(history, key=lambda h: h["eval_accuracy"])
     # In the empty lower-right corner (accuracy rises left to right), boxed, with an arrow to the final point.
-    ax_acc.annotate(f"{eval_label} {history[-1]['eval_accuracy']:.2f}% (final)",
+    ax_acc.annotate(f"{eval_label} {history[-1]['eval_accuracy']:.2f}% (epoch {epochs[-1]}, single view)",
                     (epochs[-1], history[-1]["eval_accuracy"]), xytext=(0.97, 0.06), textcoords="axes fraction",
                     ha="right", bbox=dict(boxstyle="round", fc="white", ec="0.7"),
                     arrowprops=dict(arrowstyle="->", color="0.4"))
-    ax_acc.set_title(f"best {eval_label} {best['eval_accuracy']:.2f}% at epoch {best['epoch']}", fontsize=10)
-    ax_loss.set_title("train loss includes label smoothing, if any", fontsize=10)
+    ax_acc.set_title(f"best {eval_label} {best['eval_accuracy']:.2f}% at epoch {best['epoch']} (single view)",
+                     fontsize=10)
+    if label_smoothing:
+        ax_loss.set_title(f"train loss includes label smoothing {label_smoothing:g}", fontsize=10)
     if title:
         fig.suptitle(title)
     return _finish(fig, path)
+
+
+def load_baseline(name: str = "seed-recipe") -> list[dict]:
+    """A history shipped with the package for comparison plots: "seed-recipe" is the original recipe (SGD
+    0.01, dropout 0.1, constant LR, no TTA) retrained here for 20 epochs (checkpoints/seed-recipe)."""
+    import json
+    from importlib import resources
+
+    try:
+        text = resources.files("cifarkit").joinpath("baselines", f"{name}.json").read_text()
+    except (FileNotFoundError, ModuleNotFoundError, OSError):
+        from .config import CifarkitError
+        raise CifarkitError(f"no baseline history {name!r} in this cifarkit installation") from None
+    return json.loads(text)
 
 
 def plot_compare(histories: dict[str, Sequence[dict]], path: str | Path | None = None,
@@ -65,7 +92,7 @@ def plot_compare(histories: dict[str, Sequence[dict]], path: str | Path | None =
     if reference:
         ax.axhline(reference[1], color="grey", ls="--", lw=1, label=f"{reference[0]}: {reference[1]:.2f}%")
     _epoch_axis(ax)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%), single view")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return _finish(fig, path)
@@ -110,15 +137,17 @@ def show_images(images: torch.Tensor, titles: Sequence[str], ncols: int = 8,
 
 
 def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor,
-                       classes: Sequence[str], ncols: int = 8, path: str | Path | None = None):
-    """Wrongly classified images: true class, predicted class and the model's confidence in it."""
+                       classes: Sequence[str], ncols: int = 8, path: str | Path | None = None, note: str = ""):
+    """Wrongly classified images (e.g. `analysis.misclassified`'s most confident mistakes first): true class,
+    predicted class and the model's confidence in it; `note` says how the predictions were made."""
     conf, pred = probs.max(1)
     titles = [f"{classes[labels[i]]}\n-> {classes[pred[i]]} {100 * conf[i]:.0f}%" for i in indices.tolist()]
     return show_images(images[indices], titles, ncols=ncols, path=path,
-                       title=f"{len(indices)} misclassified test images (true -> predicted, confidence)")
+                       title=f"the {len(indices)} most confident mistakes on the test set (true -> predicted, "
+                             f"confidence){', ' + note if note else ''}")
 
 
-def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: str | Path | None = None):
+def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: str | Path | None = None, note: str = ""):
     """Confusion matrix (row = true class) with counts, per-class accuracy on the row labels."""
     import matplotlib.pyplot as plt
 
@@ -135,5 +164,6 @@ def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: str | Path | 
             v = cm[i, j].item()
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7.5, color="white" if v > hi / 2 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(f"confusion matrix: {cm.diag().sum().item()}/{cm.sum().item()} correct", fontsize=10)
+    ax.set_title(f"confusion matrix: {cm.diag().sum().item()}/{cm.sum().item()} correct"
+                 f"{' (' + note + ')' if note else ''}", fontsize=10)
     return _finish(fig, path)

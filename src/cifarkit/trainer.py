@@ -1,19 +1,25 @@
 """`fit(config)`: the whole run. Owns the history and the run folder; the engine does the steps.
 
 Run folder layout (``config.out``):
-  config.json     the TrainConfig, written before the first epoch
-  history.csv     one row per epoch (scalars), rewritten atomically after every epoch
+  config.json     the TrainConfig (with the data fingerprint), written before the first epoch
+  history.csv     one row per epoch (scalars, single-view evaluation), rewritten atomically after every epoch
   history.json    the same plus per-step learning rates, for the plots
   last.pt         model, EMA, optimizer, scheduler, epoch, history, RNG states: resume from here
-  best.pt         the epoch with the best evaluation accuracy (validation if val_split > 0, else test)
-  results.json    written when the run finishes: final test evaluation, wall time, hardware
+  best.pt         the epoch with the best single-view evaluation accuracy (validation if val_split > 0)
+  results.json    written when the run finishes: final single-view and TTA test results, wall time, hardware
+  .lock           exists while a process owns the folder (its lock dies with the process)
+
+`fit` reads as four named steps: `_setup` (config, data, network, optimiser), `_restore` (a checkpoint's
+state), `_train_loop` (epochs, checkpoints) and `_final_results` (the separate final test).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import platform
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,17 +30,22 @@ from torch import nn
 
 from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, config_from_checkpoint,
                          load_checkpoint, load_weights, save_checkpoint)
-from .config import CifarkitError, TrainConfig
-from .data import Cifar10, balanced_indices, load_cifar10, split_train_val
-from .engine import (EMA, Lookahead, evaluate, make_optimizer, make_scheduler, predict, resolve_device,
-                     resolve_precision, train_one_epoch)
+from .config import TTA_VIEWS, ConfigError, TrainConfig
+from .data import Cifar10, DataError, balanced_indices, fingerprint, load_cifar10, split_train_val
+from .engine import (EMA, Lookahead, choose_precision, evaluate, make_grad_scaler, make_optimizer, make_scheduler,
+                     predict, prepare_train_model, train_one_epoch)
+from .engine import resolve_device
 from .loader import DeviceLoader, normalize
-from .models import count_parameters, create_model
+from .models import build_model, count_parameters, spec_string
+from .rundir import (RunLock, StopSignals, check_run_dir, clear_run_dir, ensure_writable, interrupt_message,
+                     remove_temp_files)
 
 VAL_SEED = 12345  # the validation split is the same for every training seed, so runs compare on it
-RUN_FILES = ("config.json", "history.csv", "history.json", "last.pt", "best.pt", "results.json")
 CSV_COLUMNS = ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr", "train_seconds",
                "eval_seconds", "images_per_second")
+# Fields a resumed run may take from the new call: how it runs, not what it computes.
+RUNTIME_FIELDS = ("device", "progress", "compile", "cuda_graphs", "check_every", "eval_batch_size", "data",
+                  "data_root", "precision")
 
 
 @dataclass
@@ -71,15 +82,16 @@ class FitResult:
     history: list[dict]
     model: nn.Module
     run_dir: Path
-    final: dict = field(default_factory=dict)  # final test evaluation (empty if interrupted)
+    final: dict = field(default_factory=dict)  # results.json (empty if interrupted)
     interrupted: bool = False
     data: Cifar10 | None = None
+    exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
 
-    def test_predictions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(test images uint8, labels, probabilities) of the evaluated model on the run's test split,
-        with the run's device, precision and test-time augmentation."""
+    def test_predictions(self, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(test images uint8, labels, probabilities) of the evaluated model on the run's test split, with the
+        run's device and precision, and test-time augmentation `tta` (default: the run's final TTA)."""
         images, labels = make_splits(self.config, self.data).test
-        probs, labels = predict_with_config(self.model, self.config, images, labels)
+        probs, labels = predict_with_config(self.model, self.config, images, labels, tta=tta)
         return images, labels, probs
 
 
@@ -91,7 +103,7 @@ def predict_with_config(model: nn.Module, cfg: TrainConfig, images: torch.Tensor
     device = next(model.parameters()).device
     loader = DeviceLoader(images, labels, batch_size or cfg.eval_batch_size, train=False, device=device,
                           channels_last=cfg.channels_last)
-    amp = resolve_precision(precision or cfg.precision, device)
+    amp, _ = choose_precision(precision or cfg.precision, device)
     return predict(model, loader, amp_dtype=amp, tta=tta or cfg.tta)
 
 
@@ -120,17 +132,6 @@ def peak_rss_mb() -> float | None:
         return None
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a folder that holds a run, unless `overwrite` (then fit clears it once set up)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CifarkitError(f"--out {run_dir} is a file, not a folder")
-    existing = [n for n in RUN_FILES if (run_dir / n).exists()]
-    if existing and not overwrite:
-        state = "a finished run" if (run_dir / "results.json").exists() else "an unfinished run"
-        hint = "" if state == "a finished run" else f" (resume with --resume {run_dir / 'last.pt'})"
-        raise CifarkitError(f"{run_dir} already holds {state}{hint}; pass --overwrite or choose another --out")
-
-
 def write_history(run_dir: Path, history: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -154,149 +155,254 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
-        overwrite: bool = False) -> FitResult:
-    """Train `cfg.model` for `cfg.epochs`, writing the run folder; resume from a checkpoint if given.
+def resume_config(saved: TrainConfig, requested: TrainConfig, explicit: set[str] | None, path) -> TrainConfig:
+    """The config a resumed run continues with: the saved one, with the requested runtime fields on top.
 
-    Ctrl-C stops after the last completed epoch's checkpoint and returns with interrupted=True.
+    A field that would change what the run computes (the network, the recipe) and was asked for
+    explicitly (`explicit`: the options given; None: every field that differs from its default) is refused
+    with one line instead of being ignored. The data source comes from the run unless a new one is given
+    (then `_setup` checks it holds the same images).
+    """
+    defaults = TrainConfig()
+    if explicit is None:
+        explicit = {f.name for f in dataclasses.fields(TrainConfig)
+                    if f.name != "model" and getattr(requested, f.name) != getattr(defaults, f.name)}
+        if requested.model_name != defaults.model_name:
+            explicit.add("model")
+    ignore = set(RUNTIME_FIELDS) | {"out", "data_fingerprint"}
+    changed = sorted(k for k in explicit - ignore if k != "model" and getattr(requested, k) != getattr(saved, k))
+    if "model" in explicit and requested.model_name != saved.model_name and not saved.model_name.startswith("object:"):
+        changed.insert(0, "model")
+    if changed:
+        detail = ", ".join(f"{k}={getattr(requested, k) if k != 'model' else requested.model_name!r} "
+                           f"(run: {getattr(saved, k) if k != 'model' else saved.model_name!r})" for k in changed[:3])
+        raise ConfigError(f"--resume continues {path} as it was configured; refusing to change {detail}. "
+                          "Start a new run (another --out) to train differently")
+    keep = {k: getattr(requested, k) for k in RUNTIME_FIELDS if k in explicit or k in ("device", "progress")}
+    if "data" not in explicit or requested.data is None:
+        keep.pop("data", None)
+    model = requested.model if not isinstance(requested.model, str) else saved.model
+    return dataclasses.replace(saved, **keep, model=model, out=str(Path(path).parent))
+
+
+@dataclass
+class _Run:
+    """Everything one run holds while it trains (built by `_setup`)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    precision_reason: str
+    data: Cifar10
+    splits: Splits
+    model: nn.Module
+    train_model: nn.Module
+    loader: DeviceLoader
+    eval_loader: DeviceLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    ema: EMA | None
+    lookahead: Lookahead | None
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+    current_epoch: int = 0  # 0-based epoch in progress (for the interrupt message)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self, epoch: int) -> dict:
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "epoch": epoch,
+                "history": self.history, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "rng": rng_state()}
+
+
+def _load_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -> Cifar10:
+    """The run's data; on resume, refuse a source that does not hold the images the run started with."""
+    if data is None:
+        try:
+            data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
+        except DataError as e:
+            if not saved_fingerprint:
+                raise
+            raise DataError(f"{e} (the run being resumed was trained on {cfg.data or 'torchvision CIFAR-10'}; "
+                            "pass --data with that dataset)") from None
+    if saved_fingerprint and fingerprint(data) != saved_fingerprint:
+        raise DataError(f"{data.source or 'the data'} is not the dataset this run started on (fingerprint "
+                        f"{fingerprint(data)}, run: {saved_fingerprint}); resume with the same --data")
+    return data
+
+
+def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None) -> _Run:
+    device = resolve_device(cfg.device)
+    amp_dtype, reason = choose_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    data = _load_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "")
+    cfg = dataclasses.replace(cfg, data_fingerprint=fingerprint(data))
+    print(cfg)
+    print(f"device: {device} ({hardware_string(device)}), precision: {reason}, torch {torch.__version__}")
+    splits = make_splits(cfg, data)
+    print(f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()} images "
+          f"from {data.source or 'torchvision'}")
+
+    model = build_model(cfg.model, cfg.dropout)
+    if not isinstance(cfg.model, str):
+        print(f"note: the network was passed as an object and is recorded as {cfg.model_name!r}; a fresh process "
+              "(evaluate, export, --resume) can rebuild it only from an import path such as my_net.py:Net"
+              if cfg.model_name.startswith("object:") else
+              f"note: the network was passed as an object; a fresh process rebuilds it as {cfg.model_name}() "
+              "(give an import path with arguments if it needs any)")
+    if hasattr(model, "init_from_data") and ckpt is None:  # e.g. CompactNet's whitening conv
+        model.init_from_data(normalize(splits.train[0][:5000]))
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory)
+    print(f"model: {cfg.model_name}, {count_parameters(model):,} parameters")
+    loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device)
+    eval_loader = DeviceLoader.from_config(*splits.eval, cfg, train=False, device=device)
+    optimizer = make_optimizer(model, cfg)
+    return _Run(cfg, Path(cfg.out), device, amp_dtype, reason, data, splits, model,
+                prepare_train_model(model, device=device, cuda_graphs=cfg.cuda_graphs, compile=cfg.compile),
+                loader, eval_loader, optimizer, make_scheduler(optimizer, cfg, len(loader)),
+                make_grad_scaler(amp_dtype, device), EMA(model, cfg.ema) if cfg.ema > 0 else None,
+                Lookahead(cfg.epochs * len(loader)) if cfg.lookahead else None)
+
+
+def _restore(run: _Run, ckpt: dict, path) -> None:
+    load_weights(run.model, ckpt["model"], path, run.cfg.model_name)
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt["ema"])
+        if run.lookahead is not None:
+            run.lookahead.load_state_dict(ckpt["lookahead"])
+        if run.scaler is not None and ckpt.get("scaler"):
+            run.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path} cannot be resumed: {type(e).__name__}: {e}") from None
+    run.history, run.start_epoch = list(ckpt.get("history", [])), int(ckpt["epoch"])
+    run.current_epoch = run.start_epoch
+    print(f"resuming {path} after epoch {run.start_epoch}/{run.cfg.epochs}")
+
+
+def _train_loop(run: _Run, stop: StopSignals) -> None:
+    """Epochs 1..N: train, evaluate single-view, then (inside a critical section) checkpoint and history."""
+    cfg, history = run.cfg, run.history
+    best = max((h["eval_accuracy"] for h in history), default=-1.0)
+    for epoch in range(run.start_epoch, cfg.epochs):  # 0-based here; every printed or saved epoch is 1-based
+        run.current_epoch = epoch
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout RNG depends only on (seed, epoch)
+        run.loader.set_epoch(epoch)
+        if cfg.progress:
+            print(f"EPOCH: {epoch + 1}")
+        tr = train_one_epoch(run.train_model, run.loader, run.optimizer, run.scheduler, amp_dtype=run.amp_dtype,
+                             scaler=run.scaler, label_smoothing=cfg.label_smoothing, ema=run.ema or run.lookahead,
+                             epoch=epoch, progress=cfg.progress, check_every=cfg.check_every)
+        if run.lookahead is not None:
+            run.lookahead.sync(run.model)
+        ev = evaluate(run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta="none", verbose=cfg.progress,
+                      label=run.splits.eval_name)
+        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+               "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "eval_correct": ev["correct"],
+               "eval_total": ev["total"], "eval_tta": "none", "lr": tr["lr"], "train_seconds": tr["seconds"],
+               "eval_seconds": ev["seconds"], "images_per_second": tr["images_per_second"], "lrs": tr["lrs"]}
+        if not cfg.progress:  # one line per epoch for logs
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.2f}% | "
+                  f"{run.splits.eval_name.lower()} loss {ev['loss']:.4f} acc {ev['accuracy']:.2f}% | "
+                  f"{tr['seconds']:.1f} s + {ev['seconds']:.1f} s", flush=True)
+        # Checkpoint first, history files second, both inside a critical section: a signal waits until they
+        # are written, and a kill at any moment leaves every epoch the history shows resumable from last.pt.
+        with stop.critical():
+            history.append(row)
+            save_checkpoint(run.run_dir / "last.pt", run.state(epoch + 1))
+            if ev["accuracy"] > best:  # single-view against single-view: like with like
+                best = ev["accuracy"]
+                save_checkpoint(run.run_dir / "best.pt", run.state(epoch + 1))
+            write_history(run.run_dir, history)
+
+
+def _final_results(run: _Run, wall_start: float) -> dict:
+    """The final test: single view (the last epoch's line when it was the test set) and, separately, TTA."""
+    cfg, history, last = run.cfg, run.history, run.history[-1]
+    test_loader = run.eval_loader
+    if run.splits.eval_name == "Test":
+        single = {"loss": last["eval_loss"], "accuracy": last["eval_accuracy"], "correct": last["eval_correct"],
+                  "total": last["eval_total"]}
+    else:
+        test_loader = DeviceLoader.from_config(*run.splits.test, cfg, train=False, device=run.device)
+        single = evaluate(run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta="none", verbose=False)
+        print(f"Final test, single view: Accuracy: {single['correct']}/{single['total']} ({single['accuracy']:.2f}%)")
+    results = {
+        "model": cfg.model_name, "parameters": count_parameters(run.model), "epochs": len(history),
+        "test_total": single["total"], "single_view_accuracy": single["accuracy"],
+        "single_view_correct": single["correct"], "single_view_loss": single["loss"],
+        "tta": cfg.tta, "tta_accuracy": None, "tta_correct": None, "tta_loss": None,
+        "best_eval_accuracy": max(h["eval_accuracy"] for h in history),
+        "best_eval_epoch": max(history, key=lambda h: h["eval_accuracy"])["epoch"],
+        "eval_set": run.splits.eval_name.lower(), "weights": "ema" if run.ema is not None else "model"}
+    if cfg.tta != "none":
+        t = evaluate(run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False)
+        results.update(tta_accuracy=t["accuracy"], tta_correct=t["correct"], tta_loss=t["loss"])
+        print(f"Final test, {cfg.tta} TTA ({TTA_VIEWS[cfg.tta]} views): Accuracy: {t['correct']}/{t['total']} "
+              f"({t['accuracy']:.2f}%)")
+    results.update({
+        "wall_seconds": time.perf_counter() - wall_start, "train_seconds": sum(h["train_seconds"] for h in history),
+        "hardware": hardware_string(run.device),
+        "precision": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "fp32",
+        "precision_reason": run.precision_reason, "torch": torch.__version__, "peak_rss_mb": peak_rss_mb()})
+    atomic_write_json(run.run_dir / "results.json", results)
+    return results
+
+
+def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
+        overwrite: bool = False, model: nn.Module | object | None = None,
+        explicit: set[str] | None = None) -> FitResult:
+    """Train the configured network for `cfg.epochs`, writing the run folder; resume from a checkpoint if given.
+
+    `model` (or `cfg.model`) may be any nn.Module or a zero-argument factory instead of a name; a module
+    object is trained in place. On resume, `explicit` names the options the caller set on purpose (the CLI
+    passes the ones given on its command line); see `resume_config`.
+    Ctrl-C / SIGTERM stop at a safe point (never inside a checkpoint write) and return interrupted=True.
     A NaN / Inf loss raises engine.DivergenceError; the last good checkpoint stays in place.
     """
+    if model is not None:
+        cfg = dataclasses.replace(cfg, model=model)
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
         if ckpt.get("resumable") is False:
             raise CheckpointError(f"{resume} is an exported checkpoint (weights only): it can be evaluated, "
                                   f"not resumed; resume from the run folder's last.pt")
-        saved = config_from_checkpoint(ckpt, resume)
-        keep = {k: getattr(cfg, k) for k in ("data", "data_root", "device", "progress", "compile")}
-        cfg = TrainConfig.from_dict({**saved.to_dict(), **keep, "out": str(Path(resume).parent)})
+        cfg = resume_config(config_from_checkpoint(ckpt, resume), cfg, explicit, resume)
     run_dir = Path(cfg.out)
-    if ckpt is None:
-        check_run_dir(run_dir, overwrite)  # refuse early; nothing is written until the setup succeeded
-
-    device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    print(cfg)
-    print(f"device: {device} ({hardware_string(device)}), precision: "
-          f"{str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, torch {torch.__version__}")
-    if data is None:
-        data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
-    splits = make_splits(cfg, data)
-    print(f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()} images "
-          f"from {data.source or 'torchvision'}")
-
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = create_model(cfg.model, dropout=cfg.dropout)
-    if hasattr(model, "init_from_data") and ckpt is None:  # e.g. CompactNet's whitening conv
-        model.init_from_data(normalize(splits.train[0][:5000]))
-    model = model.to(device, memory_format=memory)
-    print(f"model: {cfg.model}, {count_parameters(model):,} parameters")
-    loader = DeviceLoader(*splits.train, cfg.batch_size, train=True, device=device, crop_padding=cfg.crop_padding,
-                          flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout, channels_last=cfg.channels_last,
-                          seed=cfg.seed)
-    eval_loader = DeviceLoader(*splits.eval, cfg.eval_batch_size, train=False, device=device,
-                               channels_last=cfg.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, len(loader))
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    lookahead = Lookahead(cfg.epochs * len(loader)) if cfg.lookahead else None
-    history, start_epoch = [], 0
-    if ckpt is not None:
-        load_weights(model, ckpt["model"], resume, cfg.model)
+    with StopSignals() as stop, RunLock(run_dir):  # one owner per folder, for the whole run
+        state = check_run_dir(run_dir, overwrite) if ckpt is None else "unfinished"  # under the lock: no races
+        ensure_writable(run_dir)  # a read-only --out fails now, with one line, not after an epoch
+        run = None
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ema is not None:
-                ema.load_state_dict(ckpt["ema"])
-            if lookahead is not None:
-                lookahead.load_state_dict(ckpt["lookahead"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise CheckpointError(f"{resume} cannot be resumed: {type(e).__name__}: {e}") from None
-        history, start_epoch = list(ckpt.get("history", [])), int(ckpt["epoch"])
-        print(f"resuming {resume} after epoch {start_epoch}/{cfg.epochs}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing; never a real file
-        stale.unlink()
-    if ckpt is None and overwrite:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    train_model = torch.compile(model) if cfg.compile else model
-    eval_model = ema.module if ema is not None else model
-
-    def state(epoch: int) -> dict:
-        return {"config": cfg.to_dict(), "model": model.state_dict(), "epoch": epoch, "history": history,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state()}
-
-    best = max((h["eval_accuracy"] for h in history), default=-1.0)
-    wall_start = time.perf_counter() - sum(h["train_seconds"] + h["eval_seconds"] for h in history)
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout RNG depends only on (seed, epoch)
-            loader.set_epoch(epoch)
-            if cfg.progress:
-                print(f"EPOCH: {epoch}")
-            tr = train_one_epoch(train_model, loader, optimizer, scheduler, amp_dtype=amp_dtype, scaler=scaler,
-                                 label_smoothing=cfg.label_smoothing, ema=ema or lookahead, epoch=epoch,
-                                 progress=cfg.progress)
-            if lookahead is not None:
-                lookahead.sync(model)
-            # Test-time augmentation multiplies the evaluation cost, so only the final epoch pays for it.
-            tta = cfg.tta if epoch == cfg.epochs - 1 else "none"
-            ev = evaluate(eval_model, eval_loader, amp_dtype=amp_dtype, tta=tta, verbose=cfg.progress,
-                          label=splits.eval_name)
-            history.append({
-                "epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "eval_correct": ev["correct"], "eval_tta": tta,
-                "eval_total": ev["total"], "lr": tr["lr"], "train_seconds": tr["seconds"],
-                "eval_seconds": ev["seconds"], "images_per_second": tr["images_per_second"], "lrs": tr["lrs"]})
-            if not cfg.progress:  # one line per epoch for logs
-                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.2f}% | "
-                      f"{splits.eval_name.lower()} loss {ev['loss']:.4f} acc {ev['accuracy']:.2f}% | "
-                      f"{tr['seconds']:.1f} s + {ev['seconds']:.1f} s", flush=True)
-            # Checkpoint first, history files second: whatever moment a kill hits, every epoch the history
-            # files show can be resumed from last.pt (which carries the history itself).
-            save_checkpoint(run_dir / "last.pt", state(epoch + 1))
-            if ev["accuracy"] > best:
-                best = ev["accuracy"]
-                save_checkpoint(run_dir / "best.pt", state(epoch + 1))
-            write_history(run_dir, history)
-    except KeyboardInterrupt:
-        done = len(history)
-        where = (f"the checkpoint after epoch {done} is {run_dir / 'last.pt'}; resume with: "
-                 f"python -m cifarkit train --resume {run_dir / 'last.pt'}") if done else "no epoch had finished"
-        print(f"\nInterrupted during epoch {epoch + 1}: {where}")
-        return FitResult(cfg, history, eval_model, run_dir, interrupted=True, data=data)
-
-    if splits.eval_name == "Test":  # the last epoch's evaluation already was the test
-        last = history[-1]
-        final = {"loss": last["eval_loss"], "accuracy": last["eval_accuracy"], "correct": last["eval_correct"],
-                 "total": last["eval_total"]}
-    else:
-        test_loader = DeviceLoader(*splits.test, cfg.eval_batch_size, train=False, device=device,
-                                   channels_last=cfg.channels_last)
-        final = evaluate(eval_model, test_loader, amp_dtype=amp_dtype, tta=cfg.tta, verbose=cfg.progress)
-    results = {
-        "model": cfg.model, "parameters": count_parameters(model), "epochs": len(history),
-        "final_test_accuracy": final["accuracy"], "final_test_correct": final["correct"],
-        "final_test_total": final["total"], "final_test_loss": final["loss"],
-        "best_eval_accuracy": best, "eval_set": splits.eval_name.lower(), "tta": cfg.tta,
-        "weights": "ema" if ema is not None else "model",
-        "wall_seconds": time.perf_counter() - wall_start,
-        "train_seconds": sum(h["train_seconds"] for h in history),
-        "hardware": hardware_string(device), "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "torch": torch.__version__, "peak_rss_mb": peak_rss_mb(),
-    }
-    atomic_write_json(run_dir / "results.json", results)
-    return FitResult(cfg, history, eval_model, run_dir, final=results, data=data)
-
+            run = _setup(cfg, data, ckpt)  # nothing is written until the setup succeeded
+            remove_temp_files(run_dir)
+            if ckpt is not None:
+                _restore(run, ckpt, resume)
+            elif overwrite or state == "empty":
+                clear_run_dir(run_dir)  # also the stale config / history of a run that never checkpointed
+            atomic_write_json(run_dir / "config.json", run.cfg.to_dict())
+            wall_start = time.perf_counter() - sum(h["train_seconds"] + h["eval_seconds"] for h in run.history)
+            _train_loop(run, stop)
+            with stop.critical():
+                final = _final_results(run, wall_start)
+        except KeyboardInterrupt as e:  # RunInterrupted (SIGINT / SIGTERM), or a plain one
+            epoch = (run.current_epoch if run is not None else 0) + 1
+            print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch), file=sys.stderr)
+            if run is None:
+                raise
+            return FitResult(run.cfg, run.history, run.eval_model, run_dir, interrupted=True, data=run.data,
+                             exit_code=getattr(e, "exit_code", 130))
+    return FitResult(run.cfg, run.history, run.eval_model, run_dir, final=final, data=run.data)

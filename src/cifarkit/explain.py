@@ -1,0 +1,207 @@
+"""Grad-CAM (Selvaraju et al., 2017): which parts of an image pushed a network towards a class.
+
+The maps come from the grad-cam library (pytorch-grad-cam). This module adds what a course project needs
+around it: a default target layer found for ANY nn.Module (the last conv layer, in execution order, whose
+output is larger than 1x1), inputs as uint8 or normalised images, the run's precision, and a model that
+comes back exactly as it was. The library on its own puts the model in eval mode for good, overwrites
+its `.grad`s, and fails under bf16 autocast (it converts activations to numpy, which has no bfloat16).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import PRECISIONS, ConfigError
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Restore, on exit, every module's train/eval flag, every parameter's requires_grad and .grad, and
+    every buffer's value (BatchNorm statistics): whatever runs inside leaves the model as it found it."""
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module, tuple]], tuple]:
+    """(name, module, output shape) of every submodule in the order their forward passes end, and the
+    model's output shape, from one eval-mode, no-grad forward pass of `x`."""
+    calls: list[tuple[str, nn.Module, tuple]] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(
+        (name, mod, tuple(out.shape) if isinstance(out, torch.Tensor) else ())))
+        for name, m in model.named_modules() if name]
+    try:
+        with preserved(model), torch.no_grad():
+            model.eval()
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, tuple(out.shape)
+
+
+def _conv_names(calls: list[tuple[str, nn.Module, tuple]]) -> list[str]:
+    """Names of the Conv2d layers with a (N, C, H, W) output larger than 1x1, last call of each, in order."""
+    last = {name: i for i, (name, m, shape) in enumerate(calls)
+            if isinstance(m, nn.Conv2d) and len(shape) == 4 and shape[2] * shape[3] > 1}
+    return sorted(last, key=last.get)
+
+
+def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tuple[str, int]:
+    """(checked target layer name, number of model outputs) from one traced forward pass of x[:1]."""
+    calls, out_shape = _trace(model, x[:1])
+    convs = _conv_names(calls)
+    if target_layer is None:
+        if not convs:
+            raise ConfigError(f"{type(model).__name__} has no Conv2d layer with an output larger than 1x1; pass "
+                              "target_layer= the name of a module whose output is (N, C, H, W)")
+        return convs[-1], out_shape[-1]
+    shown = ", ".join(convs[-6:]) or "none"
+    if target_layer not in dict(model.named_modules()) or not target_layer:
+        raise ConfigError(f"unknown target_layer {target_layer!r}; conv layers of {type(model).__name__} "
+                          f"(execution order, last 6): {shown}")
+    shapes = [shape for name, _, shape in calls if name == target_layer]
+    if not shapes:
+        raise ConfigError(f"target_layer {target_layer!r} is not called by {type(model).__name__}.forward; "
+                          f"conv layers that are: {shown}")
+    if len(shapes[-1]) != 4:
+        raise ConfigError(f"target_layer {target_layer!r} outputs shape {shapes[-1]}; Grad-CAM needs a feature "
+                          f"map (N, C, H, W), e.g. one of: {shown}")
+    return target_layer, out_shape[-1]
+
+
+def find_target_layer(model: nn.Module, images: torch.Tensor, target_layer: str | None = None) -> str:
+    """The qualified name of the layer Grad-CAM reads: `target_layer` after checking it, or by default the
+    last Conv2d (in execution order) whose output is larger than 1x1, found by tracing one of `images`."""
+    with torch.inference_mode(False):
+        return _resolve(model, _as_input(images[:1], _device(model)), target_layer)[0]
+
+
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ConfigError(f"{type(model).__name__} has no parameters: nothing to explain") from None
+
+
+def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images are normalised as in training; float images are taken as already normalised."""
+    from .loader import normalize
+
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ConfigError(f"images must be a tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
+    if images.dtype == torch.uint8:
+        return normalize(images.to(device))
+    if not images.is_floating_point():
+        raise ConfigError(f"images must be uint8 or normalised float, got {images.dtype}")
+    return images.to(device, torch.float32)
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | int,
+            target_layer: str | None = None, *, precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
+    """Grad-CAM maps (N, H, W), float32 in [0, 1] on the CPU, of `images` for the classes `targets`.
+
+    images: uint8 (N, 3, H, W) as stored, or already-normalised floats. targets: one class index per
+    image (or one for all). target_layer: a qualified module name ("c4.1.1"); default: the last Conv2d
+    whose output is larger than 1x1. precision: one of PRECISIONS, resolved for the model's device.
+    Runs on the model's device; the model's weights, buffers, modes, flags and grads are left untouched.
+    Each map is scaled to a maximum of 1 (the library's min-max scaling): compare where, not how much.
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from .engine import autocast, resolve_precision
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = _device(model)
+    amp_dtype = resolve_precision(precision, device)
+    # inference_mode(False): the caller may sit inside predict()'s no-grad world; Grad-CAM needs autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = _as_input(images, device).clone()
+        n = len(x)
+        targets = [int(targets)] * n if isinstance(targets, int) else [int(t) for t in targets]
+        if len(targets) != n:
+            raise ConfigError(f"{len(targets)} targets for {n} images: give one class per image")
+        if n == 0:
+            return torch.zeros(0, *x.shape[2:])
+        layer, num_classes = _resolve(model, x, target_layer)
+        bad = [t for t in targets if not 0 <= t < num_classes]
+        if bad:
+            raise ConfigError(f"target class {bad[0]} out of range: the model has {num_classes} outputs")
+        # An input that requires grad keeps the graph alive through a model whose weights are all frozen.
+        x.requires_grad_(True)
+        maps = []
+        with preserved(model):
+            # The float cast (the library's activation/gradient hook) lets it read bf16 autocast tensors.
+            cam = GradCAM(model, [dict(model.named_modules())[layer]], reshape_transform=lambda t: t.float())
+            try:
+                for i in range(0, n, batch_size):
+                    with autocast(device, amp_dtype):
+                        maps.append(cam(x[i:i + batch_size],
+                                        [ClassifierOutputTarget(t) for t in targets[i:i + batch_size]]))
+            finally:
+                cam.activations_and_grads.release()
+    return torch.from_numpy(np.concatenate(maps)).clamp_(0, 1)
+
+
+def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor,
+                 cams_pred: torch.Tensor, cams_true: torch.Tensor, classes: Sequence[str],
+                 path: str | Path | None = None, ncols: int = 4, layer: str | None = None):
+    """Misclassified images, each twice side by side: the Grad-CAM map of the PREDICTED class ("pred: cat
+    91%") and of the TRUE class ("true: dog") over the image. `images`, `labels`, `probs` cover the whole
+    set; `indices` picks the images; `cams_pred` / `cams_true` hold one map per picked image, in order."""
+    import matplotlib.pyplot as plt
+
+    from .plots import _finish
+
+    conf, pred = probs.max(1)
+    idx = indices.tolist()
+    n = len(idx)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(1.45 * 2 * ncols, 1.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(idx):
+        img = images[i].detach().cpu()
+        img = (img.float() / 255 if img.dtype == torch.uint8 else img.float()).permute(1, 2, 0).clamp(0, 1).numpy()
+        panels = ((cams_pred[k], f"pred: {classes[pred[i]]} {100 * conf[i]:.0f}%", "darkred"),
+                  (cams_true[k], f"true: {classes[labels[i]]}", "darkgreen"))
+        for j, (cam, title, color) in enumerate(panels):
+            ax = axes[k // ncols, 2 * (k % ncols) + j]
+            ax.imshow(img, interpolation="nearest")
+            ax.imshow(cam.detach().cpu().float().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                      interpolation="bilinear")
+            ax.set_title(title, fontsize=7.5, color=color)
+    where = f" at {layer}" if layer else ""
+    fig.suptitle(f"Grad-CAM{where} on {n} misclassified images: evidence for the predicted class (left) "
+                 "and for the true class (right)", fontsize=9)
+    return _finish(fig, path)
+
+
+def gradcam_misclassified(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+                          indices: torch.Tensor, classes: Sequence[str], *, target_layer: str | None = None,
+                          precision: str = "fp32", path: str | Path | None = None, ncols: int = 4):
+    """`gradcam` for the predicted and the true class of the images at `indices`, then `plot_gradcam`."""
+    picked = images[indices]
+    layer = find_target_layer(model, picked, target_layer)
+    cams_pred = gradcam(model, picked, probs[indices].argmax(1), layer, precision=precision)
+    cams_true = gradcam(model, picked, labels[indices], layer, precision=precision)
+    return plot_gradcam(images, labels, probs, indices, cams_pred, cams_true, classes, path=path, ncols=ncols,
+                        layer=layer)

@@ -1,0 +1,157 @@
+"""Grad-CAM: maps of the right shape and range that follow the evidence, any network, no side effects."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from cifarkit import CLASSES, SeedNet, normalize
+from cifarkit.config import ConfigError
+from cifarkit.explain import find_target_layer, gradcam, gradcam_misclassified, plot_gradcam
+
+
+class LeftEyed(nn.Module):
+    """Sees only the left half of the image (the right half is zeroed in forward); bias-free convs keep
+    the right half of every feature map at zero, apart from the columns next to the seam."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict(
+            stem=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU()),
+            last=nn.Conv2d(8, 8, 3, padding=1, bias=False)))
+        self.head = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 10))
+
+    def forward(self, x):
+        x = x * (torch.arange(x.shape[3], device=x.device) < x.shape[3] // 2)
+        return self.head(self.features(x))
+
+
+class Scrambled(nn.Module):
+    """Modules registered in a different order than they run, and a final conv on a 1x1 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.zz_late = nn.Conv2d(8, 8, 3, padding=1)
+        self.aa_early = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Conv2d(8, 10, 1)  # a "fully convolutional" head: 1x1 spatial output
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.zz_late(self.aa_early(x)))).flatten(1)
+
+
+def images(n=6, seed=0):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_maps_shape_range_and_follow_the_evidence():
+    torch.manual_seed(0)
+    model = LeftEyed().eval()
+    x = images(8)
+    cams = gradcam(model, x, list(range(8)))
+    assert cams.shape == (8, 32, 32) and cams.dtype == torch.float32
+    assert cams.min() >= 0 and cams.max() <= 1
+    nonzero = cams.flatten(1).sum(1) > 0
+    assert nonzero.sum() >= 4, "most classes should have some positive evidence"
+    left = cams[nonzero, :, :16].flatten(1).sum(1) / cams[nonzero].flatten(1).sum(1)
+    assert (left > 0.9).all(), left
+
+
+def test_uint8_and_normalised_inputs_give_the_same_maps():
+    torch.manual_seed(0)
+    model = LeftEyed().eval()
+    x = images(3)
+    a = gradcam(model, x, [1, 2, 3])
+    b = gradcam(model, normalize(x), torch.tensor([1, 2, 3]))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert gradcam(model, x, 4).shape == (3, 32, 32)  # one class for all
+
+
+def test_default_layer_is_the_last_conv_with_spatial_output_in_execution_order():
+    assert find_target_layer(Scrambled(), images(1)) == "zz_late"
+    assert find_target_layer(SeedNet(), images(1)) == "c4.1.1"  # the pointwise conv of the separable conv
+    assert find_target_layer(LeftEyed(), images(1)) == "features.last"
+    assert find_target_layer(SeedNet(), images(1), "c3") == "c3"  # any module with a (N, C, H, W) output
+
+
+@pytest.mark.parametrize("name, message", [("c9.0", "unknown target_layer 'c9.0'"), ("fc", "outputs shape (1, 10)")])
+def test_bad_layer_is_one_line_listing_conv_layers(name, message):
+    with pytest.raises(ConfigError) as e:
+        gradcam(SeedNet(), images(2), [0, 1], target_layer=name)
+    text = str(e.value)
+    assert "\n" not in text and message in text and "c4.1.1" in text
+
+
+def test_bad_targets_are_one_line():
+    with pytest.raises(ConfigError, match="3 targets for 2 images"):
+        gradcam(SeedNet(), images(2), [0, 1, 2])
+    with pytest.raises(ConfigError, match="out of range"):
+        gradcam(SeedNet(), images(2), [0, 10])
+
+
+def test_model_state_is_unchanged():
+    torch.manual_seed(0)
+    model = SeedNet()
+    model.train()
+    model(normalize(images(16)))  # non-trivial BatchNorm statistics
+    model.c1[0][0].weight.requires_grad_(False)  # a frozen layer stays frozen
+    grad = torch.ones_like(model.fc.weight)
+    model.fc.weight.grad = grad
+    model.c4.eval()  # a mixed train / eval state survives too
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    flags = [p.requires_grad for p in model.parameters()]
+    cams = gradcam(model, images(2), [0, 1], precision="bf16")
+    assert cams.shape == (2, 32, 32)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert model.fc.weight.grad is grad and model.c2[0][0].weight.grad is None
+    assert not any(m._forward_hooks for m in model.modules())  # the library's hooks are released
+
+
+def test_bf16_maps_agree_with_fp32_and_inference_mode_is_fine():
+    torch.manual_seed(0)
+    model = LeftEyed().eval()
+    x = images(4)
+    fp32 = gradcam(model, x, [0, 1, 2, 3])
+    with torch.inference_mode():  # e.g. called right after predict(): Grad-CAM still gets its gradients
+        bf16 = gradcam(model, x, [0, 1, 2, 3], precision="bf16")
+    assert torch.corrcoef(torch.stack([fp32.flatten(), bf16.flatten()]))[0, 1] > 0.9
+
+
+def test_frozen_network_still_gets_maps():
+    torch.manual_seed(0)
+    model = LeftEyed().eval().requires_grad_(False)
+    assert gradcam(model, images(2), [0, 1]).shape == (2, 32, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_maps_match_cpu():
+    torch.manual_seed(0)
+    model = SeedNet().eval()
+    x = images(4)
+    cpu = gradcam(model, x, [0, 1, 2, 3])
+    gpu = gradcam(model.cuda(), x, [0, 1, 2, 3])
+    assert gpu.device.type == "cpu" and next(model.parameters()).is_cuda
+    assert torch.allclose(cpu, gpu, atol=2e-3)
+    assert gradcam(model, x, [0, 1, 2, 3], precision="auto").shape == (4, 32, 32)
+
+
+def test_plot_gradcam_writes_png(tmp_path):
+    torch.manual_seed(0)
+    model = LeftEyed().eval()
+    x, labels = images(10), torch.arange(10)
+    probs = torch.softmax(torch.randn(10, 10), 1)
+    idx = torch.tensor([1, 4, 7])
+    cams = gradcam(model, x[idx], labels[idx])
+    fig = plot_gradcam(x, labels, probs, idx, cams, cams, CLASSES, path=tmp_path / "g.png", ncols=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 6 and titles[1] == f"true: {CLASSES[1]}" and titles[0].startswith("pred: ")
+    assert titles[0].endswith("%") and (tmp_path / "g.png").stat().st_size > 0
+    fig = gradcam_misclassified(model, x, labels, probs, idx, CLASSES, path=tmp_path / "m.png")
+    assert "features.last" in fig._suptitle.get_text() and (tmp_path / "m.png").exists()
