@@ -18,8 +18,10 @@ optimiser + loss read every 50 steps (no host sync inside the epoch), eager; C2 
 For each row: img/s of the training steps alone (`--steps` timed steps after `--warmup` steps, data
 augmentation included), and one epoch of 50,000 images plus the per-epoch test pass over 10,000 test
 images (plain, no TTA, as `fit` runs it after every epoch but the last). On a GPU the epoch is real (the
-second of two, so tracing / graph recording is counted separately as "setup"); on a CPU it is estimated
-from the step rate plus a timed test pass (`--epoch real` runs it there too: minutes per row).
+second of two, so tracing / graph recording is counted separately); on a CPU it is estimated from the
+step rate, plus the once-per-epoch start (cifarkit augments all images when an epoch starts; a DataLoader
+starts its workers), plus a timed test pass (`--epoch real` runs real epochs there too: minutes per row).
+CPU numbers swing with other load on the machine: the header prints the load average.
 
     python benchmarks/throughput.py                          # synthetic random uint8 images (default)
     python benchmarks/throughput.py --steps 10 --warmup 3    # a CPU run in about a minute
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import pickle
 import resource
 import sys
@@ -78,16 +81,26 @@ def forever(loader):
 
 
 class Take:
-    """The first `n` batches of `loader` (restarting it as needed), with a length for `train_one_epoch`."""
+    """The next `n` batches of the iterator `batches`, with a length for `train_one_epoch`."""
 
-    def __init__(self, loader, n: int):
-        self.loader, self.n = loader, n
+    def __init__(self, batches, n: int):
+        self.batches, self.n = batches, n
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        return itertools.islice(forever(self.loader), self.n)
+        return itertools.islice(self.batches, self.n)
+
+
+def epoch_start_seconds(loader) -> float:
+    """Time to the first batch of a fresh epoch: work done once per epoch, before any step (cifarkit's
+    loader augments all images at once; a DataLoader starts its workers). The timed steps continue one
+    iterator, so an estimated epoch adds this."""
+    start = time.perf_counter()
+    next(iter(loader))
+    sync()
+    return time.perf_counter() - start
 
 
 def synthetic_cifar10(n_train: int, n_test: int):
@@ -155,10 +168,12 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         return evaluate(model, test_loader, amp_dtype=amp, tta="none", verbose=False)["seconds"]
 
     row = Row(name, path, dtype_name(amp))
+    batches = forever(loader)  # one iterator: the timed steps do not restart the epoch
     start = time.perf_counter()
-    train(Take(loader, args.warmup))  # also traces / records the CUDA graphs of the full-batch shape
+    train(Take(batches, args.warmup))  # also traces / records the CUDA graphs of the full-batch shape
     setup = time.perf_counter() - start
-    row.step_ips = train(Take(loader, args.steps))["images_per_second"]
+    row.step_ips = train(Take(batches, args.steps))["images_per_second"]
+    del batches
     if real_epoch(args, device):
         seconds = []
         for epoch in range(2):  # the first epoch also records the graphs of the last, smaller batch
@@ -168,8 +183,9 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         (t1, e1), (row.train_s, row.test_s) = seconds
         row.note = f"first epoch {t1 + e1:.1f} s; warm-up {args.warmup} steps {setup:.1f} s"
     else:
-        evaluate(model, Take(test_loader, 1), amp_dtype=amp, verbose=False)  # warm the kernels' caches
-        row.train_s, row.test_s, row.estimated = len(data.train_labels) / row.step_ips, test(), True
+        evaluate(model, Take(iter(test_loader), 1), amp_dtype=amp, verbose=False)  # warm the kernels' caches
+        row.train_s = epoch_start_seconds(loader) + len(data.train_labels) / row.step_ips
+        row.test_s, row.estimated = test(), True
     return row
 
 
@@ -253,7 +269,8 @@ def classic_row(cfg, data, device: torch.device, args) -> Row:
             sync()
             row.train_s = time.perf_counter() - start
         else:
-            row.train_s, row.estimated = len(data.train_labels) / row.step_ips, True
+            row.train_s = epoch_start_seconds(train_dl) + len(data.train_labels) / row.step_ips
+            row.estimated = True
         start = time.perf_counter()
         model.eval()
         with torch.inference_mode():
@@ -299,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_cifar10(args.data, progress=False) if args.data else synthetic_cifar10(args.train_images,
                                                                                       args.test_images)
     n_train = len(data.train_labels)
+    load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs" if hasattr(os, "getloadavg") else ""
     print(f"hardware: {hardware_string(device)}; torch {torch.__version__}; data: {data.source or args.data} "
-          f"({n_train} train / {len(data.test_labels)} test images)")
+          f"({n_train} train / {len(data.test_labels)} test images){load}")
     print(f"seed network, default recipe, batch {cfg.batch_size}; {args.steps} timed steps after {args.warmup} "
           f"warm-up steps per row; new precision: {choose_precision(cfg.precision, device)[1]}")
     print(f"{'row':<3} {'path':<54} {'precision':<12} {'step img/s':>10}   "

@@ -6,7 +6,9 @@ difference to the set's first (baseline) row. Tuning happens here, never on the 
 
 Each run is `python -m cifarkit train <variant options> --val-split 5000 --seed S`, written to
 OUT/<variant>-s<S>; a finished run (results.json present) is read back instead of trained again, so an
-interrupted sweep resumes. The score is the final epoch's validation accuracy (with the recipe's TTA).
+interrupted sweep resumes. The score is the final validation accuracy with the recipe's TTA (results.json's
+eval_tta_accuracy; runs made before that key existed evaluated their last epoch with TTA, so there it is
+the last history row).
 On one GPU several runs at once keep it busy (each run alone is bound by Python's per-step overhead).
 Results of the sweeps behind README.md's "What each trick buys": benchmarks/results/val-sweep-h200.jsonl.
 """
@@ -39,9 +41,12 @@ SETS: dict[str, list[tuple[str, list[str]]]] = {
 
 
 def final_val(run_dir: Path) -> float | None:
-    """The last epoch's evaluation accuracy of a finished run, else None."""
+    """The final validation accuracy (with the recipe's TTA) of a finished run, else None."""
     if not (run_dir / "results.json").exists():
         return None
+    results = json.loads((run_dir / "results.json").read_text())
+    if results.get("eval_tta_accuracy") is not None:
+        return results["eval_tta_accuracy"]
     return json.loads((run_dir / "history.json").read_text())[-1]["eval_accuracy"]
 
 

@@ -42,7 +42,9 @@ def test_final_val_reads_only_finished_runs(tmp_path):
     (run / "history.json").write_text(json.dumps([{"eval_accuracy": 80.0}, {"eval_accuracy": 88.5}]))
     assert sweep.final_val(run) is None  # no results.json yet: unfinished
     (run / "results.json").write_text("{}")
-    assert sweep.final_val(run) == 88.5
+    assert sweep.final_val(run) == 88.5  # a run from before the TTA result was kept apart
+    (run / "results.json").write_text(json.dumps({"eval_tta_accuracy": 89.1}))
+    assert sweep.final_val(run) == 89.1
 
 
 def test_summarize_mean_sd_and_difference_to_first_row():

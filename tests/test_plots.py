@@ -41,10 +41,15 @@ def test_epoch_plots_save_a_png_with_whole_epoch_ticks(tmp_path, make):
 def test_history_plot_reports_the_final_and_best_epoch():
     history = fake_history()
     history[2]["eval_accuracy"] = 99.0  # best in the middle, so "best" and "final" differ
-    fig = plot_history(history)
+    fig = plot_history(history, final={"tta": "flip-translate", "tta_accuracy": 75.5}, label_smoothing=0.2)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts] + [ax.get_title() for ax in fig.axes]
-    assert any("test 73.00% (final)" in t for t in texts)
-    assert any("99.00% at epoch 3" in t for t in texts)
+    assert any("test 73.00% (epoch 5, single view)" in t for t in texts)
+    assert any("99.00% at epoch 3 (single view)" in t for t in texts)
+    assert any("label smoothing 0.2" in t for t in texts)
+    # The TTA result is its own marked point, labelled as the final test, not an epoch of the curve.
+    star = [ln for ln in fig.axes[1].get_lines() if "TTA" in ln.get_label()]
+    assert len(star) == 1 and list(star[0].get_ydata()) == [75.5]
+    assert star[0].get_label() == "final test, flip-translate TTA (6 views): 75.50%"
 
 
 def test_compare_legend_names_each_run_with_its_final_accuracy():
@@ -64,3 +69,27 @@ def test_confusion_and_misclassified_figures(tmp_path):
                              path=tmp_path / "wrong.png")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["airplane\n-> automobile 82%", "airplane\n-> cat 82%"]
+
+
+def test_notebook_before_after_cell_runs_outside_the_repository(tmp_path, monkeypatch):
+    """On Colab the package is pip-installed and the working directory is not a checkout: the baseline
+    history the comparison needs must come with the package, and the cell must draw both runs."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    import cifarkit as ck
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "Assignment7.ipynb").read_text())
+    (cell,) = [c for c in nb["cells"] if c["cell_type"] == "code" and "load_baseline" in "".join(c["source"])]
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ folder here
+    history = [{"epoch": e, "eval_accuracy": 50.0 + e} for e in range(1, 4)]
+    ns = {"ck": ck, "result": SimpleNamespace(history=history), "IMAGES": None}
+    exec("".join(cell["source"]), ns)
+    labels = [line.get_label() for line in plt.gcf().axes[0].get_lines()]
+    assert any(label.startswith("seed recipe (retrained here): 81.98%") for label in labels), labels
+    assert any(label.startswith("this run: 53.00%") for label in labels)
+    assert ck.load_baseline("seed-recipe")[-1]["epoch"] == 20
+    plt.close("all")

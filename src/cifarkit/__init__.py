@@ -12,7 +12,7 @@ from .loader import DeviceLoader, augment, denormalize, normalize
 from .models import MODELS, SeedNet, build_model, count_parameters, create_model, register
 from .plots import (load_baseline, plot_compare, plot_confusion, plot_history, plot_lr, plot_misclassified,
                     show_images)
-from .predict import Prediction, load_image, predict_image
+from .inference import Prediction, format_prediction, load_image, predict_image
 from .rundir import RunInterrupted, RunLock
 from .trainer import FitResult, fit, hardware_string, make_splits
 

@@ -233,7 +233,7 @@ def _export(args) -> int:
 def _predict(args) -> int:
     from .checkpoint import model_from_checkpoint
     from .engine import resolve_device
-    from .predict import format_prediction, predict_image
+    from .inference import format_prediction, predict_image
 
     if args.top < 1:
         raise CifarkitError(f"--top must be >= 1, got {args.top}")

@@ -347,6 +347,11 @@ def _final_results(run: _Run, wall_start: float) -> dict:
         "best_eval_accuracy": max(h["eval_accuracy"] for h in history),
         "best_eval_epoch": max(history, key=lambda h: h["eval_accuracy"])["epoch"],
         "eval_set": run.splits.eval_name.lower(), "weights": "ema" if run.ema is not None else "model"}
+    if cfg.tta != "none" and run.splits.eval_name == "Validation":  # what recipe sweeps compare, TTA included
+        v = evaluate(run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False)
+        results["eval_tta_accuracy"] = v["accuracy"]
+        print(f"Final validation, {cfg.tta} TTA ({TTA_VIEWS[cfg.tta]} views): Accuracy: {v['correct']}/{v['total']} "
+              f"({v['accuracy']:.2f}%)")
     if cfg.tta != "none":
         t = evaluate(run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False)
         results.update(tta_accuracy=t["accuracy"], tta_correct=t["correct"], tta_loss=t["loss"])
