@@ -172,7 +172,13 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     start = time.perf_counter()
     train(Take(batches, args.warmup))  # also traces / records the CUDA graphs of the full-batch shape
     setup = time.perf_counter() - start
-    row.step_ips = train(Take(batches, args.steps))["images_per_second"]
+    if args.sync_debug and device.type == "cuda":  # warn at every host sync inside the timed steps
+        torch.cuda.set_sync_debug_mode("warn")
+    try:
+        row.step_ips = train(Take(batches, args.steps))["images_per_second"]
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)
     del batches
     if real_epoch(args, device):
         seconds = []
@@ -186,6 +192,8 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         evaluate(model, Take(iter(test_loader), 1), amp_dtype=amp, verbose=False)  # warm the kernels' caches
         row.train_s = epoch_start_seconds(loader) + len(data.train_labels) / row.step_ips
         row.test_s, row.estimated = test(), True
+    if (graphs or compile_) and not getattr(train_model, "active", False):
+        row.note = f"FELL BACK TO EAGER (see the line above); {row.note}".rstrip("; ")
     return row
 
 
@@ -299,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: a real epoch on a GPU, estimated from the step rate on a CPU")
     ap.add_argument("--rows", default="A,B,C", help=f"comma-separated, from A,{','.join(ENGINE_ROWS)}")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of row A")
+    ap.add_argument("--sync-debug", action="store_true", help="CUDA: warn at each host sync in the timed steps "
+                    "(expected in C: only the loss reads every check_every steps and at the last step)")
     ap.add_argument("--train-images", type=int, default=50_000, help="synthetic data: training images")
     ap.add_argument("--test-images", type=int, default=10_000, help="synthetic data: test images")
     args = ap.parse_args(argv)

@@ -1,4 +1,5 @@
-"""train_one_epoch / evaluate return dicts, learn, stop on divergence; schedules and precision choice."""
+"""train_one_epoch / evaluate return dicts, learn, stop on divergence; precision by device, the compile / CUDA-graph
+fallback, optimisers and schedules, and the throughput benchmark's rows."""
 import math
 
 import pytest

@@ -133,6 +133,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _train(args) -> int:
     from .trainer import fit
 
+    if args.dry_run and args.resume:  # the dry run's limits would not apply: it would train or rewrite the run
+        raise CifarkitError("--dry-run checks a fresh run in a throwaway folder; it cannot be combined with "
+                            "--resume")
     cfg = config_from_args(args)
     explicit = set(given_fields(args))
     if args.recipe:
@@ -263,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         from .engine import DivergenceError
         print(f"cifarkit: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, (DivergenceError, WriteError)) else 2  # 1: the run failed; 2: bad input
-    except KeyboardInterrupt as e:  # outside fit's own handling (e.g. while loading data)
-        print("cifarkit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # outside fit's own handling, or during its setup (then fit said what was saved)
+        if not getattr(e, "reported", False):
+            print("cifarkit: interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CifarkitError, ConfigError
-from .optim import (EMA, Lookahead, lr_factor, make_grad_scaler, make_optimizer,  # noqa: F401 (re-exported)
-                    make_scheduler)
+from .optim import (EMA, Lookahead, _LrLambda, lr_factor, make_grad_scaler,  # noqa: F401 (re-exported)
+                    make_optimizer, make_scheduler)
 
 
 class DivergenceError(CifarkitError):
@@ -80,21 +80,20 @@ def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype 
         if dtype == torch.bfloat16:
             note = "native bf16" if major >= 8 else f"no native bf16: emulated and slow; auto picks {_LABEL[auto]}"
         elif dtype == torch.float16:
-            note = "no native bf16" if 7 <= major < 8 else "no tensor cores: fp16 is not faster there" \
-                if major < 7 else "auto picks bf16, which needs no scaler"
+            note = ("no tensor cores: fp16 is not faster there" if major < 7 else
+                    "no native bf16" if major < 8 else "auto picks bf16, which needs no scaler")
         else:
             note = "no tensor cores for fp16 / bf16" if major < 7 else f"auto picks {_LABEL[auto]}"
         return dtype, f"{_LABEL[dtype]}{asked}: {card} ({note})"
     if device.type == "cpu":
         native = cpu_has_fast_bf16()
         dtype = (torch.bfloat16 if native else None) if precision == "auto" else _DTYPES[precision]
-        has = "this CPU has native bf16 (AMX or AVX-512-BF16)" if native else \
-            "this CPU has no native bf16 (no AMX or AVX-512-BF16)"
-        if dtype == torch.bfloat16 and not native:
-            has += ": emulated, likely slower than fp32"
-        elif dtype == torch.float16:
-            has = "fp16 on a CPU is mostly emulated, likely slower than fp32"
-        return dtype, f"{_LABEL[dtype]}{asked}: {has}"
+        why = f"this CPU has {'' if native else 'no '}native bf16 (AMX or AVX-512-BF16)"
+        if dtype == torch.float16:
+            why = "fp16 on a CPU is mostly emulated, likely slower than fp32"
+        elif dtype == torch.bfloat16 and not native:
+            why += ": emulated, likely slower than fp32"
+        return dtype, f"{_LABEL[dtype]}{asked}: {why}"
     dtype = None if precision == "auto" else _DTYPES[precision]
     why = "autocast support on Apple MPS varies with the macOS / torch version" if precision == "auto" else device.type
     return dtype, f"{_LABEL[dtype]}{asked}: {why}"

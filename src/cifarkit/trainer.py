@@ -404,9 +404,10 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
             with stop.critical():
                 final = _final_results(run, wall_start)
         except KeyboardInterrupt as e:  # RunInterrupted (SIGINT / SIGTERM), or a plain one
-            epoch = (run.current_epoch if run is not None else 0) + 1
+            epoch = run.current_epoch + 1 if run is not None else None  # None: during the setup, no epoch yet
             print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch), file=sys.stderr)
             if run is None:
+                e.reported = True  # the CLI adds no second line
                 raise
             return FitResult(run.cfg, run.history, run.eval_model, run_dir, interrupted=True, data=run.data,
                              exit_code=getattr(e, "exit_code", 130))
