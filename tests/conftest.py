@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -95,3 +98,28 @@ def png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(bytes, read_only=False) -> a fresh real tmpfs; skipped where mounting is not permitted."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("needs root on Linux to mount a tmpfs")
+    mounted = []
+
+    def mount(size: int, read_only: bool = False, prepare=None) -> Path:
+        mnt = tmp_path / f"mnt{len(mounted)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode:
+            pytest.skip("mount -t tmpfs is not permitted here")
+        mounted.append(mnt)
+        if prepare is not None:
+            prepare(mnt)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -3,7 +3,6 @@ import errno
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -166,18 +165,9 @@ def test_interrupted_write_leaves_no_temp_file(tmp_path):
 
 # ------------------------------------------------------------------------------ failed writes, for real
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A real 1 MiB tmpfs; skipped where mounting is not permitted (not root, not Linux, a container)."""
-    if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("needs root on Linux to mount a tmpfs")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("mount -t tmpfs is not permitted here")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+def tiny_tmpfs(mount_tmpfs):
+    """A real 1 MiB tmpfs (conftest's mount_tmpfs); skipped where mounting is not permitted."""
+    return mount_tmpfs(1 << 20)
 
 
 def test_real_full_disk(tiny_tmpfs):

@@ -214,22 +214,13 @@ def test_ensure_writable_injected_errors(tmp_path, monkeypatch, code, needle):
 
 
 @pytest.fixture
-def readonly_dir(tmp_path):
-    """A real read-only file system (a tmpfs mounted ro) holding one finished file; skipped where mounting
-    is not permitted (not root, not Linux, a container without CAP_SYS_ADMIN)."""
-    if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("needs root on Linux to mount a tmpfs")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("mount -t tmpfs is not permitted here")
-    try:
+def readonly_dir(mount_tmpfs):
+    """A real read-only file system (a 4 MiB tmpfs remounted ro) holding one finished file; skipped where
+    mounting is not permitted (not root, not Linux, a container without CAP_SYS_ADMIN)."""
+    def prepare(mnt):
         (mnt / "run").mkdir()
         write_ckpt(mnt / "run" / "last.pt", 4)
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return mount_tmpfs(4 << 20, read_only=True, prepare=prepare)
 
 
 def test_read_only_mount_fails_before_training_in_one_line(readonly_dir):

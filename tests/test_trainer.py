@@ -129,6 +129,9 @@ def test_precision_choice_and_reason_are_saved(tmp_path, learnable_data):
 def test_resume_refuses_changes_and_other_data(tmp_path, learnable_data):
     fit(cfg_for(tmp_path, epochs=2), data=learnable_data)
     last = tmp_path / "run" / "last.pt"
+    with pytest.raises(CifarkitError, match="holds a finished run .*nothing to resume"):
+        fit(cfg_for(tmp_path, epochs=2), data=learnable_data, resume=last)
+    (tmp_path / "run" / "results.json").unlink()  # as if it had been stopped during the final test
     with pytest.raises(CifarkitError, match="refusing to change lr"):
         fit(cfg_for(tmp_path, epochs=2, lr=0.3), data=learnable_data, resume=last)
     other = type(learnable_data)(learnable_data.train_images.flip(3), learnable_data.train_labels,

@@ -14,10 +14,7 @@ state), `_train_loop` (epochs, checkpoints) and `_final_results` (the separate f
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import platform
 import random
 import signal
 import sys
@@ -28,24 +25,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, config_from_checkpoint,
-                         load_checkpoint, load_weights, save_checkpoint)
-from .config import TTA_VIEWS, ConfigError, TrainConfig
+from .checkpoint import CheckpointError, atomic_write_json, config_from_checkpoint, load_checkpoint, load_weights, \
+    save_checkpoint
+from .config import TTA_VIEWS, TrainConfig
 from .data import Cifar10, DataError, balanced_indices, fingerprint, load_cifar10, split_train_val
 from .engine import (EMA, Lookahead, choose_precision, evaluate, make_grad_scaler, make_optimizer, make_scheduler,
-                     predict, prepare_train_model, train_one_epoch)
-from .engine import resolve_device
+                     predict, prepare_train_model, resolve_device, train_one_epoch)
 from .loader import DeviceLoader, normalize
-from .models import build_model, count_parameters, spec_string
-from .rundir import (RunLock, StopSignals, check_run_dir, clear_run_dir, ensure_writable, interrupt_message,
-                     remove_temp_files)
+from .models import build_model, count_parameters
+from .runstate import (CSV_COLUMNS, RUNTIME_FIELDS, hardware_string, peak_rss_mb, resume_config,  # noqa: F401
+                       rng_state, set_rng_state, write_history)
+from .rundir import (RunDirError, RunLock, StopSignals, check_run_dir, clear_run_dir, ensure_writable,
+                     interrupt_message, remove_temp_files, run_state)
 
 VAL_SEED = 12345  # the validation split is the same for every training seed, so runs compare on it
-CSV_COLUMNS = ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr", "train_seconds",
-               "eval_seconds", "images_per_second")
-# Fields a resumed run may take from the new call: how it runs, not what it computes.
-RUNTIME_FIELDS = ("device", "progress", "compile", "cuda_graphs", "check_every", "eval_batch_size", "data",
-                  "data_root", "precision")
+
 
 
 @dataclass
@@ -105,84 +99,6 @@ def predict_with_config(model: nn.Module, cfg: TrainConfig, images: torch.Tensor
                           channels_last=cfg.channels_last)
     amp, _ = choose_precision(precision or cfg.precision, device)
     return predict(model, loader, amp_dtype=amp, tta=tta or cfg.tta)
-
-
-def hardware_string(device: torch.device) -> str:
-    """A short description of the device, e.g. 'CPU: AMD EPYC (2 threads)' or 'GPU: NVIDIA H100'."""
-    if device.type == "cuda":
-        return f"GPU: {torch.cuda.get_device_name(device)}"
-    if device.type == "mps":
-        return "GPU: Apple MPS"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {name} ({torch.get_num_threads()} threads)"
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MB (None where the OS does not report it)."""
-    try:
-        import resource
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(kb / 1024 / (1024 if sys.platform == "darwin" else 1), 1)  # macOS reports bytes
-    except (ImportError, OSError):
-        return None
-
-
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(run_dir / "history.csv", buf.getvalue())
-    atomic_write_json(run_dir / "history.json", history)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resume_config(saved: TrainConfig, requested: TrainConfig, explicit: set[str] | None, path) -> TrainConfig:
-    """The config a resumed run continues with: the saved one, with the requested runtime fields on top.
-
-    A field that would change what the run computes (the network, the recipe) and was asked for
-    explicitly (`explicit`: the options given; None: every field that differs from its default) is refused
-    with one line instead of being ignored. The data source comes from the run unless a new one is given
-    (then `_setup` checks it holds the same images).
-    """
-    defaults = TrainConfig()
-    if explicit is None:
-        explicit = {f.name for f in dataclasses.fields(TrainConfig)
-                    if f.name != "model" and getattr(requested, f.name) != getattr(defaults, f.name)}
-        if requested.model_name != defaults.model_name:
-            explicit.add("model")
-    ignore = set(RUNTIME_FIELDS) | {"out", "data_fingerprint"}
-    changed = sorted(k for k in explicit - ignore if k != "model" and getattr(requested, k) != getattr(saved, k))
-    if "model" in explicit and requested.model_name != saved.model_name and not saved.model_name.startswith("object:"):
-        changed.insert(0, "model")
-    if changed:
-        detail = ", ".join(f"{k}={getattr(requested, k) if k != 'model' else requested.model_name!r} "
-                           f"(run: {getattr(saved, k) if k != 'model' else saved.model_name!r})" for k in changed[:3])
-        raise ConfigError(f"--resume continues {path} as it was configured; refusing to change {detail}. "
-                          "Start a new run (another --out) to train differently")
-    keep = {k: getattr(requested, k) for k in RUNTIME_FIELDS if k in explicit or k in ("device", "progress")}
-    if "data" not in explicit or requested.data is None:
-        keep.pop("data", None)
-    model = requested.model if not isinstance(requested.model, str) else saved.model
-    return dataclasses.replace(saved, **keep, model=model, out=str(Path(path).parent))
 
 
 @dataclass
@@ -388,7 +304,10 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
         cfg = resume_config(config_from_checkpoint(ckpt, resume), cfg, explicit, resume)
     run_dir = Path(cfg.out)
     with StopSignals() as stop, RunLock(run_dir):  # one owner per folder, for the whole run
-        state = check_run_dir(run_dir, overwrite) if ckpt is None else "unfinished"  # under the lock: no races
+        state = check_run_dir(run_dir, overwrite) if ckpt is None else run_state(run_dir)  # under the lock
+        if state == "finished" and ckpt is not None:
+            raise RunDirError(f"{run_dir} holds a finished run ({len(ckpt.get('history', []))} of {cfg.epochs} "
+                              "epochs and results.json): nothing to resume")
         ensure_writable(run_dir)  # a read-only --out fails now, with one line, not after an epoch
         run = None
         try:
@@ -401,8 +320,12 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
             atomic_write_json(run_dir / "config.json", run.cfg.to_dict())
             wall_start = time.perf_counter() - sum(h["train_seconds"] + h["eval_seconds"] for h in run.history)
             _train_loop(run, stop)
-            with stop.critical():
-                final = _final_results(run, wall_start)
+            try:
+                with stop.critical():
+                    final = _final_results(run, wall_start)
+            except KeyboardInterrupt:  # the signal waited for results.json: the run is complete, report it so
+                print("(interrupt received while the final results were written; the run is complete)",
+                      file=sys.stderr)
         except KeyboardInterrupt as e:  # RunInterrupted (SIGINT / SIGTERM), or a plain one
             epoch = run.current_epoch + 1 if run is not None else None  # None: during the setup, no epoch yet
             print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch), file=sys.stderr)
