@@ -413,6 +413,15 @@ def test_killed_before_the_first_checkpoint_the_same_command_just_starts(tmp_pat
     assert_clean(run)
 
 
+def ctrl_c_then(real):
+    """`real`, wrapped so that it sends this process a Ctrl-C first and is cut short by it."""
+    def wrapped(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the work the signal interrupts
+        return real(*a, **k)
+    return wrapped
+
+
 @posix_only
 def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, data_tree, monkeypatch):
     """Ctrl-C during epoch 1 (sent from inside this process as the epoch starts): exit 130, one line that
@@ -421,13 +430,7 @@ def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, data_tree
     run = tmp_path / "run"
     argv = train_args(run, data_tree, "--epochs", "1")
     real = trainer.train_one_epoch
-
-    def ctrl_c_then_train(*a, **k):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)  # "training": the signal cuts it short
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", ctrl_c_then_train)
+    monkeypatch.setattr(trainer, "train_one_epoch", ctrl_c_then(real))
     line = assert_one_line(cli(*argv), "Interrupted during epoch 1 by Ctrl-C (SIGINT): no epoch had finished", 130)
     assert "last.pt" not in line and "the same command starts the run afresh" in line
     assert sorted(q.name for q in run.iterdir()) == ["config.json"]
@@ -444,14 +447,7 @@ def test_ctrl_c_while_a_resume_loads_its_data(tmp_path, unfinished, monkeypatch)
     import cifarkit.trainer as trainer
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
-    real = trainer._load_data
-
-    def ctrl_c_then_load(*a, **k):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)  # "loading": the signal cuts it short
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer, "_load_data", ctrl_c_then_load)
+    monkeypatch.setattr(trainer, "_load_data", ctrl_c_then(trainer._load_data))
     code, _, err = cli("train", "--resume", str(run / "last.pt"), "--no-progress")
     last = run / "last.pt"
     assert code == 130 and err == (f"Interrupted by Ctrl-C (SIGINT): the checkpoint after epoch 1 is {last}; "
