@@ -147,7 +147,8 @@ def _train(args) -> int:
     tta = (f"; {r['tta']} TTA ({TTA_VIEWS[r['tta']]} views) {r['tta_correct']}/{r['test_total']} "
            f"({r['tta_accuracy']:.2f}%)" if r["tta_correct"] is not None else "")
     print(f"final test accuracy: single view {r['single_view_correct']}/{r['test_total']} "
-          f"({r['single_view_accuracy']:.2f}%){tta}; {r['epochs']} epochs, {r['wall_seconds']:.0f} s on "
+          f"({r['single_view_accuracy']:.2f}%){tta}; {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, "
+          f"{r['wall_seconds']:.0f} s on "
           f"{r['hardware']}; run folder: {result.run_dir}")
     return 0
 
