@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, TrainConfig
-from .engine import DivergenceError, autocast, make_optimizer
+from .engine import DivergenceError, autocast, make_grad_scaler, make_optimizer
 
 OptimizerSpec = Union[torch.optim.Optimizer, Callable[[nn.Module], torch.optim.Optimizer], TrainConfig]
 
@@ -117,7 +117,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
     loader_epoch = getattr(loader, "epoch", None)
     base = opt.param_groups[0]["lr"]
     ratios = [g["lr"] / base if base else 1.0 for g in opt.param_groups]  # e.g. bias_lr_scale
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 and device.type == "cuda" else None
+    scaler = make_grad_scaler(amp_dtype, device)  # as in `fit`: a scaler exactly when training in fp16
     lrs, raw, smoothed, diverged = [], [], [], False
     start = time.perf_counter()
     bar = None
@@ -189,9 +189,8 @@ def lr_find(cfg: TrainConfig, data=None, *, num_iter: int = 100, start_lr: float
     saves the plot to `path` if given. (Runs eagerly: `compile` and `cuda_graphs` do not apply.)"""
     from .data import load_cifar10
     from .engine import resolve_device, resolve_precision
-    from .loader import DeviceLoader, normalize
-    from .models import build_model
-    from .trainer import make_splits
+    from .loader import DeviceLoader
+    from .trainer import make_splits, model_for_config
 
     _check_range(num_iter, start_lr, end_lr)  # before the data loads: a typo fails at once
     device = resolve_device(cfg.device)
@@ -204,11 +203,7 @@ def lr_find(cfg: TrainConfig, data=None, *, num_iter: int = 100, start_lr: float
                           "(check --data, --limit-train and --val-split)")
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
         torch.manual_seed(cfg.seed)  # the same initial weights as `fit` with this seed
-        model = build_model(cfg.model, cfg.dropout)
-        if hasattr(model, "init_from_data"):  # e.g. CompactNet's whitening conv, as in `fit`
-            model.init_from_data(normalize(images[:5000]))
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory)
+        model = model_for_config(cfg, images, device)  # built and initialised from data as in `fit`
     loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device)  # the run's augmentation
     result = lr_range_test(model, loader, cfg, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
                            amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, progress=cfg.progress)

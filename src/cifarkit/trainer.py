@@ -138,8 +138,9 @@ class _Run:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None, "rng": rng_state()}
 
 
-def _load_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -> Cifar10:
-    """The run's data; on resume, refuse a source that does not hold the images the run started with."""
+def _load_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -> tuple[Cifar10, str]:
+    """The run's data and its fingerprint; on resume, refuse a source that does not hold the images the run
+    started with."""
     if data is None:
         try:
             data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
@@ -148,10 +149,23 @@ def _load_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -
                 raise
             raise DataError(f"{e} (the run being resumed was trained on {cfg.data or 'torchvision CIFAR-10'}; "
                             "pass --data with that dataset)") from None
-    if saved_fingerprint and fingerprint(data) != saved_fingerprint:
+    found = fingerprint(data)  # hashes every image (~0.3 s for CIFAR-10): once per run
+    if saved_fingerprint and found != saved_fingerprint:
         raise DataError(f"{data.source or 'the data'} is not the dataset this run started on (fingerprint "
-                        f"{fingerprint(data)}, run: {saved_fingerprint}); resume with the same --data")
-    return data
+                        f"{found}, run: {saved_fingerprint}); resume with the same --data")
+    return data, found
+
+
+def model_for_config(cfg: TrainConfig, train_images: torch.Tensor, device: torch.device, *,
+                     from_data: bool = True) -> nn.Module:
+    """The configured network on `device` in the config's memory layout. With `from_data`, a network that
+    initialises itself from data (CompactNet's whitening conv) sees the first 5,000 training images (a
+    resumed run loads those weights instead)."""
+    model = build_model(cfg.model, cfg.dropout)
+    if from_data and hasattr(model, "init_from_data"):
+        model.init_from_data(normalize(train_images[:5000]))
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory)
 
 
 def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None) -> _Run:
@@ -159,25 +173,21 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None) -> _Run:
     amp_dtype, reason = choose_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    data = _load_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "")
-    cfg = dataclasses.replace(cfg, data_fingerprint=fingerprint(data))
+    data, found = _load_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "")
+    cfg = dataclasses.replace(cfg, data_fingerprint=found)
     print(cfg)
     print(f"device: {device} ({hardware_string(device)}), precision: {reason}, torch {torch.__version__}")
     splits = make_splits(cfg, data)
     print(f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()} images "
           f"from {data.source or 'torchvision'}")
 
-    model = build_model(cfg.model, cfg.dropout)
     if not isinstance(cfg.model, str):
         print(f"note: the network was passed as an object and is recorded as {cfg.model_name!r}; a fresh process "
               "(evaluate, export, --resume) can rebuild it only from an import path such as my_net.py:Net"
               if cfg.model_name.startswith("object:") else
               f"note: the network was passed as an object; a fresh process rebuilds it as {cfg.model_name}() "
               "(give an import path with arguments if it needs any)")
-    if hasattr(model, "init_from_data") and ckpt is None:  # e.g. CompactNet's whitening conv
-        model.init_from_data(normalize(splits.train[0][:5000]))
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory)
+    model = model_for_config(cfg, splits.train[0], device, from_data=ckpt is None)
     print(f"model: {cfg.model_name}, {count_parameters(model):,} parameters")
     loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device)
     eval_loader = DeviceLoader.from_config(*splits.eval, cfg, train=False, device=device)
