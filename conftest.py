@@ -10,4 +10,9 @@ os.environ.setdefault("CIFARKIT_SMOKE", "1")
 _shared = Path(__file__).resolve().parent / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
 if _shared.exists():
     os.environ.setdefault("CIFARKIT_DATA", str(_shared.resolve()))
-os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MPLBACKEND", "Agg")  # plain tests draw off-screen; the notebook sets its own backend
+# One layout measurement per network for the whole session (fit measures NCHW vs NHWC on a CPU; each test's
+# private data cache would otherwise repeat it in every test).
+if "CIFARKIT_LAYOUT_CACHE" not in os.environ:
+    import tempfile
+    os.environ["CIFARKIT_LAYOUT_CACHE"] = str(Path(tempfile.mkdtemp(prefix="cifarkit-layout-")) / "layout.json")

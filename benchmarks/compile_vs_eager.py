@@ -1,9 +1,11 @@
-"""Does torch.compile speed up training here? Eager vs compiled training steps, side by side in one run.
+"""Does torch.compile, or the other memory layout, speed up training here? Training steps side by side.
 
     python benchmarks/compile_vs_eager.py [--model seed] [--steps 60]
 
-Same network, optimiser, batch, precision and layout as cifarkit's default path, on random inputs (data
-loading is not what is measured). Prints the compile time and the last line ``speedup compiled/eager: X.XX``.
+Same network, optimiser, batch and precision as cifarkit's default path, on random inputs (data loading is
+not what is measured): eager in NCHW, eager in channels_last (NHWC), and compiled in the layout the
+default path picks ("auto", cifarkit.hardware.choose_channels_last). Prints the compile time, the layout
+ratio ``NHWC/NCHW: X.XX`` and the last line ``speedup compiled/eager: X.XX`` (against eager in the same layout).
 """
 from __future__ import annotations
 
@@ -24,19 +26,21 @@ def main() -> int:
 
     from cifarkit import TrainConfig, create_model, make_optimizer, resolve_device, resolve_precision
     from cifarkit.engine import autocast
-    from cifarkit.trainer import hardware_string
+    from cifarkit.hardware import choose_channels_last, hardware_string
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model)
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
-    x = torch.randn(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    auto_nhwc, why = choose_channels_last(cfg.channels_last, device, amp)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)
     print(f"{hardware_string(device)}, {cfg.model}, batch {cfg.batch_size}, "
-          f"{str(amp).replace('torch.', '') if amp else 'fp32'}, {args.steps} timed steps each")
+          f"{str(amp).replace('torch.', '') if amp else 'fp32'}, {args.steps} timed steps each; auto layout: {why}")
 
-    def measure(compiled: bool) -> float:
+    def measure(compiled: bool, nhwc: bool) -> float:
         torch.manual_seed(0)
-        model = create_model(cfg.model).to(device, memory_format=torch.channels_last)
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        x = torch.randn(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+        model = create_model(cfg.model).to(device, memory_format=fmt)
         opt = make_optimizer(model, cfg)
         net = torch.compile(model) if compiled else model
 
@@ -57,12 +61,14 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         ips = args.steps * cfg.batch_size / (time.perf_counter() - start)
-        print(f"{'compiled' if compiled else 'eager':>8}: {ips:7.0f} img/s (first 3 steps: {warm:.1f} s)")
+        print(f"{'compiled' if compiled else 'eager':>8} {'NHWC' if nhwc else 'NCHW'}: {ips:7.0f} img/s "
+              f"(first 3 steps: {warm:.1f} s)", flush=True)
         return ips
 
-    eager = measure(False)
-    compiled = measure(True)
-    print(f"speedup compiled/eager: {compiled / eager:.2f}")
+    eager = {nhwc: measure(False, nhwc) for nhwc in (False, True)}
+    print(f"NHWC/NCHW: {eager[True] / eager[False]:.2f}")
+    compiled = measure(True, auto_nhwc)
+    print(f"speedup compiled/eager: {compiled / eager[auto_nhwc]:.2f}")
     return 0
 
 

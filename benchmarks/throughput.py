@@ -3,7 +3,8 @@ path and its new path, side by side in one process on the same card and data.
 
   A   classic: torchvision.datasets.CIFAR10 + PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
       ToTensor, Normalize) + DataLoader(num_workers=2, shuffle=True), fp32, NCHW, SGD(lr 0.01, momentum 0.9).
-  B   cifarkit, old eager path: uint8 data on the device, batched crop / flip, channels_last, the default
+  B   cifarkit, old eager path: uint8 data on the device, batched crop / flip, the "auto" layout (channels_last
+      where autocast runs bf16 / fp16, NCHW in fp32: cifarkit.hardware.choose_channels_last), the default
       TrainConfig (Nesterov SGD, OneCycle, label smoothing, lookahead), the old "auto" precision
       (bf16 wherever torch.cuda.is_bf16_supported() says so: also on a T4, emulated), the unfused optimiser
       (with fp16 GradScaler then reads the overflow flag on the host every step) and a host read of the
@@ -135,6 +136,7 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     """Rows B..C2: cifarkit's own loop (`train_one_epoch`) with the row's settings."""
     from cifarkit import DeviceLoader, create_model, evaluate, make_optimizer, make_scheduler, train_one_epoch
     from cifarkit.engine import choose_precision, make_grad_scaler, prepare_train_model
+    from cifarkit.hardware import choose_channels_last
     from cifarkit.optim import Lookahead
 
     path, old_precision, fused, check_every, graphs, compile_ = ENGINE_ROWS[name]
@@ -143,13 +145,15 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         same = "; a CPU reads the loss every step anyway, so this is row B" if device.type == "cpu" else ""
         return Row(name, path, note=f"N/A on {device.type}: {why}{same}")
     amp = old_auto_precision(device) if old_precision else choose_precision(cfg.precision, device)[0]
+    nhwc = choose_channels_last(cfg.channels_last, device, amp)[0]  # the run's "auto" layout (hardware.py)
     torch.manual_seed(0)
-    model = create_model("seed", dropout=cfg.dropout).to(device, memory_format=torch.channels_last)
+    model = create_model("seed", dropout=cfg.dropout).to(
+        device, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     loader = DeviceLoader(data.train_images, data.train_labels, cfg.batch_size, train=True, device=device,
                           crop_padding=cfg.crop_padding, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout,
-                          channels_last=True, seed=0)
+                          channels_last=nhwc, seed=0)
     test_loader = DeviceLoader(data.test_images, data.test_labels, cfg.eval_batch_size, train=False, device=device,
-                               channels_last=True)
+                               channels_last=nhwc)
     opt = make_optimizer(model, cfg)
     opt = opt if fused else unfused(opt)
     sched = make_scheduler(opt, cfg, len(loader))
@@ -167,7 +171,7 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
             lookahead.sync(model)  # as fit does before each evaluation
         return evaluate(model, test_loader, amp_dtype=amp, tta="none", verbose=False)["seconds"]
 
-    row = Row(name, path, dtype_name(amp))
+    row = Row(name, path, f"{dtype_name(amp)} {'NHWC' if nhwc else 'NCHW'}")
     batches = forever(loader)  # one iterator: the timed steps do not restart the epoch
     start = time.perf_counter()
     train(Take(batches, args.warmup))  # also traces / records the CUDA graphs of the full-batch shape
@@ -242,7 +246,7 @@ def classic_row(cfg, data, device: torch.device, args) -> Row:
     """Row A: the course-template loop, fp32, data prepared per image by PIL in DataLoader workers."""
     from cifarkit import create_model
 
-    row = Row("A", f"classic: torchvision + DataLoader({args.workers} workers)", "fp32")
+    row = Row("A", f"classic: torchvision + DataLoader({args.workers} workers)", "fp32 NCHW")
     with tempfile.TemporaryDirectory() as tmp:
         write_batches(data, Path(tmp) / "cifar-10-batches-py")
         train_dl, test_dl = classic_loaders(Path(tmp), cfg.batch_size, args.workers)
@@ -290,7 +294,7 @@ def classic_row(cfg, data, device: torch.device, args) -> Row:
 
 
 def format_row(r: Row, n_train: int) -> str:
-    head = f"{r.name:<3} {r.path:<54} {r.precision:<12}"
+    head = f"{r.name:<3} {r.path:<54} {r.precision:<17}"
     if r.step_ips is None:
         return f"{head} {r.note}"
     total = r.train_s + r.test_s
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cifarkit import TrainConfig, load_cifar10, resolve_device
     from cifarkit.engine import choose_precision
-    from cifarkit.trainer import hardware_string
+    from cifarkit.hardware import choose_channels_last, hardware_string
 
     cfg = TrainConfig(progress=False)
     device = resolve_device(cfg.device)
@@ -329,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     load = f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs" if hasattr(os, "getloadavg") else ""
     print(f"hardware: {hardware_string(device)}; torch {torch.__version__}; data: {data.source or args.data} "
           f"({n_train} train / {len(data.test_labels)} test images){load}")
+    amp, reason = choose_precision(cfg.precision, device)
     print(f"seed network, default recipe, batch {cfg.batch_size}; {args.steps} timed steps after {args.warmup} "
-          f"warm-up steps per row; new precision: {choose_precision(cfg.precision, device)[1]}")
-    print(f"{'row':<3} {'path':<54} {'precision':<12} {'step img/s':>10}   "
+          f"warm-up steps per row; new precision: {reason}; layout: "
+          f"{choose_channels_last(cfg.channels_last, device, amp)[1]}")
+    print(f"{'row':<3} {'path':<54} {'precision layout':<17} {'step img/s':>10}   "
           f"{'epoch s: train + test = total':<31} {'epoch img/s':>9}")
     results = {}
     for name in [r for r in rows if r != "A"] + (["A"] if "A" in rows else []):  # A last: it forks workers

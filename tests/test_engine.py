@@ -7,7 +7,7 @@ import torch
 
 from cifarkit import (DeviceLoader, DivergenceError, TrainConfig, create_model, evaluate, make_optimizer,
                       make_scheduler, resolve_precision, train_one_epoch)
-from cifarkit import engine
+from cifarkit import engine, hardware
 from cifarkit.engine import (EMA, CompiledModel, choose_precision, lr_factor, make_grad_scaler, predict,
                              prepare_train_model, score)
 
@@ -28,13 +28,20 @@ def test_training_learns_and_reports(learnable_data, capsys):
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, len(train))
     before = evaluate(model, test, verbose=False)
+    epochs = []
     for epoch in range(cfg.epochs):
         train.set_epoch(epoch)
-        r = train_one_epoch(model, train, opt, sched, epoch=epoch, progress=False)
+        epochs.append(train_one_epoch(model, train, opt, sched, epoch=epoch, progress=False))
+    r = epochs[-1]
     assert set(r) >= {"loss", "accuracy", "correct", "total", "seconds", "lr", "lrs"}
     assert r["total"] == 200 and len(r["lrs"]) == len(train)
     after = evaluate(model, test)
-    assert after["accuracy"] > max(50.0, before["accuracy"] + 20)
+    # Margins with slack for every CPU kind (fp32 here; kernels differ by instruction set). Measured on a
+    # 2-core AMD EPYC Zen 3 (AVX2), the slowest learner seen: train loss 1.89 -> 0.35, train accuracy 84%,
+    # test accuracy 40% (10% before; only 24 steps, so BatchNorm's running statistics lag behind).
+    assert r["loss"] < 0.5 * epochs[0]["loss"]
+    assert r["accuracy"] > 60.0
+    assert after["accuracy"] >= max(25.0, before["accuracy"] + 15)
     out = capsys.readouterr().out
     assert f"Test set: Average loss: {after['loss']:.4f}, Accuracy: {after['correct']}/100 (" in out
 
@@ -205,7 +212,7 @@ def test_explicit_precision_is_honoured_and_emulation_named(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_and_mps_precision(monkeypatch, native):
-    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native)
     dtype, why = choose_precision("auto", torch.device("cpu"))
     assert dtype == (torch.bfloat16 if native else None)
     assert why.startswith("bf16: this CPU has native bf16" if native else "fp32: this CPU has no native bf16")

@@ -77,6 +77,27 @@ def cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def wait_until_locked(run: Path, proc: subprocess.Popen, timeout: float = WAIT) -> None:
+    """Return once `proc` holds the flock on RUN/.lock (its pid written there and the lock not free)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with open(run / LOCK_NAME) as f:
+                if f.read().strip() == str(proc.pid):
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        fcntl.flock(f, fcntl.LOCK_UN)  # free after all: the owner is about to take it
+                    except BlockingIOError:
+                        return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{proc.pid} did not lock {run} within {timeout} s")
+
+
 def error_line(err: str) -> str:
     """The one line a failed command printed to stderr, besides the data set's "warning:" lines
     (the tiny data set draws one about its class counts)."""
@@ -322,7 +343,7 @@ def test_second_run_on_the_same_folder_fails_at_once(tmp_path, data_tree, env):
     first = subprocess.Popen(train_cmd(run, data_tree, "--epochs", "2", "--seed", "1"), env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        wait_until_locked(run, first)  # the observable fact, not a guess at how long start-up takes
         second = subprocess.run(train_cmd(run, data_tree, "--epochs", "2", "--seed", "2"), env=env,
                                 capture_output=True, text=True, timeout=WAIT)
         first_running = first.poll() is None  # the second did not wait for the first

@@ -71,6 +71,27 @@ def test_lock_keeps_the_folder_and_the_run_files(tmp_path):
 
 
 @posix_only
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
+    run, outside = tmp_path / "run", tmp_path / "precious.txt"
+    run.mkdir()
+    outside.write_text("not yours\n")
+    (run / LOCK_NAME).symlink_to(outside)
+    with pytest.raises(RunDirError) as e:
+        RunLock(run).acquire()
+    one_line(e, "symbolic link")
+    assert outside.read_text() == "not yours\n" and (run / LOCK_NAME).is_symlink()
+
+
+def test_the_command_line_locks_before_importing_torch():
+    # `train` takes its lock from cifarkit.runlock right after parsing: neither may pull in torch, or a
+    # second command started during the first's imports could take the folder.
+    code = ("import sys, cifarkit, cifarkit.cli, cifarkit.runlock; cifarkit.cli.build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@posix_only
 def test_lock_is_released_on_error(tmp_path):
     with pytest.raises(ValueError):
         with RunLock(tmp_path / "run"):
@@ -102,7 +123,7 @@ def test_sigkilled_owner_leaves_no_stale_lock(tmp_path):
 def test_lock_waiter_follows_a_removed_lock_file(tmp_path, monkeypatch):
     """A second run opens the lock file, then its owner releases (unlinks) it before the second run locks:
     it must not end up owning a file nobody else can see, but lock the current one."""
-    import cifarkit.rundir as rundir
+    import cifarkit.runlock as rundir
     run = tmp_path / "run"
     first = RunLock(run).acquire()
     (run / "config.json").write_text("{}")  # the folder stays

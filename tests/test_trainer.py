@@ -53,7 +53,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, mo
     cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data)
     assert cut.interrupted and len(cut.history) == 1
     err = capsys.readouterr().err  # the interrupt message goes to stderr
-    assert "Interrupted during epoch 2" in err and "--resume" in err and "last.pt" in err
+    assert "Interrupted during epoch 2" in err and 'fit(cfg, resume="auto")' in err and "last.pt" in err
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
 
     resumed = fit(TrainConfig(progress=False), data=learnable_data, resume=tmp_path / "cut" / "run" / "last.pt")
@@ -66,7 +66,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, mo
 def test_finished_run_is_not_overwritten(tmp_path, learnable_data):
     fit(cfg_for(tmp_path, epochs=1), data=learnable_data)
     before = (tmp_path / "run" / "last.pt").read_bytes()
-    with pytest.raises(CifarkitError, match="already holds a finished run.*--overwrite"):
+    with pytest.raises(CifarkitError, match="already holds a finished run.*overwrite=True"):
         fit(cfg_for(tmp_path, epochs=1), data=learnable_data)
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     fit(cfg_for(tmp_path, epochs=1, seed=5), data=learnable_data, overwrite=True)
@@ -138,3 +138,56 @@ def test_resume_refuses_changes_and_other_data(tmp_path, learnable_data):
                                  learnable_data.test_images, learnable_data.test_labels)
     with pytest.raises(CifarkitError, match="not the dataset this run started on"):
         fit(cfg_for(tmp_path, epochs=2), data=other, resume=last)
+
+
+# ---------------------------------------------------------------- resume="auto": the notebook's mode
+def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, monkeypatch, capsys):
+    first = fit(cfg_for(tmp_path), data=learnable_data, resume="auto")
+    assert not first.loaded and first.final
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run must not train again")
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", no_training)
+    capsys.readouterr()
+    again = fit(cfg_for(tmp_path, progress=True), data=learnable_data, resume="auto")  # runtime field differs
+    out = capsys.readouterr().out
+    assert again.loaded and again.final == first.final and again.history == first.history
+    assert "loaded, not trained again" in out and "final test accuracy: single view" in out
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # nothing rewritten
+    # the loaded weights are the evaluated ones: the same predictions as the trained model
+    _, _, p1 = first.test_predictions()
+    _, _, p2 = again.test_predictions()
+    assert torch.equal(p1.argmax(1), p2.argmax(1))
+
+
+def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, monkeypatch):
+    cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
+    straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data, resume="auto")
+    real = trainer_mod.train_one_epoch
+
+    def interrupt_in_epoch_2(*a, **k):
+        if k["epoch"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupt_in_epoch_2)
+    cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")
+    assert cut.interrupted and len(cut.history) == 1
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+    resumed = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")  # the same cell again
+    assert not resumed.loaded and resumed.final["single_view_correct"] == straight.final["single_view_correct"]
+    strip = lambda h: [{k: v for k, v in row.items() if "second" not in k} for row in h]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+
+
+def test_auto_refuses_other_settings_in_python_words(tmp_path, learnable_data):
+    fit(cfg_for(tmp_path), data=learnable_data, resume="auto")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(CifarkitError) as e:
+        fit(cfg_for(tmp_path, lr=0.1), data=learnable_data, resume="auto")
+    msg = str(e.value)
+    assert "\n" not in msg and "lr=0.1 (run: 0.05)" in msg and "overwrite=True" in msg and "cfg.out" in msg
+    assert "--" not in msg  # Python words, not command-line flags
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    retrained = fit(cfg_for(tmp_path, lr=0.1), data=learnable_data, resume="auto", overwrite=True)
+    assert not retrained.loaded and json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 0.1

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .config import CifarkitError, TrainConfig
+from .hardware import channels_last_for
 from .models import build_model
 
 FORMAT = "cifarkit-checkpoint"
@@ -249,6 +250,6 @@ def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = 
         raise CheckpointError(f"{path}: {e}") from None
     load_weights(model, reported_weights(ckpt), path, cfg.model_name)
     model = model.to(device)
-    if cfg.channels_last:
+    if channels_last_for(cfg, torch.device(device)):
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), cfg, ckpt

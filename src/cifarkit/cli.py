@@ -14,11 +14,11 @@ import sys
 import tempfile
 import typing
 
-from .config import (FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, RECIPES, SCHEDULES, TTA_MODES, TTA_VIEWS,
+from .config import (CHANNELS_LAST_MODES, FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, RECIPES, SCHEDULES, TTA_MODES, TTA_VIEWS,
                      CifarkitError, TrainConfig, field_help)
 
 CHOICES = {"flip": FLIP_MODES, "pad_mode": PAD_MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
-           "precision": PRECISIONS, "tta": TTA_MODES}
+           "precision": PRECISIONS, "tta": TTA_MODES, "channels_last": CHANNELS_LAST_MODES}
 NOT_OPTIONS = ("data_fingerprint",)  # set by fit, never by hand
 
 
@@ -119,6 +119,16 @@ def given_fields(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def _out_folder(args: argparse.Namespace) -> str:
+    """The run folder a fresh `train` command line writes (the --dry-run folder is made here, once)."""
+    if getattr(args, "dry_run", False) and args.out is None:
+        args.out = tempfile.mkdtemp(prefix="cifarkit-dry-run-")
+    if args.out is not None:
+        return args.out
+    recipe = RECIPES[args.recipe or "default"]
+    return recipe.get("out", next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "out"))
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig a parsed `train` command line asks for: its recipe, then the options given on top
     (--dry-run: 1 epoch on 512 / 256 images unless limits are given, in a fresh temporary folder unless
@@ -126,30 +136,33 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = given_fields(args)
     if getattr(args, "dry_run", False):
         fields = {"limit_train": 512, "limit_test": 256, **fields, "epochs": 1}
-        fields.setdefault("out", tempfile.mkdtemp(prefix="cifarkit-dry-run-"))
+        fields.setdefault("out", _out_folder(args))
     return TrainConfig.from_recipe(args.recipe or "default", **fields)
 
 
 def _train(args) -> int:
-    from .trainer import fit
-
     if args.dry_run and args.resume:  # the dry run's limits would not apply: it would train or rewrite the run
         raise CifarkitError("--dry-run checks a fresh run in a throwaway folder; it cannot be combined with "
                             "--resume")
-    cfg = config_from_args(args)
-    explicit = set(given_fields(args))
-    if args.recipe:
-        explicit |= set(RECIPES[args.recipe])
-    result = fit(cfg, resume=args.resume, overwrite=args.overwrite, explicit=explicit if args.resume else None)
+    lock = None
+    if not args.resume:  # a fresh run: own --out before torch is imported (seconds on a slow CPU)
+        from .runlock import RunLock
+        lock = RunLock(_out_folder(args)).acquire()
+    try:
+        cfg = config_from_args(args)
+        explicit = set(given_fields(args))
+        if args.recipe:
+            explicit |= set(RECIPES[args.recipe])
+        from .trainer import final_line, fit
+        result = fit(cfg, resume=args.resume, overwrite=args.overwrite, explicit=explicit if args.resume else None,
+                     lock=lock, cli=True)
+    finally:
+        if lock is not None:
+            lock.release()  # fit released it already unless it failed before taking it over
     if result.interrupted:
         return result.exit_code
-    r = result.final
-    tta = (f"; {r['tta']} TTA ({TTA_VIEWS[r['tta']]} views) {r['tta_correct']}/{r['test_total']} "
-           f"({r['tta_accuracy']:.2f}%)" if r["tta_correct"] is not None else "")
-    print(f"final test accuracy: single view {r['single_view_correct']}/{r['test_total']} "
-          f"({r['single_view_accuracy']:.2f}%){tta}; {r['epochs']} epoch{'s' * (r['epochs'] != 1)}, "
-          f"{r['wall_seconds']:.0f} s on "
-          f"{r['hardware']}; run folder: {result.run_dir}")
+    print(f"{final_line(result.final)}, {result.final['wall_seconds']:.0f} s on {result.final['hardware']}; "
+          f"run folder: {result.run_dir}")
     return 0
 
 

@@ -21,6 +21,7 @@ IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
 SCHEDULES = ("onecycle", "linear", "constant", "step")  # learning-rate schedules `engine.make_scheduler` knows
 OPTIMIZERS = ("sgd", "adam", "adamw")            # `engine.make_optimizer`
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks what the device does natively
+CHANNELS_LAST_MODES = ("auto", "yes", "no")     # memory layout; "auto" follows the precision (hardware.py)
 TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation of the separate final test
 TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per image that each mode averages
 FLIP_MODES = ("random", "alternate", "none")     # training flips: per image, or airbench's alternating
@@ -79,9 +80,11 @@ class TrainConfig:
     device: str = "auto"                # "auto": cuda, then mps, then cpu; or a torch device string
     precision: str = "auto"             # one of PRECISIONS; "auto": bf16 on CC >= 8.0 GPUs and bf16 CPUs, fp16 +
                                         # gradient scaler on CC 7.x (T4, V100), else fp32
-    channels_last: bool = True          # NHWC memory layout: faster convolutions on CPU (oneDNN) and GPU
+    channels_last: str = "auto"         # NHWC memory layout, one of CHANNELS_LAST_MODES; "auto": NHWC where autocast
+                                        # runs bf16 / fp16 (faster there), NCHW in fp32 (NHWC measured slower on AVX2)
     compile: bool = False               # torch.compile the model (see benchmarks/README.md: measure first)
-    cuda_graphs: bool = True            # on CUDA: replay the train step as a CUDA graph (no effect on CPU / MPS)
+    cuda_graphs: bool = False           # on CUDA: replay the train step as CUDA graphs (not yet measured on a GPU:
+                                        # eager is the default until benchmarks/gpu_check.sh shows a gain)
     check_every: int = 50               # on GPUs, steps between host reads of the loss (NaN check, progress bar)
     eval_batch_size: int = 1000         # images per evaluation step (no autograd, so it can be large)
     seed: int = 0                       # seeds model init, data order, augmentation and dropout
@@ -135,6 +138,10 @@ class TrainConfig:
             parse_call(t, "transform")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.tta in TTA_MODES, f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
+        if isinstance(self.channels_last, bool):  # before "auto" existed it was a bool: True = "yes"
+            self.channels_last = "yes" if self.channels_last else "no"
+        need(self.channels_last in CHANNELS_LAST_MODES,
+             f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {self.channels_last!r}")
         from .models import check_model_spec  # late import: models does not depend on config
         check_model_spec(self.model)
 

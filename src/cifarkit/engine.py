@@ -5,7 +5,6 @@ scaling, schedules and weight averaging live in `cifarkit.optim` and are re-expo
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
@@ -14,101 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CifarkitError, ConfigError
+from .config import CifarkitError
+from .hardware import (autocast, choose_channels_last, choose_precision, cpu_has_fast_bf16,  # noqa: F401 (re-exported)
+                       resolve_device, resolve_precision)
 from .optim import (EMA, Lookahead, _LrLambda, lr_factor, make_grad_scaler,  # noqa: F401 (re-exported)
                     make_optimizer, make_scheduler)
 
 
 class DivergenceError(CifarkitError):
     """The training loss became NaN or infinite."""
-
-
-# ---------------------------------------------------------------- hardware and precision
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto": CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise CifarkitError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise CifarkitError("device 'cuda' requested but torch sees no CUDA GPU")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise CifarkitError("device 'mps' requested but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 convolutions natively: AMX (Sapphire Rapids+) or AVX-512-BF16 (Zen 4+)."""
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(torch.cpu, probe, None) or getattr(torch._C._cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    return False
-
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-_LABEL = {torch.bfloat16: "bf16", torch.float16: "fp16 + gradient scaler", None: "fp32"}
-
-
-def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
-    """The autocast dtype for `precision` on `device` (None: plain fp32) and a one-line reason to print.
-
-    "auto" picks what the hardware runs natively:
-      CUDA compute capability >= 8.0 (A100, L4, H100): bf16 (fp32's range, so no loss scaling needed).
-      CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`: it returns True on
-        a T4 because it counts emulation (including_emulation=True by default, pytorch/pytorch#148322),
-        while cuDNN has no bf16 convolution engines below 8.0, so bf16 there is slow.
-      CUDA < 7.0 (P100 and older: no tensor cores): fp32.
-      CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is slower).
-      MPS: fp32 (autocast support varies with the macOS / torch version).
-    An explicit "bf16" / "fp16" / "fp32" is always honoured; the reason says when the device only emulates it.
-    """
-    if precision not in ("auto", *_DTYPES):
-        raise ConfigError(f"precision must be one of auto, {', '.join(_DTYPES)}, got {precision!r}")
-    asked = "" if precision == "auto" else " (requested)"
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        card = f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}"
-        auto = torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
-        dtype = auto if precision == "auto" else _DTYPES[precision]
-        if dtype == torch.bfloat16:
-            note = "native bf16" if major >= 8 else f"no native bf16: emulated and slow; auto picks {_LABEL[auto]}"
-        elif dtype == torch.float16:
-            note = ("no tensor cores: fp16 is not faster there" if major < 7 else
-                    "no native bf16" if major < 8 else "auto picks bf16, which needs no scaler")
-        else:
-            note = "no tensor cores for fp16 / bf16" if major < 7 else f"auto picks {_LABEL[auto]}"
-        return dtype, f"{_LABEL[dtype]}{asked}: {card} ({note})"
-    if device.type == "cpu":
-        native = cpu_has_fast_bf16()
-        dtype = (torch.bfloat16 if native else None) if precision == "auto" else _DTYPES[precision]
-        why = f"this CPU has {'' if native else 'no '}native bf16 (AMX or AVX-512-BF16)"
-        if dtype == torch.float16:
-            why = "fp16 on a CPU is mostly emulated, likely slower than fp32"
-        elif dtype == torch.bfloat16 and not native:
-            why += ": emulated, likely slower than fp32"
-        return dtype, f"{_LABEL[dtype]}{asked}: {why}"
-    dtype = None if precision == "auto" else _DTYPES[precision]
-    why = "autocast support on Apple MPS varies with the macOS / torch version" if precision == "auto" else device.type
-    return dtype, f"{_LABEL[dtype]}{asked}: {why}"
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain fp32 (see `choose_precision`)."""
-    return choose_precision(precision, device)[0]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """An autocast context for `dtype`, or a no-op context for fp32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------- CUDA graphs / compile
@@ -307,11 +220,17 @@ def predict(model: nn.Module, loader, *, amp_dtype: torch.dtype | None = None,
             else:
                 padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
                 shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-                logits = 0.5 * mirror_avg(x) + 0.25 * sum(mirror_avg(s.contiguous(memory_format=torch.channels_last))
+                layout = torch.channels_last if _is_nhwc(x) else torch.contiguous_format  # as the loader gave it
+                logits = 0.5 * mirror_avg(x) + 0.25 * sum(mirror_avg(s.contiguous(memory_format=layout))
                                                            for s in shifted)
         probs.append(logits.softmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    """True for a channels_last batch (an NCHW-contiguous one with C > 1 is not channels_last-contiguous)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def score(probs: torch.Tensor, labels: torch.Tensor, *, verbose: bool = True, label: str = "Test") -> dict:

@@ -20,6 +20,7 @@ import torch
 from .augmentation import (DEFAULTS, crop_at, cutout, cutout_at, flip_where, random_crop,  # noqa: F401 (re-exported)
                            random_flip)
 from .config import CIFAR10_MEAN, CIFAR10_STD, FLIP_MODES, PAD_MODES, ConfigError, TrainConfig
+from .hardware import channels_last_for
 from .transforms import ImageTransforms
 CHUNK = 10_000  # images per batched augmentation op: ~30 MB uint8 plus ~4x that in temporaries
 
@@ -93,12 +94,16 @@ class DeviceLoader:
 
     @classmethod
     def from_config(cls, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, *, train: bool,
-                    device: torch.device | str = "cpu") -> "DeviceLoader":
+                    device: torch.device | str = "cpu", channels_last: bool | None = None) -> "DeviceLoader":
         """A loader with every setting from `cfg`: batch_size (train) or eval_batch_size, crop_padding,
-        pad_mode, flip, cutout, transforms, channels_last and seed."""
+        pad_mode, flip, cutout, transforms, seed; `channels_last` (NHWC batches) as given, by default what the
+        config's channels_last picks on `device` without measuring (pass the model's layout: `model_is_nhwc`)."""
+        device = torch.device(device)
+        if channels_last is None:
+            channels_last = channels_last_for(cfg, device)
         return cls(images, labels, cfg.batch_size if train else cfg.eval_batch_size, train=train, device=device,
                    crop_padding=cfg.crop_padding, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout,
-                   transforms=cfg.transforms, channels_last=cfg.channels_last, seed=cfg.seed)
+                   transforms=cfg.transforms, channels_last=channels_last, seed=cfg.seed)
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)  # ceil: the last partial batch is kept

@@ -190,6 +190,7 @@ def lr_find(cfg: TrainConfig, data=None, *, num_iter: int = 100, start_lr: float
     from .data import load_cifar10
     from .engine import resolve_device, resolve_precision
     from .loader import DeviceLoader
+    from .hardware import model_is_nhwc
     from .trainer import make_splits, model_for_config
 
     _check_range(num_iter, start_lr, end_lr)  # before the data loads: a typo fails at once
@@ -204,7 +205,8 @@ def lr_find(cfg: TrainConfig, data=None, *, num_iter: int = 100, start_lr: float
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
         torch.manual_seed(cfg.seed)  # the same initial weights as `fit` with this seed
         model = model_for_config(cfg, images, device)  # built and initialised from data as in `fit`
-    loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device)  # the run's augmentation
+    loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device,  # the run's augmentation
+                                      channels_last=model_is_nhwc(model))
     result = lr_range_test(model, loader, cfg, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
                            amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, progress=cfg.progress)
     result.recipe_lr = cfg.lr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import platform
 import random
 import sys
 from pathlib import Path
@@ -15,27 +14,13 @@ import torch
 
 from .checkpoint import atomic_write_json, atomic_write_text
 from .config import ConfigError, TrainConfig
+from .hardware import hardware_string  # noqa: F401 (recorded in results.json)
 
 CSV_COLUMNS = ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lr", "train_seconds",
                "eval_seconds", "images_per_second")
 # Fields a resumed run may take from the new call: how it runs, not what it computes.
 RUNTIME_FIELDS = ("device", "progress", "compile", "cuda_graphs", "check_every", "eval_batch_size", "data",
-                  "data_root", "precision")
-
-
-def hardware_string(device: torch.device) -> str:
-    """A short description of the device, e.g. 'CPU: AMD EPYC (2 threads)' or 'GPU: NVIDIA H100'."""
-    if device.type == "cuda":
-        return f"GPU: {torch.cuda.get_device_name(device)}"
-    if device.type == "mps":
-        return "GPU: Apple MPS"
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU: {name} ({torch.get_num_threads()} threads)"
+                  "data_root", "precision", "channels_last")
 
 
 def peak_rss_mb() -> float | None:
@@ -99,3 +84,11 @@ def resume_config(saved: TrainConfig, requested: TrainConfig, explicit: set[str]
         keep.pop("data", None)
     model = requested.model if not isinstance(requested.model, str) else saved.model
     return dataclasses.replace(saved, **keep, model=model, out=str(Path(path).parent))
+
+
+def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """The fields (as 'name=requested (run: saved)') in which `requested` would train differently from the
+    run `saved` came from: every field but the runtime ones (RUNTIME_FIELDS), the folder and the fingerprint."""
+    ignore = set(RUNTIME_FIELDS) | {"out", "data_fingerprint"}
+    a, b = requested.to_dict(), saved.to_dict()
+    return [f"{k}={a[k]!r} (run: {b[k]!r})" for k in a if k not in ignore and a[k] != b.get(k)]

@@ -15,6 +15,7 @@ state), `_train_loop` (epochs, checkpoints) and `_final_results` (the separate f
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import signal
 import sys
@@ -26,14 +27,16 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, atomic_write_json, config_from_checkpoint, load_checkpoint, load_weights, \
-    save_checkpoint
+    reported_weights, save_checkpoint
 from .config import TTA_VIEWS, TrainConfig
 from .data import Cifar10, DataError, balanced_indices, fingerprint, load_cifar10, split_train_val
 from .engine import (EMA, Lookahead, choose_precision, evaluate, make_grad_scaler, make_optimizer, make_scheduler,
                      predict, prepare_train_model, resolve_device, train_one_epoch)
+from .hardware import choose_channels_last, model_is_nhwc
 from .loader import DeviceLoader, normalize
 from .models import build_model, count_parameters
-from .runstate import (CSV_COLUMNS, RUNTIME_FIELDS, hardware_string, peak_rss_mb, resume_config,  # noqa: F401
+from .runstate import (CSV_COLUMNS, RUNTIME_FIELDS, config_differences, hardware_string, peak_rss_mb,  # noqa: F401
+                       resume_config,
                        rng_state, set_rng_state, write_history)
 from .rundir import (RunDirError, RunLock, StopSignals, check_run_dir, clear_run_dir, ensure_writable,
                      interrupt_message, remove_temp_files, run_state)
@@ -80,6 +83,7 @@ class FitResult:
     interrupted: bool = False
     data: Cifar10 | None = None
     exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
+    loaded: bool = False  # resume="auto" found this run finished and loaded it instead of training
 
     def test_predictions(self, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(test images uint8, labels, probabilities) of the evaluated model on the run's test split, with the
@@ -96,7 +100,7 @@ def predict_with_config(model: nn.Module, cfg: TrainConfig, images: torch.Tensor
     and layout unless overridden. Returns (probabilities, labels) on the CPU."""
     device = next(model.parameters()).device
     loader = DeviceLoader(images, labels, batch_size or cfg.eval_batch_size, train=False, device=device,
-                          channels_last=cfg.channels_last)
+                          channels_last=model_is_nhwc(model))
     amp, _ = choose_precision(precision or cfg.precision, device)
     return predict(model, loader, amp_dtype=amp, tta=tta or cfg.tta)
 
@@ -157,15 +161,21 @@ def _load_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -
 
 
 def model_for_config(cfg: TrainConfig, train_images: torch.Tensor, device: torch.device, *,
-                     from_data: bool = True) -> nn.Module:
-    """The configured network on `device` in the config's memory layout. With `from_data`, a network that
-    initialises itself from data (CompactNet's whitening conv) sees the first 5,000 training images (a
-    resumed run loads those weights instead)."""
+                     from_data: bool = True, verbose: bool = False) -> nn.Module:
+    """The configured network on `device`, in the memory layout the config's `channels_last` picks (on a CPU,
+    "auto" measures both layouts with this network: `hardware.choose_channels_last`; `verbose` prints the
+    choice). With `from_data`, a network that initialises itself from data (CompactNet's whitening conv)
+    sees the first 5,000 training images (a resumed run loads those weights instead)."""
     model = build_model(cfg.model, cfg.dropout)
     if from_data and hasattr(model, "init_from_data"):
         model.init_from_data(normalize(train_images[:5000]))
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=memory)
+    model = model.to(device)
+    amp_dtype = choose_precision(cfg.precision, device)[0]
+    nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=model,
+                                     batch=min(cfg.batch_size, 64))
+    if verbose:
+        print(f"layout: {why}")
+    return model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 
 def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None) -> _Run:
@@ -176,7 +186,7 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None) -> _Run:
     data, found = _load_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "")
     cfg = dataclasses.replace(cfg, data_fingerprint=found)
     print(cfg)
-    print(f"device: {device} ({hardware_string(device)}), precision: {reason}, torch {torch.__version__}")
+    print(f"device: {device} ({hardware_string(device)}), torch {torch.__version__}\nprecision: {reason}")
     splits = make_splits(cfg, data)
     print(f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()} images "
           f"from {data.source or 'torchvision'}")
@@ -187,10 +197,11 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None) -> _Run:
               if cfg.model_name.startswith("object:") else
               f"note: the network was passed as an object; a fresh process rebuilds it as {cfg.model_name}() "
               "(give an import path with arguments if it needs any)")
-    model = model_for_config(cfg, splits.train[0], device, from_data=ckpt is None)
+    model = model_for_config(cfg, splits.train[0], device, from_data=ckpt is None, verbose=True)
     print(f"model: {cfg.model_name}, {count_parameters(model):,} parameters")
-    loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device)
-    eval_loader = DeviceLoader.from_config(*splits.eval, cfg, train=False, device=device)
+    nhwc = model_is_nhwc(model)  # the batches follow the model's layout
+    loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device, channels_last=nhwc)
+    eval_loader = DeviceLoader.from_config(*splits.eval, cfg, train=False, device=device, channels_last=nhwc)
     optimizer = make_optimizer(model, cfg)
     return _Run(cfg, Path(cfg.out), device, amp_dtype, reason, data, splits, model,
                 prepare_train_model(model, device=device, cuda_graphs=cfg.cuda_graphs, compile=cfg.compile),
@@ -240,9 +251,7 @@ def _train_loop(run: _Run, stop: StopSignals) -> None:
                "eval_total": ev["total"], "eval_tta": "none", "lr": tr["lr"], "train_seconds": tr["seconds"],
                "eval_seconds": ev["seconds"], "images_per_second": tr["images_per_second"], "lrs": tr["lrs"]}
         if not cfg.progress:  # one line per epoch for logs
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {tr['loss']:.4f} acc {tr['accuracy']:.2f}% | "
-                  f"{run.splits.eval_name.lower()} loss {ev['loss']:.4f} acc {ev['accuracy']:.2f}% | "
-                  f"{tr['seconds']:.1f} s + {ev['seconds']:.1f} s", flush=True)
+            print(epoch_line(row, cfg.epochs, run.splits.eval_name.lower()), flush=True)
         # Checkpoint first, history files second, both inside a critical section: a signal waits until they
         # are written, and a kill at any moment leaves every epoch the history shows resumable from last.pt.
         with stop.critical():
@@ -262,7 +271,8 @@ def _final_results(run: _Run, wall_start: float) -> dict:
         single = {"loss": last["eval_loss"], "accuracy": last["eval_accuracy"], "correct": last["eval_correct"],
                   "total": last["eval_total"]}
     else:
-        test_loader = DeviceLoader.from_config(*run.splits.test, cfg, train=False, device=run.device)
+        test_loader = DeviceLoader.from_config(*run.splits.test, cfg, train=False, device=run.device,
+                                               channels_last=model_is_nhwc(run.model))
         single = evaluate(run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta="none", verbose=False)
         print(f"Final test, single view: Accuracy: {single['correct']}/{single['total']} ({single['accuracy']:.2f}%)")
     results = {
@@ -294,17 +304,30 @@ def _final_results(run: _Run, wall_start: float) -> dict:
 
 def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
         overwrite: bool = False, model: nn.Module | object | None = None,
-        explicit: set[str] | None = None) -> FitResult:
+        explicit: set[str] | None = None, lock: RunLock | None = None, cli: bool = False) -> FitResult:
     """Train the configured network for `cfg.epochs`, writing the run folder; resume from a checkpoint if given.
 
+    resume="auto" (for notebooks: "Run all" again, or after a disconnect) looks at `cfg.out` first: an empty
+    folder starts a run; an unfinished run with the same settings resumes from its last.pt; a finished one
+    with the same settings is loaded and reported without training (FitResult.loaded); a run with other
+    settings is refused in one line (pass overwrite=True, or set cfg.out to another folder).
     `model` (or `cfg.model`) may be any nn.Module or a zero-argument factory instead of a name; a module
     object is trained in place. On resume, `explicit` names the options the caller set on purpose (the CLI
-    passes the ones given on its command line); see `resume_config`.
+    passes the ones given on its command line); see `resume_config`. `lock`: a RunLock already held on
+    the run folder (the CLI takes it before importing torch); `fit` releases it when it returns. `cli`:
+    word the messages with command-line flags (the CLI sets it), not fit's arguments.
     Ctrl-C / SIGTERM stop at a safe point (never inside a checkpoint write) and return interrupted=True.
     A NaN / Inf loss raises engine.DivergenceError; the last good checkpoint stays in place.
     """
     if model is not None:
         cfg = dataclasses.replace(cfg, model=model)
+    speak = "cli" if cli else "python"
+    if resume == "auto":
+        resume = _auto_resume(cfg, overwrite)
+        if resume == "finished":
+            if lock is not None:
+                lock.release()
+            return _load_finished(cfg, data)
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -313,8 +336,10 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
                                   f"not resumed; resume from the run folder's last.pt")
         cfg = resume_config(config_from_checkpoint(ckpt, resume), cfg, explicit, resume)
     run_dir = Path(cfg.out)
-    with StopSignals() as stop, RunLock(run_dir):  # one owner per folder, for the whole run
-        state = check_run_dir(run_dir, overwrite) if ckpt is None else run_state(run_dir)  # under the lock
+    if lock is not None and lock.run_dir.resolve() != run_dir.resolve():
+        raise RunDirError(f"the lock given to fit is on {lock.run_dir}, but the run writes {run_dir}")
+    with StopSignals() as stop, (lock or RunLock(run_dir, speak)):  # one owner per folder, for the whole run
+        state = check_run_dir(run_dir, overwrite, speak) if ckpt is None else run_state(run_dir)  # under the lock
         if state == "finished" and ckpt is not None:
             raise RunDirError(f"{run_dir} holds a finished run ({len(ckpt.get('history', []))} of {cfg.epochs} "
                               "epochs and results.json): nothing to resume")
@@ -338,10 +363,71 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
                       file=sys.stderr)
         except KeyboardInterrupt as e:  # RunInterrupted (SIGINT / SIGTERM), or a plain one
             epoch = run.current_epoch + 1 if run is not None else None  # None: during the setup, no epoch yet
-            print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch), file=sys.stderr)
+            print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch, speak), file=sys.stderr)
             if run is None:
                 e.reported = True  # the CLI adds no second line
                 raise
             return FitResult(run.cfg, run.history, run.eval_model, run_dir, interrupted=True, data=run.data,
                              exit_code=getattr(e, "exit_code", 130))
     return FitResult(run.cfg, run.history, run.eval_model, run_dir, final=final, data=run.data)
+
+
+def _auto_resume(cfg: TrainConfig, overwrite: bool) -> str | Path | None:
+    """resume="auto": None (start afresh), the last.pt to resume, or "finished" (load it); refuses a run with
+    other settings in one line."""
+    run_dir = Path(cfg.out)
+    state = run_state(run_dir)
+    if overwrite or state == "empty":
+        return None
+    if state == "finished":
+        try:
+            saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise RunDirError(f"{run_dir} holds a finished run whose config.json cannot be read ({e}); pass "
+                              "overwrite=True to train again, or set cfg.out to another folder") from None
+    else:
+        saved = config_from_checkpoint(load_checkpoint(run_dir / "last.pt"), run_dir / "last.pt")
+    diff = config_differences(saved, cfg)
+    if diff:
+        raise RunDirError(f"{run_dir} holds a{'n' if state == 'unfinished' else ''} {state} run with other settings "
+                          f"({'; '.join(diff[:3])}); pass overwrite=True to replace it, or set cfg.out to "
+                          "another folder")
+    return "finished" if state == "finished" else run_dir / "last.pt"
+
+
+def _load_finished(cfg: TrainConfig, data: Cifar10 | None) -> FitResult:
+    """A finished run of `cfg` loaded from its folder, reported as `fit` reported it, with no training."""
+    run_dir = Path(cfg.out)
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    saved = config_from_checkpoint(ckpt, run_dir / "last.pt")
+    final = json.loads((run_dir / "results.json").read_text())
+    history = list(ckpt.get("history", []))
+    run_cfg = dataclasses.replace(saved, model=cfg.model, out=cfg.out, progress=cfg.progress, device=cfg.device,
+                                  data=cfg.data if cfg.data is not None else saved.data)
+    data, _ = _load_data(run_cfg, data, saved.data_fingerprint)  # refuses other images
+    device = resolve_device(run_cfg.device)
+    model = model_for_config(run_cfg, data.train_images, device, from_data=False)
+    load_weights(model, reported_weights(ckpt), run_dir / "last.pt", run_cfg.model_name)
+    print(f"{run_dir} holds a finished run with these settings: loaded, not trained again "
+          f"(pass overwrite=True to train it again)")
+    print(f"trained on {final.get('hardware')}, {final.get('precision')}, torch {final.get('torch')}; "
+          f"{final.get('wall_seconds', 0) / 60:.1f} min")
+    for h in history:
+        print(epoch_line(h, len(history), "test" if final.get("eval_set") == "test" else "validation"))
+    print(final_line(final))
+    return FitResult(run_cfg, history, model.eval(), run_dir, final=final, data=data, loaded=True)
+
+
+def epoch_line(h: dict, epochs: int, eval_name: str) -> str:
+    """One epoch of the history as the one-line log prints it."""
+    return (f"epoch {h['epoch']}/{epochs}: train loss {h['train_loss']:.4f} acc {h['train_accuracy']:.2f}% | "
+            f"{eval_name} loss {h['eval_loss']:.4f} acc {h['eval_accuracy']:.2f}% | "
+            f"{h['train_seconds']:.1f} s + {h['eval_seconds']:.1f} s")
+
+
+def final_line(r: dict) -> str:
+    """The final test result (results.json) in one line: single view, and TTA when the run used it."""
+    tta = (f"; {r['tta']} TTA ({TTA_VIEWS[r['tta']]} views) {r['tta_correct']}/{r['test_total']} "
+           f"({r['tta_accuracy']:.2f}%)" if r.get("tta_correct") is not None else "")
+    return (f"final test accuracy: single view {r['single_view_correct']}/{r['test_total']} "
+            f"({r['single_view_accuracy']:.2f}%){tta}; {r['epochs']} epoch{'s' * (r['epochs'] != 1)}")

@@ -1,0 +1,242 @@
+"""What the machine is and what runs fast on it: device, precision, memory layout, a description.
+
+Every "auto" choice of a run is made here, from what the hardware has or from a measurement on it, and
+comes with a one-line reason that `fit` prints: bf16 autocast only where it is native (emulated bf16 is
+slower than fp32), and on a CPU the memory layout (NCHW or channels_last) that a few timed passes of the
+run's own network show to be faster on this machine (docs/speed.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import CHANNELS_LAST_MODES, CifarkitError, ConfigError
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto": CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise CifarkitError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CifarkitError("device 'cuda' requested but torch sees no CUDA GPU")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise CifarkitError("device 'mps' requested but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 convolutions natively: AMX (Sapphire Rapids+) or AVX-512-BF16 (Zen 4+)."""
+    return cpu_kind() in ("AMX-BF16", "AVX-512-BF16")
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+_LABEL = {torch.bfloat16: "bf16", torch.float16: "fp16 + gradient scaler", None: "fp32"}
+
+
+def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for `precision` on `device` (None: plain fp32) and a one-line reason to print.
+
+    "auto" picks what the hardware runs natively:
+      CUDA compute capability >= 8.0 (A100, L4, H100): bf16 (fp32's range, so no loss scaling needed).
+      CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`: it returns True on
+        a T4 because it counts emulation (including_emulation=True by default, pytorch/pytorch#148322),
+        while cuDNN has no bf16 convolution engines below 8.0, so bf16 there is slow.
+      CUDA < 7.0 (P100 and older: no tensor cores): fp32.
+      CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is slower).
+      MPS: fp32 (autocast support varies with the macOS / torch version).
+    An explicit "bf16" / "fp16" / "fp32" is always honoured; the reason says when the device only emulates it.
+    """
+    if precision not in ("auto", *_DTYPES):
+        raise ConfigError(f"precision must be one of auto, {', '.join(_DTYPES)}, got {precision!r}")
+    asked = "" if precision == "auto" else " (requested)"
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        card = f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}"
+        auto = torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
+        dtype = auto if precision == "auto" else _DTYPES[precision]
+        if dtype == torch.bfloat16:
+            note = "native bf16" if major >= 8 else f"no native bf16: emulated and slow; auto picks {_LABEL[auto]}"
+        elif dtype == torch.float16:
+            note = ("no tensor cores: fp16 is not faster there" if major < 7 else
+                    "no native bf16" if major < 8 else "auto picks bf16, which needs no scaler")
+        else:
+            note = "no tensor cores for fp16 / bf16" if major < 7 else f"auto picks {_LABEL[auto]}"
+        return dtype, f"{_LABEL[dtype]}{asked}: {card} ({note})"
+    if device.type == "cpu":
+        native = cpu_has_fast_bf16()
+        dtype = (torch.bfloat16 if native else None) if precision == "auto" else _DTYPES[precision]
+        why = f"this CPU has {'' if native else 'no '}native bf16 (AMX or AVX-512-BF16)"
+        if dtype == torch.float16:
+            why = "fp16 on a CPU is mostly emulated, likely slower than fp32"
+        elif dtype == torch.bfloat16 and not native:
+            why += ": emulated, likely slower than fp32"
+        return dtype, f"{_LABEL[dtype]}{asked}: {why}"
+    dtype = None if precision == "auto" else _DTYPES[precision]
+    why = "autocast support on Apple MPS varies with the macOS / torch version" if precision == "auto" else device.type
+    return dtype, f"{_LABEL[dtype]}{asked}: {why}"
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32 (see `choose_precision`)."""
+    return choose_precision(precision, device)[0]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for `dtype`, or a no-op context for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def choose_channels_last(setting: str | bool, device: torch.device, amp_dtype: torch.dtype | None,
+                         model: nn.Module | None = None, batch: int = 64) -> tuple[bool, str]:
+    """(use channels_last, one-line reason) for the config's `channels_last` ("auto", "yes", "no"; a bool from
+    an old config means yes / no).
+
+    "auto" on a CPU with `model`: measured. A copy of `model` runs a few forward + backward passes of a
+    `batch`-image batch in each layout, alternating, and the faster layout wins (the result is cached per
+    CPU, thread count, torch version and network in the cache folder, see `probe_cache_path`). Why measure:
+    on 2-core AMD EPYC Zen 3 CPUs (AVX2, fp32) NHWC came out 1.2-1.3x faster in one session and 0.8x in
+    another; a rule would be wrong on one of them. "auto" on CUDA: NHWC with fp16 / bf16 autocast (the
+    tensor cores' layout), NCHW in fp32; on a CPU without `model`: NHWC; elsewhere NCHW.
+    """
+    if isinstance(setting, bool):
+        setting = "yes" if setting else "no"
+    if setting not in CHANNELS_LAST_MODES:
+        raise ConfigError(f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {setting!r}")
+    if setting != "auto":
+        return setting == "yes", f"{'channels_last' if setting == 'yes' else 'NCHW'} (requested)"
+    if device.type == "cuda":
+        if amp_dtype is not None:
+            return True, f"channels_last: {_NAME[amp_dtype]} tensor-core convolutions want NHWC"
+        return False, "NCHW: fp32 convolutions gain nothing from NHWC on a GPU"
+    if device.type != "cpu":
+        return False, f"NCHW on {device.type}"
+    if model is None:
+        return True, "channels_last (CPU default; not measured for this network)"
+    return _probe_layout(model, device, amp_dtype, batch)
+
+
+_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+PROBE_STEPS = 3  # timed forward + backward passes per layout (after one untimed pass each)
+
+
+def probe_cache_path() -> Path:
+    """The JSON file of layout measurements: $CIFARKIT_LAYOUT_CACHE, else layout.json in the data cache."""
+    from .data import cache_dir
+    return Path(os.environ.get("CIFARKIT_LAYOUT_CACHE") or cache_dir() / "layout.json")
+
+
+def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[bool, str]:
+    n_params = sum(p.numel() for p in model.parameters())
+    key = (f"{cpu_name()}|{cpu_kind()}|{torch.get_num_threads()} threads|torch {torch.__version__}|"
+           f"{type(model).__module__}.{type(model).__qualname__}|{n_params}|{_NAME[amp_dtype]}|batch {batch}")
+    path = probe_cache_path()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if isinstance(cached, dict) and isinstance(cached.get(key), list) and len(cached[key]) == 2:
+        nchw, nhwc = cached[key]
+        how = "measured earlier on this machine"
+    else:
+        try:
+            nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)
+        except Exception as e:  # noqa: BLE001 - an odd network must not stop the run: take the default
+            return True, f"channels_last (CPU default; the layout probe failed: {type(e).__name__})"
+        how = f"measured now, {PROBE_STEPS} passes of {batch} images each"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**(cached if isinstance(cached, dict) else {}), key: [nchw, nhwc]}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs the probe next time
+    use = nhwc > nchw
+    return use, (f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f} img/s "
+                 f"({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {_NAME[amp_dtype]}; {how})")
+
+
+def _time_layouts(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[float, float]:
+    """img/s of forward + backward of a copy of `model` in NCHW and in NHWC (best of PROBE_STEPS, alternating)."""
+    with torch.random.fork_rng(devices=[]):  # the run's random stream is the same with or without a probe
+        return _time_copy(copy.deepcopy(model).to(device).train(), device, amp_dtype, batch)
+
+
+def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[float, float]:
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    best = {False: 0.0, True: 0.0}
+    for i in range(PROBE_STEPS + 1):
+        for nhwc in (False, True) if i % 2 == 0 else (True, False):
+            fmt = torch.channels_last if nhwc else torch.contiguous_format
+            probe = probe.to(memory_format=fmt)
+            xi = x.contiguous(memory_format=fmt)
+            start = time.perf_counter()
+            with autocast(device, amp_dtype):
+                out = probe(xi)
+            out.float().sum().backward()
+            probe.zero_grad(set_to_none=True)
+            if i > 0:  # the first pass of each layout warms oneDNN's kernel cache
+                best[nhwc] = max(best[nhwc], batch / (time.perf_counter() - start))
+    return round(best[False], 1), round(best[True], 1)
+
+
+def model_is_nhwc(model: nn.Module) -> bool:
+    """True when the model's 4-d weights are stored channels_last (inputs should then be NHWC too)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
+def channels_last_for(cfg, device: torch.device, precision: str | None = None) -> bool:
+    """Whether a run with TrainConfig `cfg` (and `precision` instead of the config's, if given) uses NHWC,
+    without measuring (evaluation and loaders built without a model: see `choose_channels_last`)."""
+    amp_dtype = choose_precision(precision or cfg.precision, device)[0]
+    return choose_channels_last(cfg.channels_last, device, amp_dtype)[0]
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return name
+
+
+def cpu_kind() -> str:
+    """The CPU's vector unit as it matters for training speed: "AMX-BF16", "AVX-512-BF16", else the
+    instruction set torch dispatches to ("AVX512", "AVX2", "DEFAULT" ...)."""
+    for probe, kind in (("_is_amx_tile_supported", "AMX-BF16"), ("_is_avx512_bf16_supported", "AVX-512-BF16")):
+        fn = getattr(torch.cpu, probe, None) or getattr(torch._C._cpu, probe, None)
+        if fn is not None and fn():
+            return kind
+    getter = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return getter() if getter is not None else platform.machine()
+
+
+def hardware_string(device: torch.device) -> str:
+    """A short description of the device, e.g. 'CPU: AMD EPYC (AVX2, 2 threads)' or 'GPU: NVIDIA H100'."""
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "GPU: Apple MPS"
+    return f"CPU: {cpu_name()} ({cpu_kind()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,76 @@
+"""hardware: precision and memory layout chosen per machine, each with its reason; the layout probe."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cifarkit import ConfigError, TrainConfig, create_model
+from cifarkit import hardware
+from cifarkit.hardware import choose_channels_last, hardware_string, model_is_nhwc
+
+CPU = torch.device("cpu")
+
+
+def test_explicit_layouts_and_old_bools_are_honoured():
+    assert choose_channels_last("yes", CPU, None) == (True, "channels_last (requested)")
+    assert choose_channels_last("no", CPU, None) == (False, "NCHW (requested)")
+    assert choose_channels_last(True, CPU, None)[0] is True and choose_channels_last(False, CPU, None)[0] is False
+    assert TrainConfig(channels_last=True).channels_last == "yes"  # a config saved when it was a bool
+    with pytest.raises(ConfigError, match="channels_last must be one of auto, yes, no"):
+        TrainConfig(channels_last="maybe")
+
+
+def test_cuda_rule_follows_the_precision():
+    cuda = torch.device("cuda")  # the rule needs no GPU: it reads only the autocast dtype
+    assert choose_channels_last("auto", cuda, torch.bfloat16)[0] is True
+    assert choose_channels_last("auto", cuda, torch.float16)[0] is True
+    assert choose_channels_last("auto", cuda, None)[0] is False
+
+
+def test_cpu_auto_measures_picks_the_faster_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
+    calls = []
+    for nchw, nhwc, want in ((300.0, 200.0, False), (200.0, 300.0, True)):
+        monkeypatch.setattr(hardware, "_time_layouts", lambda *a, r=(nchw, nhwc): calls.append(1) or r)
+        model = nn.Sequential(nn.Conv2d(3, 4 + len(calls), 3))  # another network: another cache entry
+        use, why = choose_channels_last("auto", CPU, None, model=model)
+        assert use is want and "measured now" in why and "300 vs 200 img/s" in why
+        use2, why2 = choose_channels_last("auto", CPU, None, model=model)
+        assert use2 is want and "measured earlier" in why2
+    assert len(calls) == 2  # the second look-up of each network came from the cache file
+    assert len(json.loads((tmp_path / "layout.json").read_text())) == 2
+
+
+def test_a_real_probe_times_both_layouts_and_leaves_the_model_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
+    model = create_model("seed")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    nchw, nhwc = hardware._time_layouts(model, CPU, None, 8)
+    assert nchw > 0 and nhwc > 0
+    assert torch.equal(torch.get_rng_state(), state)  # the run's random stream is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model_is_nhwc(model)
+
+
+def test_a_network_the_probe_cannot_run_gets_the_default_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
+
+    class NeedsOtherInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(7, 10)
+
+        def forward(self, x):
+            return self.fc(x)
+    use, why = choose_channels_last("auto", CPU, None, model=NeedsOtherInput())
+    assert use is True and "probe failed" in why
+
+
+def test_model_is_nhwc_and_the_cpu_description():
+    m = create_model("seed")
+    assert not model_is_nhwc(m) and model_is_nhwc(m.to(memory_format=torch.channels_last))
+    text = hardware_string(CPU)
+    assert text.startswith("CPU: ") and f"{torch.get_num_threads()} threads" in text
+    assert hardware.cpu_kind() in text
