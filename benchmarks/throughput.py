@@ -145,10 +145,11 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         same = "; a CPU reads the loss every step anyway, so this is row B" if device.type == "cpu" else ""
         return Row(name, path, note=f"N/A on {device.type}: {why}{same}")
     amp = old_auto_precision(device) if old_precision else choose_precision(cfg.precision, device)[0]
-    nhwc = choose_channels_last(cfg.channels_last, device, amp)[0]  # the run's "auto" layout (hardware.py)
     torch.manual_seed(0)
-    model = create_model("seed", dropout=cfg.dropout).to(
-        device, memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    model = create_model("seed", dropout=cfg.dropout).to(device)
+    # the run's "auto" layout: on a CPU measured with this network, as fit does (hardware.py)
+    nhwc = choose_channels_last(cfg.channels_last, device, amp, model=model, batch=64)[0]
+    model = model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     loader = DeviceLoader(data.train_images, data.train_labels, cfg.batch_size, train=True, device=device,
                           crop_padding=cfg.crop_padding, flip=cfg.flip, pad_mode=cfg.pad_mode, cutout=cfg.cutout,
                           channels_last=nhwc, seed=0)
@@ -334,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hardware: {hardware_string(device)}; torch {torch.__version__}; data: {data.source or args.data} "
           f"({n_train} train / {len(data.test_labels)} test images){load}")
     amp, reason = choose_precision(cfg.precision, device)
+    from cifarkit import create_model
+    layout = choose_channels_last(cfg.channels_last, device, amp, model=create_model("seed").to(device), batch=64)[1]
     print(f"seed network, default recipe, batch {cfg.batch_size}; {args.steps} timed steps after {args.warmup} "
-          f"warm-up steps per row; new precision: {reason}; layout: "
-          f"{choose_channels_last(cfg.channels_last, device, amp)[1]}")
+          f"warm-up steps per row; new precision: {reason}; layout: {layout}")
     print(f"{'row':<3} {'path':<54} {'precision layout':<17} {'step img/s':>10}   "
           f"{'epoch s: train + test = total':<31} {'epoch img/s':>9}")
     results = {}

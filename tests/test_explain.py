@@ -151,7 +151,10 @@ def test_plot_gradcam_writes_png(tmp_path):
     cams = gradcam(model, x[idx], labels[idx])
     fig = plot_gradcam(x, labels, probs, idx, cams, cams, CLASSES, path=tmp_path / "g.png", ncols=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len(titles) == 6 and titles[1] == f"true: {CLASSES[1]}" and titles[0].startswith("pred: ")
-    assert titles[0].endswith("%") and (tmp_path / "g.png").stat().st_size > 0
+    # per image: the image itself (its class), the predicted class's map, the true class's map
+    assert len(titles) == 9 and titles[0] == CLASSES[1] and titles[2] == f"true: {CLASSES[1]}"
+    assert titles[1].startswith("pred: ") and titles[1].endswith("%") and (tmp_path / "g.png").stat().st_size > 0
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)  # one colour scale for all maps
     fig = gradcam_misclassified(model, x, labels, probs, idx, CLASSES, path=tmp_path / "m.png")
-    assert "features.last" in fig._suptitle.get_text() and (tmp_path / "m.png").exists()
+    title = fig._suptitle.get_text()
+    assert "features.last (" in title and "Conv2d" in title and "output " in title and (tmp_path / "m.png").exists()

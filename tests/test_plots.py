@@ -24,7 +24,7 @@ def close_figures():
 
 @pytest.mark.parametrize("make", [lambda p: plot_history(fake_history(), path=p),
                                   lambda p: plot_compare({"a": fake_history(), "b": fake_history(3)}, path=p,
-                                                         reference=("write-up", 60.0)),
+                                                         reference=("write-up", 60.0, 5)),
                                   lambda p: plot_lr(fake_history(), path=p)],
                          ids=["history", "compare", "lr"])
 def test_epoch_plots_save_a_png_with_whole_epoch_ticks(tmp_path, make):
@@ -36,6 +36,13 @@ def test_epoch_plots_save_a_png_with_whole_epoch_ticks(tmp_path, make):
     for ax in epoch_axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks  # no "2.5 epochs"
+        assert ticks[0] == 1 and ticks[-1] == 5  # the first and the last epoch are named
+        assert ax.get_xlim() == (0, 5.5)  # the same range on every epoch plot, the LR schedule's too
+
+
+def test_twenty_epochs_get_ticks_at_1_5_10_15_20():
+    fig = plot_history(fake_history(20))
+    assert list(fig.axes[0].get_xticks()) == [1, 5, 10, 15, 20]
 
 
 def test_history_plot_reports_the_final_and_best_epoch():
@@ -43,7 +50,10 @@ def test_history_plot_reports_the_final_and_best_epoch():
     history[2]["eval_accuracy"] = 99.0  # best in the middle, so "best" and "final" differ
     fig = plot_history(history, final={"tta": "flip-translate", "tta_accuracy": 75.5}, label_smoothing=0.2)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts] + [ax.get_title() for ax in fig.axes]
-    assert any("test 73.00% (epoch 5, single view)" in t for t in texts)
+    texts += [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "final test, single view: 73.00% (epoch 5)" in texts  # in the legend: no arrow across the lines
+    ring = [ln for ln in fig.axes[1].get_lines() if ln.get_label().startswith("final test, single view")]
+    assert len(ring) == 1 and list(ring[0].get_xdata()) == [5] and list(ring[0].get_ydata()) == [73.0]
     assert any("99.00% at epoch 3 (single view)" in t for t in texts)
     assert any("label smoothing 0.2" in t for t in texts)
     # The TTA result is its own marked point, labelled as the final test, not an epoch of the curve.
@@ -53,43 +63,27 @@ def test_history_plot_reports_the_final_and_best_epoch():
 
 
 def test_compare_legend_names_each_run_with_its_final_accuracy():
-    fig = plot_compare({"seed recipe": fake_history(4), "ours": fake_history(5)}, reference=("write-up", 83.61))
+    fig = plot_compare({"seed recipe": fake_history(4), "ours": fake_history(5)}, reference=("write-up", 83.61, 20))
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["seed recipe: 68.00% at epoch 4", "ours: 73.00% at epoch 5", "write-up: 83.61%"]
+    assert labels == ["seed recipe: 68.00% at epoch 4", "ours: 73.00% at epoch 5", "write-up: 83.61% at epoch 20"]
+    ref = fig.axes[0].get_lines()[-1]  # one reported number is one point, not a line across all epochs
+    assert list(ref.get_xdata()) == [20] and list(ref.get_ydata()) == [83.61]
+    assert fig.axes[0].get_title()
 
 
-def test_confusion_and_misclassified_figures(tmp_path):
-    cm = torch.eye(10, dtype=torch.long) * 90 + 1
-    fig = plot_confusion(cm, CLASSES, path=tmp_path / "cm.png")
-    assert (tmp_path / "cm.png").exists()
-    assert fig.axes[0].get_yticklabels()[0].get_text() == "airplane (91.0%)"  # 91 of the row's 100
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    probs = torch.full((4, 10), 0.02).index_put_((torch.arange(4), torch.tensor([1, 2, 3, 4])), torch.tensor(0.82))
-    fig = plot_misclassified(images, torch.tensor([0, 0, 0, 0]), probs, torch.tensor([0, 2]), CLASSES, ncols=2,
-                             path=tmp_path / "wrong.png")
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["airplane\n-> automobile 82%", "airplane\n-> cat 82%"]
+def test_a_returned_figure_is_not_shown_twice_in_a_notebook():
+    """The inline backend shows every open figure when a cell ends; a returned Figure that is the cell's value
+    (no trailing ';') is displayed too. Whichever comes first shows it and closes it: one image either way."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
 
-
-def test_notebook_before_after_cell_runs_outside_the_repository(tmp_path, monkeypatch):
-    """On Colab the package is pip-installed and the working directory is not a checkout: the baseline
-    history the comparison needs must come with the package, and the cell must draw both runs."""
-    import json
-    from pathlib import Path
-    from types import SimpleNamespace
-
-    import matplotlib.pyplot as plt
-
-    import cifarkit as ck
-
-    nb = json.loads((Path(__file__).resolve().parents[1] / "Assignment7.ipynb").read_text())
-    (cell,) = [c for c in nb["cells"] if c["cell_type"] == "code" and "load_baseline" in "".join(c["source"])]
-    monkeypatch.chdir(tmp_path)  # no checkpoints/ folder here
-    history = [{"epoch": e, "eval_accuracy": 50.0 + e} for e in range(1, 4)]
-    ns = {"ck": ck, "result": SimpleNamespace(history=history), "IMAGES": None}
-    exec("".join(cell["source"]), ns)
-    labels = [line.get_label() for line in plt.gcf().axes[0].get_lines()]
-    assert any(label.startswith("seed recipe (retrained here): 81.98%") for label in labels), labels
-    assert any(label.startswith("this run: 53.00%") for label in labels)
-    assert ck.load_baseline("seed-recipe")[-1]["epoch"] == 20
-    plt.close("all")
+    history = fake_history(3)
+    cells = ["%matplotlib inline\nimport cifarkit as ck\nh = " + repr(history),
+             "ck.plot_lr(h)",            # the cell's value
+             "ck.plot_lr(h);",           # shown by the end-of-cell flush
+             "fig = ck.plot_lr(h)\nfig",  # kept in a variable, then the value
+             "ck.plot_lr(h)\nck.plot_history(h)"]  # two figures, each once
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    counts = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells]
+    assert counts == [0, 1, 1, 1, 2]

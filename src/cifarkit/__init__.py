@@ -30,7 +30,9 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["Prediction", "format_prediction", "load_image", "predict_image"], "inference"),
     **dict.fromkeys(["RunInterrupted"], "rundir"),
     **dict.fromkeys(["RunLock"], "runlock"),
-    **dict.fromkeys(["FitResult", "fit", "hardware_string", "make_splits"], "trainer"),
+    **dict.fromkeys(["FitResult", "fit", "make_splits"], "trainer"),
+    **dict.fromkeys(["hardware_string", "choose_channels_last"], "hardware"),
+    **dict.fromkeys(["MEASURED", "epoch_estimate"], "speed"),
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

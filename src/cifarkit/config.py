@@ -182,9 +182,28 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
 
+    def unused_fields(self) -> set[str]:
+        """Fields this config's schedule / optimiser / averaging never reads (e.g. lr_start with onecycle)."""
+        unused = {"data_fingerprint"} if not self.data_fingerprint else set()
+        if self.schedule != "linear":
+            unused |= {"lr_start", "lr_end"}
+        if self.schedule not in ("onecycle", "linear"):
+            unused.add("warmup")
+        if self.schedule != "step":
+            unused |= {"step_size", "milestones", "gamma"}
+        if self.optimizer != "sgd":
+            unused.add("nesterov")
+        if not self.ema:
+            unused.add("ema")
+        if self.data is not None:
+            unused.add("data_root")
+        return unused
+
     def __str__(self) -> str:
+        """Every field the run uses, one per line (fields this schedule / optimiser never reads are left out)."""
         width = max(len(f.name) for f in dataclasses.fields(self))
-        lines = [f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items() if k != "data_fingerprint" or v]
+        skip = self.unused_fields()
+        lines = [f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items() if k not in skip]
         return "TrainConfig(\n" + "\n".join(lines) + "\n)"
 
 

@@ -164,9 +164,11 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
 def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor,
                  cams_pred: torch.Tensor, cams_true: torch.Tensor, classes: Sequence[str],
                  path: str | Path | None = None, ncols: int = 4, layer: str | None = None):
-    """Misclassified images, each twice side by side: the Grad-CAM map of the PREDICTED class ("pred: cat
-    91%") and of the TRUE class ("true: dog") over the image. `images`, `labels`, `probs` cover the whole
-    set; `indices` picks the images; `cams_pred` / `cams_true` hold one map per picked image, in order."""
+    """Misclassified images, each as a group of three panels: the image, the Grad-CAM map of the PREDICTED
+    class ("pred: cat 91%") over it, and the map of the TRUE class ("true: dog"); groups are set apart by a
+    gap, with one colour scale. `images`, `labels`, `probs` cover the whole set; `indices` picks the
+    images; `cams_pred` / `cams_true` hold one map per picked image, in order; `layer` names where the maps
+    were read."""
     import matplotlib.pyplot as plt
 
     from .plots import _finish
@@ -174,25 +176,53 @@ def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor
     conf, pred = probs.max(1)
     idx = indices.tolist()
     n = len(idx)
+    ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(1.45 * 2 * ncols, 1.6 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    widths = ([1, 1, 1, 0.35] * ncols)[:-1]  # three panels per image, then a gap before the next image
+    fig = plt.figure(figsize=(1.3 * sum(widths) + 0.8, 1.55 * nrows + 0.5))
+    grid = fig.add_gridspec(nrows, len(widths), width_ratios=widths, wspace=0.05, hspace=0.35)
+    shown = None
     for k, i in enumerate(idx):
         img = images[i].detach().cpu()
         img = (img.float() / 255 if img.dtype == torch.uint8 else img.float()).permute(1, 2, 0).clamp(0, 1).numpy()
-        panels = ((cams_pred[k], f"pred: {classes[pred[i]]} {100 * conf[i]:.0f}%", "darkred"),
+        panels = ((None, f"{classes[labels[i]]}", "black"),
+                  (cams_pred[k], f"pred: {classes[pred[i]]} {100 * conf[i]:.0f}%", "darkred"),
                   (cams_true[k], f"true: {classes[labels[i]]}", "darkgreen"))
         for j, (cam, title, color) in enumerate(panels):
-            ax = axes[k // ncols, 2 * (k % ncols) + j]
+            ax = fig.add_subplot(grid[k // ncols, 4 * (k % ncols) + j])
+            ax.axis("off")
             ax.imshow(img, interpolation="nearest")
-            ax.imshow(cam.detach().cpu().float().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
-                      interpolation="bilinear")
+            if cam is not None:
+                shown = ax.imshow(cam.detach().cpu().float().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                                  interpolation="bilinear")
             ax.set_title(title, fontsize=7.5, color=color)
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=fig.axes, fraction=0.015, pad=0.01)
+        bar.set_label("Grad-CAM (each map / its max)", fontsize=8)
     where = f" at {layer}" if layer else ""
-    fig.suptitle(f"Grad-CAM{where} on {n} misclassified images: evidence for the predicted class (left) "
-                 "and for the true class (right)", fontsize=9)
-    return _finish(fig, path)
+    fig.suptitle(f"Grad-CAM{where}: {n} misclassified test images; per image: the image, the evidence for the "
+                 "predicted class, the evidence for the true class", fontsize=9)
+    return _finish(fig, path, tight=False)  # the gridspec places the panels and the colour bar itself
+
+
+def describe_layer(model: nn.Module, layer: str, images: torch.Tensor) -> str:
+    """'c4.1.1, a 1x1 Conv2d 64 -> 128, output 4x4': where Grad-CAM reads, in words a reader can place."""
+    module = dict(model.named_modules())[layer]
+    size = []
+    hook = module.register_forward_hook(lambda m, i, o: size.append(tuple(o.shape[-2:])))
+    try:
+        with torch.no_grad(), preserved(model):
+            model.eval()
+            model(_as_input(images[:1], _device(model)))
+    finally:
+        hook.remove()
+    kind = type(module).__name__
+    if isinstance(module, nn.Conv2d):
+        k = "x".join(map(str, module.kernel_size))
+        kind = (f"a {k} {'depthwise ' if module.groups == module.in_channels > 1 else ''}Conv2d "
+                f"{module.in_channels} -> {module.out_channels}")
+    out = f", output {size[0][0]}x{size[0][1]}" if size else ""
+    return f"{layer} ({kind}{out})"
 
 
 def gradcam_misclassified(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
@@ -204,4 +234,4 @@ def gradcam_misclassified(model: nn.Module, images: torch.Tensor, labels: torch.
     cams_pred = gradcam(model, picked, probs[indices].argmax(1), layer, precision=precision)
     cams_true = gradcam(model, picked, labels[indices], layer, precision=precision)
     return plot_gradcam(images, labels, probs, indices, cams_pred, cams_true, classes, path=path, ncols=ncols,
-                        layer=layer)
+                        layer=describe_layer(model, layer, picked))

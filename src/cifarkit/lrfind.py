@@ -245,7 +245,7 @@ def plot_lr_find(result: LRFindResult, recipe_lr: float | None = None, path: str
     from .plots import _finish
 
     recipe_lr = recipe_lr if recipe_lr is not None else result.recipe_lr
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9.5, 4))
     ax.plot(result.lrs, result.raw_losses, color="0.75", lw=0.8, label="loss per batch")
     ax.plot(result.lrs, result.losses, color="tab:blue", label="smoothed")
     ax.axvline(result.suggestion, color="tab:red", ls="--",
@@ -264,5 +264,5 @@ def plot_lr_find(result: LRFindResult, recipe_lr: float | None = None, path: str
     ax.set_title(f"LR range test: {len(result.lrs)} steps, {result.start_lr:g} -> {result.lrs[-1]:.3g}"
                  f"{' (diverged)' if result.diverged else ''}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over the curve
     return _finish(fig, path)

@@ -1,0 +1,79 @@
+"""Measured training time per epoch, by device kind: what a student sees before a run starts.
+
+One table, `MEASURED`, holds every seconds-per-epoch figure the project has measured for the Assignment 7
+network with the default recipe (batch 256, 50,000 training images, plus the per-epoch test pass), each
+with where it came from. `epoch_estimate` finds the row for the device a run will use and says how long
+the run will take, or that this device was never measured. The notebook prints it before training, and
+docs/speed.md shows the same table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .hardware import cpu_kind
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Seconds per epoch (training + the per-epoch test pass) on one kind of device."""
+
+    kind: str          # what `device_kind` returns for such a device: "cpu:AVX2", "cuda:H200", ...
+    seconds: float     # per epoch, training + test pass, default recipe, Assignment 7 network
+    device: str        # the machine, in words
+    precision: str     # what "auto" chose there
+    source: str        # the command / run that measured it
+
+
+MEASURED: tuple[Measured, ...] = (
+    Measured("cpu:AMX-BF16", 38.5, "2-core Intel Xeon (Sapphire Rapids, AMX)", "bf16",
+             "benchmarks/throughput.py row B, 2026-11-26: 36.3 s train + 2.2 s test (estimated from the step "
+             "rate); the notebook's real epochs there took 30-44 s"),
+    Measured("cpu:AVX-512-BF16", 43.0, "2-core AMD EPYC Zen 4 (AVX-512-BF16)", "bf16",
+             "checkpoints/seed-net-s0/results.json: 20 epochs in 860 s wall"),
+    Measured("cpu:AVX2", 100.5, "2-core AMD EPYC Zen 3 (AVX2, no native bf16)", "fp32",
+             "benchmarks/throughput.py row B, 2026-12-01: 93.1 s train + 7.4 s test (estimated from the step "
+             "rate, channels_last as measured there)"),
+    Measured("cuda:H200", 4.0, "NVIDIA H200", "bf16",
+             "benchmarks/README.md: an earlier code path at batch 128, 3.8 s train + 0.2 s test"),
+)
+
+
+def device_kind(device: torch.device) -> str:
+    """The key of `MEASURED` for `device`: "cpu:<vector unit>" or "cuda:<card model>" (e.g. "cuda:T4")."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        model = name.replace("NVIDIA", "").replace("Tesla", "").split()
+        return f"cuda:{model[0] if model else name}"
+    if device.type == "cpu":
+        return f"cpu:{cpu_kind()}"
+    return device.type
+
+
+def measured_for(device: torch.device) -> Measured | None:
+    """The measurement for this kind of device, if the project has one."""
+    kind = device_kind(device)
+    return next((m for m in MEASURED if m.kind == kind), None)
+
+
+def epoch_estimate(device: torch.device, epochs: int, *, model: str = "seed", threads: int | None = None) -> str:
+    """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source; or that this
+    device was never measured. A CPU with other than 2 threads, or a network other than the registered
+    "seed", gets a caution (the figures are for 2 threads and the Assignment 7 network)."""
+    m = measured_for(device)
+    if m is None:
+        return (f"time per epoch: not measured on this device ({device_kind(device)}); run a short version first "
+                "(epochs=1, limit_train=5000) and multiply")
+    total = m.seconds * epochs
+    when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    notes = []
+    threads = threads if threads is not None else torch.get_num_threads()
+    if device_kind(device).startswith("cpu:") and threads != 2:
+        notes.append(f"measured with 2 threads, this process has {threads}")
+    if model != "seed":
+        notes.append("measured for the Assignment 7 network; yours may differ")
+    caution = f" ({'; '.join(notes)})" if notes else ""
+    return (f"time per epoch: about {m.seconds:.0f} s on a {m.device} ({m.precision}), so {epochs} epochs take "
+            f"about {when}{caution}; source: {m.source}")
