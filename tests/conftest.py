@@ -19,6 +19,16 @@ from cifarkit import CLASSES
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
+SLOW_FILES = {"test_reliability.py", "test_integration.py"}  # real subprocesses / the full data copy
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tests, so `python -m pytest tests -m "not slow"` is a quick inner loop."""
+    for item in items:
+        if item.path.name in SLOW_FILES or item.path.suffix == ".ipynb" or "notebook" in item.name:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Every test gets its own empty decode cache, so no test sees another's (or the user's) cache."""

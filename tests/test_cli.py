@@ -29,8 +29,8 @@ def test_summary_prints_table_rf_and_rules(capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
     (["train", "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'"),
-    (["train", "--lr", "-1"], "lr must be > 0, got -1.0"),
-    (["train", "--lr", "0"], "must be > 0"),
+    (["train", "--lr", "-1"], "lr must be in (0, 3.4e38] (float32's range), got -1.0"),
+    (["train", "--lr", "0"], "lr must be in (0, 3.4e38]"),
     (["train", "--model", "resnet9000"], "unknown model 'resnet9000'; known: compact, "),
     (["train", "--dropout", "1.5"], "must be in [0, 1)"),
     (["train", "--schedule", "cosine"], "invalid choice: 'cosine'"),

@@ -26,3 +26,11 @@ def test_old_config_keeps_the_behaviour_it_was_trained_with():
 def test_unknown_field_is_an_error():
     with pytest.raises(ConfigError, match="unknown config field"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize("field, value", [("lr", float("inf")), ("lr", float("nan")), ("momentum", float("nan")),
+                                          ("weight_decay", float("inf")), ("label_smoothing", "0.1"),
+                                          ("lr", 1e308), ("gamma", True)])
+def test_numeric_options_are_finite_numbers_in_range(field, value):
+    with pytest.raises(ConfigError, match=rf"^{field} must be"):
+        TrainConfig(**{field: value})

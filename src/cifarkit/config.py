@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
 SCHEDULES = ("onecycle", "linear", "constant", "step")  # learning-rate schedules `engine.make_scheduler` knows
 OPTIMIZERS = ("sgd", "adam", "adamw")            # `engine.make_optimizer`
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks what the device does natively
+FLOAT32_MAX = 3.4028234663852886e38  # the optimiser turns the LR into float32 tensors: larger values overflow
 CHANNELS_LAST_MODES = ("auto", "yes", "no")     # memory layout; "auto" follows the precision (hardware.py)
 TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation of the separate final test
 TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per image that each mode averages
@@ -104,7 +106,12 @@ class TrainConfig:
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}")
         need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
              f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr!r}")
+        for f in dataclasses.fields(self):  # inf / nan / non-numbers would pass the range checks below or diverge
+            v = getattr(self, f.name)
+            if f.type in ("float", float) and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and math.isfinite(v)):
+                raise ConfigError(f"{f.name} must be a finite number, got {v!r}")
+        need(0 < self.lr <= FLOAT32_MAX, f"lr must be in (0, 3.4e38] (float32's range), got {self.lr!r}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout!r}")
