@@ -86,3 +86,15 @@ def test_the_cheap_commands_shown_run(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--help"])
     assert e.value.code == 0 and "--dry-run" in capsys.readouterr().out
+
+
+def test_the_notebook_run_quoted_in_the_readme_is_the_committed_one():
+    r = json.loads((ROOT / "checkpoints" / "notebook" / "results.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"{r['single_view_accuracy']:.2f}% single view, {r['tta_accuracy']:.2f}% TTA, "
+            f"{r['wall_seconds'] / 60:.1f} min on a 2-core AMD EPYC Zen 3 (AVX2, fp32)") in readme
+    assert "AMD EPYC (AVX2" in r["hardware"] and r["precision"] == "fp32"
+    results_row = [line for line in (ROOT / "docs" / "results.md").read_text().splitlines()
+                   if line.startswith("| `notebook` |")]
+    assert results_row and f"| {r['single_view_accuracy']:.2f} | {r['tta_accuracy']:.2f} | {r['wall_seconds'] / 60:.1f} |" \
+        in results_row[0]

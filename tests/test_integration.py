@@ -36,7 +36,7 @@ def test_seed_network_beats_chance_clearly(cifar, tmp_path):
     assert result.final["single_view_accuracy"] > 35.0  # chance is 10%
 
 
-@pytest.mark.parametrize("name", ["seed-net-s0", "compact-s0"])
+@pytest.mark.parametrize("name", ["seed-net-s0", "compact-s0", "notebook"])
 def test_committed_checkpoint_reproduces_its_reported_accuracy(cifar, name):
     """The README's numbers come from these files: evaluating them gives the recorded single-view and TTA
     test results (exactly on the machine that evaluated them; bf16 kernels of another CPU may move a handful

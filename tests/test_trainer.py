@@ -15,6 +15,18 @@ def cfg_for(tmp_path, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+def interrupt_in_epoch_2(monkeypatch):
+    """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch 2 starts; returns the real step."""
+    real = trainer_mod.train_one_epoch
+
+    def interrupted(*a, **k):
+        if k["epoch"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted)
+    return real
+
+
 def test_fit_writes_the_run_folder(tmp_path, learnable_data):
     r = fit(cfg_for(tmp_path), data=learnable_data)
     run = tmp_path / "run"
@@ -44,12 +56,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, mo
     cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
     straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data)
 
-    real = trainer_mod.train_one_epoch
-    def interrupt_in_epoch_2(*a, **k):
-        if k["epoch"] == 1:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupt_in_epoch_2)
+    real = interrupt_in_epoch_2(monkeypatch)
     cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data)
     assert cut.interrupted and len(cut.history) == 1
     err = capsys.readouterr().err  # the interrupt message goes to stderr
@@ -164,13 +171,7 @@ def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, mo
 def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, monkeypatch):
     cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
     straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data, resume="auto")
-    real = trainer_mod.train_one_epoch
-
-    def interrupt_in_epoch_2(*a, **k):
-        if k["epoch"] == 1:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupt_in_epoch_2)
+    real = interrupt_in_epoch_2(monkeypatch)
     cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")
     assert cut.interrupted and len(cut.history) == 1
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
