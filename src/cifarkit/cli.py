@@ -14,8 +14,8 @@ import sys
 import tempfile
 import typing
 
-from .config import (CHANNELS_LAST_MODES, FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, RECIPES, SCHEDULES, TTA_MODES, TTA_VIEWS,
-                     CifarkitError, TrainConfig, field_help)
+from .config import (CHANNELS_LAST_MODES, FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, RECIPES,
+                     SCHEDULES, TTA_MODES, TTA_VIEWS, CifarkitError, TrainConfig, field_help)
 
 CHOICES = {"flip": FLIP_MODES, "pad_mode": PAD_MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
            "precision": PRECISIONS, "tta": TTA_MODES, "channels_last": CHANNELS_LAST_MODES}

@@ -82,8 +82,8 @@ class TrainConfig:
     device: str = "auto"                # "auto": cuda, then mps, then cpu; or a torch device string
     precision: str = "auto"             # one of PRECISIONS; "auto": bf16 on CC >= 8.0 GPUs and bf16 CPUs, fp16 +
                                         # gradient scaler on CC 7.x (T4, V100), else fp32
-    channels_last: str = "auto"         # NHWC memory layout, one of CHANNELS_LAST_MODES; "auto": NHWC where autocast
-                                        # runs bf16 / fp16 (faster there), NCHW in fp32 (NHWC measured slower on AVX2)
+    channels_last: str = "auto"         # NHWC memory layout, one of CHANNELS_LAST_MODES; "auto": on a CPU the faster
+                                        # layout measured with this network, on CUDA NHWC with bf16 / fp16
     compile: bool = False               # torch.compile the model (see benchmarks/README.md: measure first)
     cuda_graphs: bool = False           # on CUDA: replay the train step as CUDA graphs (not yet measured on a GPU:
                                         # eager is the default until benchmarks/gpu_check.sh shows a gain)

@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import CifarkitError
 from .hardware import (autocast, choose_channels_last, choose_precision, cpu_has_fast_bf16,  # noqa: F401 (re-exported)
-                       resolve_device, resolve_precision)
+                       is_nhwc, resolve_device, resolve_precision)
 from .optim import (EMA, Lookahead, _LrLambda, lr_factor, make_grad_scaler,  # noqa: F401 (re-exported)
                     make_optimizer, make_scheduler)
 
@@ -220,17 +220,12 @@ def predict(model: nn.Module, loader, *, amp_dtype: torch.dtype | None = None,
             else:
                 padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
                 shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-                layout = torch.channels_last if _is_nhwc(x) else torch.contiguous_format  # as the loader gave it
+                layout = torch.channels_last if is_nhwc(x) else torch.contiguous_format  # as the loader gave it
                 logits = 0.5 * mirror_avg(x) + 0.25 * sum(mirror_avg(s.contiguous(memory_format=layout))
                                                            for s in shifted)
         probs.append(logits.softmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
-
-
-def _is_nhwc(x: torch.Tensor) -> bool:
-    """True for a channels_last batch (an NCHW-contiguous one with C > 1 is not channels_last-contiguous)."""
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def score(probs: torch.Tensor, labels: torch.Tensor, *, verbose: bool = True, label: str = "Test") -> dict:

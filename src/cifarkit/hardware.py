@@ -20,6 +20,7 @@ from torch import nn
 
 from .config import CHANNELS_LAST_MODES, CifarkitError, ConfigError
 
+
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto": CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
     if name != "auto":
@@ -196,12 +197,14 @@ def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) ->
     return round(best[False], 1), round(best[True], 1)
 
 
+def is_nhwc(t: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels_last (an NCHW-contiguous one with C > 1 is not)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def model_is_nhwc(model: nn.Module) -> bool:
     """True when the model's 4-d weights are stored channels_last (inputs should then be NHWC too)."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
+    return next((is_nhwc(p) for p in model.parameters() if p.dim() == 4), False)
 
 
 def channels_last_for(cfg, device: torch.device, precision: str | None = None) -> bool:

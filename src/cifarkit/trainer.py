@@ -38,7 +38,7 @@ from .models import build_model, count_parameters
 from .runstate import (CSV_COLUMNS, RUNTIME_FIELDS, config_differences, hardware_string, peak_rss_mb,  # noqa: F401
                        resume_config,
                        rng_state, set_rng_state, write_history)
-from .rundir import (RunDirError, RunLock, StopSignals, check_run_dir, clear_run_dir, ensure_writable,
+from .rundir import (RunDirError, RunLock, StopSignals, advice, check_run_dir, clear_run_dir, ensure_writable,
                      interrupt_message, remove_temp_files, run_state)
 
 VAL_SEED = 12345  # the validation split is the same for every training seed, so runs compare on it
@@ -383,15 +383,15 @@ def _auto_resume(cfg: TrainConfig, overwrite: bool) -> str | Path | None:
         try:
             saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
         except (OSError, ValueError, TypeError) as e:
-            raise RunDirError(f"{run_dir} holds a finished run whose config.json cannot be read ({e}); pass "
-                              "overwrite=True to train again, or set cfg.out to another folder") from None
+            raise RunDirError(f"{run_dir} holds a finished run whose config.json cannot be read ({e}); "
+                              f"{advice('python', 'overwrite')} to train again, or {advice('python', 'out')}") from None
     else:
         saved = config_from_checkpoint(load_checkpoint(run_dir / "last.pt"), run_dir / "last.pt")
     diff = config_differences(saved, cfg)
     if diff:
         raise RunDirError(f"{run_dir} holds a{'n' if state == 'unfinished' else ''} {state} run with other settings "
-                          f"({'; '.join(diff[:3])}); pass overwrite=True to replace it, or set cfg.out to "
-                          "another folder")
+                          f"({'; '.join(diff[:3])}); {advice('python', 'overwrite')} to replace it, or "
+                          f"{advice('python', 'out')}")
     return "finished" if state == "finished" else run_dir / "last.pt"
 
 
@@ -409,7 +409,7 @@ def _load_finished(cfg: TrainConfig, data: Cifar10 | None) -> FitResult:
     model = model_for_config(run_cfg, data.train_images, device, from_data=False)
     load_weights(model, reported_weights(ckpt), run_dir / "last.pt", run_cfg.model_name)
     print(f"{run_dir} holds a finished run with these settings: loaded, not trained again "
-          f"(pass overwrite=True to train it again)")
+          f"({advice('python', 'overwrite')} to train it again)")
     print(f"trained on {final.get('hardware')}, {final.get('precision')}, torch {final.get('torch')}; "
           f"{final.get('wall_seconds', 0) / 60:.1f} min")
     for h in history:
