@@ -18,7 +18,7 @@ from torch import nn
 
 import cifarkit.models as M
 from cifarkit.cli import main
-from cifarkit.models import CompactNet, PoolBlock
+from cifarkit.models.compact import CompactNet, PoolBlock
 
 VARIANTS = ("airbench93", "plain224", "nodil", "maxpool")
 

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from cifarkit import DeviceLoader, TrainConfig  # noqa: E402
-from cifarkit.transforms import ImageTransforms  # noqa: E402
+from cifarkit.data.loader import DeviceLoader
+from cifarkit.config import TrainConfig  # noqa: E402
+from cifarkit.data.transforms import ImageTransforms  # noqa: E402
 
 TRANSFORMS = ["RandomRotation(degrees=15)", "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)"]
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
 
     if a.data:
-        from cifarkit import load_cifar10
+        from cifarkit.data.sources import load_cifar10
         data = load_cifar10(a.data, progress=False)
         images, labels = data.train_images[:a.n], data.train_labels[:a.n]
         source = a.data

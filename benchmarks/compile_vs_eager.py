@@ -24,13 +24,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
 
-    from cifarkit import TrainConfig, create_model, make_optimizer, resolve_device, resolve_precision
-    from cifarkit.engine import autocast
+    from cifarkit.config import TrainConfig
+    from cifarkit.models import build_model
+    from cifarkit.optim import make_optimizer
+    from cifarkit.hardware import resolve_device
+    from cifarkit.hardware import choose_precision
+    from cifarkit.hardware import autocast
     from cifarkit.hardware import choose_channels_last, hardware_string
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model)
     device = resolve_device(cfg.device)
-    amp = resolve_precision(cfg.precision, device)
+    amp = choose_precision(cfg.precision, device)[0]
     auto_nhwc, why = choose_channels_last(cfg.channels_last, device, amp)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)
     print(f"{hardware_string(device)}, {cfg.model}, batch {cfg.batch_size}, "
@@ -40,7 +44,7 @@ def main() -> int:
         torch.manual_seed(0)
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         x = torch.randn(cfg.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-        model = create_model(cfg.model).to(device, memory_format=fmt)
+        model = build_model(cfg.model).to(device, memory_format=fmt)
         opt = make_optimizer(model, cfg)
         net = torch.compile(model) if compiled else model
 

@@ -44,23 +44,29 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
 
-    from cifarkit import (DeviceLoader, TrainConfig, create_model, load_cifar10, make_optimizer, resolve_device,
-                          resolve_precision, train_one_epoch)
-    from cifarkit.trainer import hardware_string
+    from cifarkit.data.loader import DeviceLoader
+    from cifarkit.config import TrainConfig
+    from cifarkit.models import build_model
+    from cifarkit.data.sources import load_cifar10
+    from cifarkit.optim import make_optimizer
+    from cifarkit.hardware import resolve_device
+    from cifarkit.hardware import choose_precision
+    from cifarkit.engine import TrainStep, train_one_epoch
+    from cifarkit.hardware import hardware_string
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model, progress=False)
     device = resolve_device(cfg.device)
-    amp = resolve_precision(cfg.precision, device)
+    amp = choose_precision(cfg.precision, device)[0]
     data = load_cifar10(args.data, progress=False)
-    model = create_model(cfg.model)
+    model = build_model(cfg.model)
     macs = conv_macs(model)
     model = model.to(device, memory_format=torch.channels_last)
     n = cfg.batch_size * args.steps
     loader = DeviceLoader(data.train_images[:n], data.train_labels[:n], cfg.batch_size, train=True, device=device,
                           crop_padding=cfg.crop_padding, flip=cfg.flip, pad_mode=cfg.pad_mode, channels_last=True)
     opt = make_optimizer(model, cfg)
-    run = lambda: train_one_epoch(model, loader, opt, amp_dtype=amp, label_smoothing=cfg.label_smoothing,  # noqa
-                                  progress=False)
+    step = TrainStep(model, opt, amp, cfg.label_smoothing)
+    run = lambda: train_one_epoch(step, loader, progress=False)  # noqa: E731
     run()  # warm-up: oneDNN picks and caches its kernels on first use
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

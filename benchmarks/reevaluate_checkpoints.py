@@ -17,10 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cifarkit.checkpoint import atomic_write_json, model_from_checkpoint  # noqa: E402
-from cifarkit.data import load_cifar10  # noqa: E402
-from cifarkit.engine import resolve_device, score  # noqa: E402
-from cifarkit.trainer import hardware_string, predict_with_config, write_history  # noqa: E402
+from cifarkit.runfolder.files import atomic_write_json
+from cifarkit.runfolder.checkpoint import model_from_checkpoint  # noqa: E402
+from cifarkit.data.sources import load_cifar10  # noqa: E402
+from cifarkit.hardware import resolve_device
+from cifarkit.engine import score  # noqa: E402
+from cifarkit.hardware import hardware_string
+from cifarkit.engine import predict_images
+from cifarkit.runfolder.files import write_history  # noqa: E402
 
 
 def main() -> int:
@@ -39,8 +43,8 @@ def main() -> int:
             print(f"{pt.name}: skipped (not evaluated on the full test set)")
             continue
         x, y = data.test_images, data.test_labels
-        single = score(*predict_with_config(model, cfg, x, y, tta="none"), verbose=False)
-        tta = score(*predict_with_config(model, cfg, x, y, tta=cfg.tta), verbose=False) if cfg.tta != "none" else None
+        single = score(*predict_images(model, cfg, x, y, tta="none"), verbose=False)
+        tta = score(*predict_images(model, cfg, x, y, tta=cfg.tta), verbose=False) if cfg.tta != "none" else None
         res = json.loads((folder / "results.json").read_text())
         old = res.get("final_test_correct", res.get("tta_correct" if cfg.tta != "none" else "single_view_correct"))
         for k in ("final_test_accuracy", "final_test_correct", "final_test_total", "final_test_loss"):

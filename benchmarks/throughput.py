@@ -106,7 +106,7 @@ def epoch_start_seconds(loader) -> float:
 
 def synthetic_cifar10(n_train: int, n_test: int):
     """Random uint8 images and labels of CIFAR-10's shapes: throughput does not depend on the pixels."""
-    from cifarkit import Cifar10
+    from cifarkit.data.dataset import Cifar10
     g = torch.Generator().manual_seed(0)
     img = lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)  # noqa: E731
     return Cifar10(img(n_train), torch.arange(n_train) % 10, img(n_test), torch.arange(n_test) % 10,
@@ -116,10 +116,10 @@ def synthetic_cifar10(n_train: int, n_test: int):
 def old_auto_precision(device: torch.device) -> torch.dtype | None:
     """cifarkit's "auto" before choose_precision: bf16 where torch.cuda.is_bf16_supported(), which counts
     emulation and so also says True on a T4 (pytorch/pytorch#148322)."""
-    from cifarkit.engine import resolve_precision
+    from cifarkit.hardware import choose_precision
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return resolve_precision("auto", device)
+    return choose_precision("auto", device)[0]
 
 
 def unfused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -134,10 +134,12 @@ def dtype_name(dtype: torch.dtype | None) -> str:
 
 def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     """Rows B..C2: cifarkit's own loop (`train_one_epoch`) with the row's settings."""
-    from cifarkit import DeviceLoader, create_model, evaluate, make_optimizer, make_scheduler, train_one_epoch
-    from cifarkit.engine import choose_precision, make_grad_scaler, prepare_train_model
-    from cifarkit.hardware import choose_channels_last
-    from cifarkit.optim import Lookahead
+    from cifarkit.data.loader import DeviceLoader
+    from cifarkit.models import build_model
+    from cifarkit.compiled import prepare_train_model
+    from cifarkit.engine import TrainStep, evaluate, train_one_epoch
+    from cifarkit.hardware import choose_channels_last, choose_precision
+    from cifarkit.optim import Lookahead, make_optimizer, make_scheduler
 
     path, old_precision, fused, check_every, graphs, compile_ = ENGINE_ROWS[name]
     if (graphs or fused) and device.type != "cuda":
@@ -146,7 +148,7 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         return Row(name, path, note=f"N/A on {device.type}: {why}{same}")
     amp = old_auto_precision(device) if old_precision else choose_precision(cfg.precision, device)[0]
     torch.manual_seed(0)
-    model = create_model("seed", dropout=cfg.dropout).to(device)
+    model = build_model("seed", dropout=cfg.dropout).to(device)
     # the run's "auto" layout: on a CPU measured with this network, as fit does (hardware.py)
     nhwc = choose_channels_last(cfg.channels_last, device, amp, model=model, batch=64)[0]
     model = model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
@@ -158,14 +160,12 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     opt = make_optimizer(model, cfg)
     opt = opt if fused else unfused(opt)
     sched = make_scheduler(opt, cfg, len(loader))
-    scaler = make_grad_scaler(amp, device)
     lookahead = Lookahead(cfg.epochs * len(loader)) if cfg.lookahead else None
-    train_model = prepare_train_model(model, device=device, cuda_graphs=graphs, compile=compile_)
+    step = TrainStep(prepare_train_model(model, device=device, cuda_graphs=graphs, compile=compile_), opt, amp,
+                     cfg.label_smoothing, sched, lookahead)
 
     def train(batches, epoch: int = 0) -> dict:
-        return train_one_epoch(train_model, batches, opt, sched, amp_dtype=amp, scaler=scaler, ema=lookahead,
-                               label_smoothing=cfg.label_smoothing, epoch=epoch, progress=False,
-                               check_every=check_every)
+        return train_one_epoch(step, batches, epoch=epoch, progress=False, check_every=check_every)
 
     def test() -> float:
         if lookahead is not None:
@@ -197,7 +197,7 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
         evaluate(model, Take(iter(test_loader), 1), amp_dtype=amp, verbose=False)  # warm the kernels' caches
         row.train_s = epoch_start_seconds(loader) + len(data.train_labels) / row.step_ips
         row.test_s, row.estimated = test(), True
-    if (graphs or compile_) and not getattr(train_model, "active", False):
+    if (graphs or compile_) and not getattr(step.model, "active", False):
         row.note = f"FELL BACK TO EAGER (see the line above); {row.note}".rstrip("; ")
     return row
 
@@ -224,7 +224,7 @@ def write_batches(data, folder: Path) -> None:
 def classic_loaders(root: Path, batch_size: int, workers: int):
     from torchvision import datasets, transforms
 
-    from cifarkit import CIFAR10_MEAN, CIFAR10_STD, CLASSES
+    from cifarkit.base import CIFAR10_MEAN, CIFAR10_STD, CLASSES
 
     class LocalCIFAR10(datasets.CIFAR10):
         def _check_integrity(self) -> bool:  # our re-written pickles have other md5s than the download
@@ -245,14 +245,14 @@ def classic_loaders(root: Path, batch_size: int, workers: int):
 
 def classic_row(cfg, data, device: torch.device, args) -> Row:
     """Row A: the course-template loop, fp32, data prepared per image by PIL in DataLoader workers."""
-    from cifarkit import create_model
+    from cifarkit.models import build_model
 
     row = Row("A", f"classic: torchvision + DataLoader({args.workers} workers)", "fp32 NCHW")
     with tempfile.TemporaryDirectory() as tmp:
         write_batches(data, Path(tmp) / "cifar-10-batches-py")
         train_dl, test_dl = classic_loaders(Path(tmp), cfg.batch_size, args.workers)
         torch.manual_seed(0)
-        model = create_model("seed").to(device)
+        model = build_model("seed").to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step(x, y):
@@ -322,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown row(s) {', '.join(unknown)}")
 
-    from cifarkit import TrainConfig, load_cifar10, resolve_device
-    from cifarkit.engine import choose_precision
+    from cifarkit.config import TrainConfig
+    from cifarkit.data.sources import load_cifar10
+    from cifarkit.hardware import resolve_device
+    from cifarkit.hardware import choose_precision
     from cifarkit.hardware import choose_channels_last, hardware_string
 
     cfg = TrainConfig(progress=False)
@@ -335,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hardware: {hardware_string(device)}; torch {torch.__version__}; data: {data.source or args.data} "
           f"({n_train} train / {len(data.test_labels)} test images){load}")
     amp, reason = choose_precision(cfg.precision, device)
-    from cifarkit import create_model
-    layout = choose_channels_last(cfg.channels_last, device, amp, model=create_model("seed").to(device), batch=64)[1]
+    from cifarkit.models import build_model
+    layout = choose_channels_last(cfg.channels_last, device, amp, model=build_model("seed").to(device), batch=64)[1]
     print(f"seed network, default recipe, batch {cfg.batch_size}; {args.steps} timed steps after {args.warmup} "
           f"warm-up steps per row; new precision: {reason}; layout: {layout}")
     print(f"{'row':<3} {'path':<54} {'precision layout':<17} {'step img/s':>10}   "

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarkit import CLASSES
+from cifarkit.base import CLASSES
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
 
@@ -96,7 +96,7 @@ def learnable_data():
     """A Cifar10 of 200 train / 100 test images whose classes a small network learns in a few epochs."""
     import torch
 
-    from cifarkit import Cifar10
+    from cifarkit.data.dataset import Cifar10
 
     a = tiny_arrays(20, 10, seed=1)
     t = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # noqa: E731

@@ -7,9 +7,11 @@ import threading
 import pytest
 import torch.nn.functional as F
 
-from cifarkit import (check_rules, confusion_matrix, create_model, final_receptive_field, misclassified,
-                      per_class_accuracy, receptive_field)
-from cifarkit.analysis import format_rf_table, format_rules, summary_text, trace_layers
+from cifarkit.analysis.rules import check_rules, final_receptive_field, receptive_field
+from cifarkit.analysis.metrics import confusion_matrix, misclassified, per_class_accuracy
+from cifarkit.models import build_model
+from cifarkit.analysis.rules import format_rf_table, format_rules
+from cifarkit.analysis.summary import summary_text, trace_layers
 
 
 def rfs(model, size=(3, 32, 32)):
@@ -40,11 +42,11 @@ def test_dilation_and_stride():
 
 
 def test_seed_receptive_field_layer_by_layer():
-    rows = receptive_field(create_model("seed"))
+    rows = receptive_field(build_model("seed"))
     # the global average pool's outputs see the whole image: no number ("all"), the rule counts the 84 entering it
     assert [r.rf for r in rows] == [3, 5, 6, 10, 14, 16, 24, 32, 36, 68, 84, 84, None]
     assert rows[-1].scope == "global" and rows[-1].name == "gap"
-    assert final_receptive_field(create_model("seed")) == 84 > 44
+    assert final_receptive_field(build_model("seed")) == 84 > 44
     table = format_rf_table(rows)
     assert "c4.0.0          Conv2d               3  1  2  2     8   68  [128, 4, 4]" in table
     assert "gap             AdaptiveAvgPool2d    4  4  0  1     -  all  [256, 1, 1]" in table
@@ -55,11 +57,11 @@ def test_seed_receptive_field_layer_by_layer():
 def test_compact_receptive_field_is_59():
     # whiten conv2: 2 | conv3: 4 | pool2: 5, jump 2 | conv3: 9 | conv3: 13 | pool2: 15, jump 4
     # dilated conv3 d2: 15 + 2*2*4 = 31 | conv3: 39 | pool2: 43, jump 8 | depthwise conv3: 59 | 1x1: 59
-    assert final_receptive_field(create_model("compact")) == 59
+    assert final_receptive_field(build_model("compact")) == 59
 
 
 def test_rules_pass_for_seed_and_report_numbers():
-    checks = {c.rule: c for c in check_rules(create_model("seed"))}
+    checks = {c.rule: c for c in check_rules(build_model("seed"))}
     assert all(c.passed for rule, c in checks.items() if rule != "test accuracy >= 80%")
     assert checks["test accuracy >= 80%"].passed is None  # not measured: neither PASS nor FAIL
     assert checks["parameters < 1,000,000"].value == "467,098"
@@ -84,7 +86,7 @@ def test_grouped_conv_that_is_not_depthwise_does_not_count():
 
 
 def test_tracing_leaves_batchnorm_statistics_alone():
-    model = create_model("seed").train()
+    model = build_model("seed").train()
     before = model.c1[0][2].running_mean.clone()
     check_rules(model)
     assert torch.equal(model.c1[0][2].running_mean, before)
@@ -237,12 +239,12 @@ def test_uncopyable_model_is_analysed_in_place_and_restored():
 
 
 def test_trace_layers_still_lists_leaf_modules():
-    names = [n for n, _, _ in trace_layers(create_model("seed"))]
+    names = [n for n, _, _ in trace_layers(build_model("seed"))]
     assert names[:3] == ["c1.0.0", "c1.0.1", "c1.0.2"] and names[-1] == "fc"
 
 
 def test_format_rules_tokens():
-    text = format_rules(check_rules(create_model("seed"), accuracy=90.0))
+    text = format_rules(check_rules(build_model("seed"), accuracy=90.0))
     assert "[PASS] receptive field > 44       84 px" in text
     assert "[PASS] test accuracy >= 80%       90.00%" in text
 
@@ -268,3 +270,11 @@ def test_pooling_one_axis_at_a_time(pool, gap):
     else:
         assert checks["global average pooling"].passed is gap
         assert checks["receptive field > 44"].value == "5 px"
+
+
+def test_tables_and_verdicts_print_as_themselves():
+    # print(ck.receptive_field(net)) / print(ck.check_rules(net)): what the notebook and `summary` show.
+    model = build_model("seed")
+    assert str(receptive_field(model)) == format_rf_table(receptive_field(model))
+    assert str(check_rules(model)) == format_rules(check_rules(model))
+    assert str(check_rules(model)).count("\n") == 5  # six rules, one line each

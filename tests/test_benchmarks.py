@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cifarkit import TrainConfig
+from cifarkit.config import TrainConfig
 from cifarkit.cli import build_parser, config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]

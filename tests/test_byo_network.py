@@ -13,7 +13,7 @@ from torch import nn
 
 import cifarkit as ck
 from cifarkit.cli import main
-from cifarkit.config import ConfigError
+from cifarkit.base import ConfigError
 
 STUDENT_NET = textwrap.dedent('''
     import torch.nn.functional as F
@@ -78,8 +78,11 @@ def test_fit_trains_an_object_in_place_and_says_how_to_rebuild(tmp_path, learnab
     assert "a fresh process" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert saved == "test_byo_network:TinyNet"  # importable class: recorded as an import path
-    # TrainConfig(model=object) prints a short name, not the module's repr.
-    assert "TinyNet" in str(ck.TrainConfig(model=TinyNet())) and len(str(ck.TrainConfig(model=net))) < 3000
+    # The config stays plain data: it names the network, the object travels beside it.
+    assert "test_byo_network:TinyNet" in str(r.config) and len(str(r.config)) < 3000
+    with pytest.raises(ck.CifarkitError, match=r"fit\(cfg, model=net\)") as e:
+        ck.TrainConfig(model=TinyNet())
+    assert "\n" not in str(e.value)
 
 
 def test_a_notebook_class_is_recorded_as_an_object_and_refused_in_a_fresh_process(tmp_path, learnable_data, capsys):

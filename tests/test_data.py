@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import cifarkit.imagefiles as imagefiles
-from cifarkit import CLASSES, Cifar10, DataError, balanced_indices, load_cifar10, split_train_val
-from cifarkit.data import data_warnings, fingerprint
+import cifarkit.data.imagefiles as imagefiles
+from cifarkit.base import CLASSES
+from cifarkit.data.dataset import Cifar10, DataError
+from cifarkit.data.splits import balanced_indices, split_train_val
+from cifarkit.data.sources import load_cifar10
+from cifarkit.data.dataset import data_warnings, fingerprint
 from conftest import tiny_arrays, write_archive, write_batches, write_tree
 
 

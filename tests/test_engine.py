@@ -4,12 +4,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from cifarkit import (DeviceLoader, DivergenceError, TrainConfig, create_model, evaluate, make_optimizer,
-                      make_scheduler, resolve_precision, train_one_epoch)
+from cifarkit.data.loader import DeviceLoader
+from cifarkit.engine import DivergenceError, TrainStep, evaluate, train_one_epoch
+from cifarkit.config import TrainConfig
+from cifarkit.models import build_model
+from cifarkit.optim import make_optimizer, make_scheduler
+from cifarkit.hardware import choose_precision
 from cifarkit import engine, hardware
-from cifarkit.engine import (EMA, CompiledModel, choose_precision, lr_factor, make_grad_scaler, predict,
-                             prepare_train_model, score)
+from cifarkit.optim import EMA, lr_factor, make_grad_scaler
+from cifarkit.compiled import CompiledModel, prepare_train_model
+from cifarkit.engine import predict, score
 
 
 def loaders(data, batch=50):
@@ -23,7 +29,7 @@ def loaders(data, batch=50):
 def test_training_learns_and_reports(learnable_data, capsys):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=6, lr=0.05, batch_size=50)
-    model = create_model("seed")
+    model = build_model("seed")
     train, test = loaders(learnable_data)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, len(train))
@@ -31,7 +37,7 @@ def test_training_learns_and_reports(learnable_data, capsys):
     epochs = []
     for epoch in range(cfg.epochs):
         train.set_epoch(epoch)
-        epochs.append(train_one_epoch(model, train, opt, sched, epoch=epoch, progress=False))
+        epochs.append(train_one_epoch(TrainStep(model, opt, scheduler=sched), train, epoch=epoch, progress=False))
     r = epochs[-1]
     assert set(r) >= {"loss", "accuracy", "correct", "total", "seconds", "lr", "lrs"}
     assert r["total"] == 200 and len(r["lrs"]) == len(train)
@@ -47,14 +53,14 @@ def test_training_learns_and_reports(learnable_data, capsys):
 
 
 def test_nan_loss_stops_with_step_and_lr(learnable_data):
-    model = create_model("seed")
+    model = build_model("seed")
     with torch.no_grad():
         model.fc.bias.fill_(float("nan"))
     before = [p.detach().clone() for p in model.parameters()]
     train, _ = loaders(learnable_data)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     with pytest.raises(DivergenceError, match=r"loss is nan at epoch 3, step 1 \(lr 0.5\).*Lower --lr"):
-        train_one_epoch(model, train, opt, epoch=2, progress=False, check_every=50)  # CPU: checks every step
+        train_one_epoch(TrainStep(model, opt), train, epoch=2, progress=False, check_every=50)  # CPU: checks every step
     # stopped before the optimiser applied the NaN gradients
     assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(before, model.parameters()))
 
@@ -67,7 +73,7 @@ def test_score_matches_counts():
 
 
 def test_flip_tta_is_invariant_to_mirroring(learnable_data):
-    model = create_model("seed").eval()
+    model = build_model("seed").eval()
     x, y = learnable_data.test_images[:20], learnable_data.test_labels[:20]
     p1, _ = predict(model, DeviceLoader(x, y, 10, train=False), tta="flip")
     p2, _ = predict(model, DeviceLoader(x.flip(3), y, 10, train=False), tta="flip")
@@ -77,7 +83,7 @@ def test_flip_tta_is_invariant_to_mirroring(learnable_data):
 @pytest.mark.parametrize("schedule", ["onecycle", "linear", "constant"])
 def test_schedules_peak_at_lr_and_end_low(schedule):
     cfg = TrainConfig(epochs=2, lr=0.4, schedule=schedule, warmup=0.25)
-    opt = make_optimizer(create_model("seed"), cfg)
+    opt = make_optimizer(build_model("seed"), cfg)
     sched = make_scheduler(opt, cfg, 10)
     lrs = []
     for _ in range(20):
@@ -98,7 +104,7 @@ def test_lr_factor_linear_shape():
 
 
 def test_weight_decay_spares_batchnorm_and_biases():
-    opt = make_optimizer(create_model("seed"), TrainConfig(weight_decay=1e-3))
+    opt = make_optimizer(build_model("seed"), TrainConfig(weight_decay=1e-3))
     decayed, *free = opt.param_groups
     assert decayed["weight_decay"] == 1e-3 and all(p.ndim > 1 for p in decayed["params"])
     assert all(g["weight_decay"] == 0 and all(p.ndim == 1 for p in g["params"]) for g in free)
@@ -116,9 +122,9 @@ def test_ema_tracks_weights():
 
 
 def test_precision_choice():
-    assert resolve_precision("fp32", torch.device("cpu")) is None
-    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_precision("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    assert choose_precision("fp32", torch.device("cpu"))[0] is None
+    assert choose_precision("bf16", torch.device("cpu"))[0] == torch.bfloat16
+    assert choose_precision("auto", torch.device("cpu"))[0] in (None, torch.bfloat16)
     with pytest.raises(ValueError, match="precision must be one of"):
         choose_precision("half", torch.device("cpu"))
 
@@ -131,7 +137,7 @@ def test_lr_factor_start_and_end_fractions():
 
 def test_bias_lr_scale_applies_to_batchnorm_parameters_only():
     cfg = TrainConfig(model="compact", lr=0.1, bias_lr_scale=64, schedule="linear")
-    model = create_model("compact")
+    model = build_model("compact")
     opt = make_optimizer(model, cfg)
     weights, biases, norms = opt.param_groups
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1, pytest.approx(6.4)]
@@ -142,7 +148,7 @@ def test_bias_lr_scale_applies_to_batchnorm_parameters_only():
 
 
 def test_lookahead_pulls_weights_towards_their_average():
-    from cifarkit.engine import Lookahead
+    from cifarkit.optim import Lookahead
     model = torch.nn.Linear(1, 1, bias=False)
     la = Lookahead(total=20, start=0.0, every=1)
     with torch.no_grad():
@@ -191,9 +197,9 @@ def test_auto_precision_follows_compute_capability(monkeypatch, name, cc, dtype,
     device = fake_gpu(monkeypatch, name, cc)
     got, why = choose_precision("auto", device)
     assert got == dtype and why.startswith(reason) and "\n" not in why
-    assert resolve_precision("auto", device) == dtype
+    assert choose_precision("auto", device)[0] == dtype
     scaler = make_grad_scaler(got, torch.device("cpu"))  # a CUDA scaler would warn without a real GPU
-    assert (scaler is not None) == (dtype == torch.float16)
+    assert scaler.is_enabled() == (dtype == torch.float16)
 
 
 def test_explicit_precision_is_honoured_and_emulation_named(monkeypatch):
@@ -224,7 +230,7 @@ def test_cpu_and_mps_precision(monkeypatch, native):
 
 def test_grad_scaler_only_for_fp16():
     cpu = torch.device("cpu")
-    assert make_grad_scaler(None, cpu) is None and make_grad_scaler(torch.bfloat16, cpu) is None
+    assert not make_grad_scaler(None, cpu).is_enabled() and not make_grad_scaler(torch.bfloat16, cpu).is_enabled()
     scaler = make_grad_scaler(torch.float16, cpu)
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
 
@@ -246,12 +252,13 @@ def test_fp16_with_grad_scaler_trains_on_cpu():
     cfg = TrainConfig(lr=0.05, batch_size=8, epochs=2, lookahead=False)
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, len(loader))
-    scaler = make_grad_scaler(torch.float16, torch.device("cpu"))
+    step = TrainStep(model, opt, amp_dtype=torch.float16, scheduler=sched)
+    scaler = step.scaler
+    assert scaler.is_enabled()
     before = [p.detach().clone() for p in model.parameters()]
     for epoch in range(2):
         loader.set_epoch(epoch)
-        r = train_one_epoch(model, loader, opt, sched, amp_dtype=torch.float16, scaler=scaler, epoch=epoch,
-                            progress=False)
+        r = train_one_epoch(step, loader, epoch=epoch, progress=False)
     assert math.isfinite(r["loss"]) and r["total"] == 48 and len(r["lrs"]) == 6
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert math.isfinite(scaler.get_scale()) and scaler.get_scale() > 0
@@ -275,10 +282,10 @@ def test_checks_every_n_steps_name_the_step_range(monkeypatch, capsys):
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, between steps 3 and 4 \(lr 0.1\)"):
-        train_one_epoch(NaNAtThird(), loader, opt, epoch=1, progress=False, check_every=2)
+        train_one_epoch(TrainStep(NaNAtThird(), opt), loader, epoch=1, progress=False, check_every=2)
     assert len(calls) == 4  # steps 1-2 passed the check at step 2; found at the check of step 4
     fresh, _ = tiny_setup()
-    r = train_one_epoch(fresh, loader, torch.optim.SGD(fresh.parameters(), lr=0.1), progress=False,
+    r = train_one_epoch(TrainStep(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1)), loader, progress=False,
                         check_every=4)  # 6 steps: checked at steps 4 and 6 (the last)
     assert r["total"] == 48 and math.isfinite(r["loss"])
 
@@ -336,7 +343,7 @@ def test_lazy_failure_of_compiled_model_trains_eagerly(monkeypatch, capsys, wher
     train_model = prepare_train_model(model, device=torch.device("cpu"), cuda_graphs=False, compile=True)
     assert isinstance(train_model, CompiledModel) and list(train_model.parameters()) == list(model.parameters())
     before = [p.detach().clone() for p in model.parameters()]
-    r = train_one_epoch(train_model, loader, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+    r = train_one_epoch(TrainStep(train_model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False)
     assert r["total"] == 48 and math.isfinite(r["loss"]) and not train_model.active
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     lines = capsys.readouterr().out.splitlines()
@@ -351,14 +358,14 @@ def test_errors_of_an_eager_model_are_not_swallowed():
     _, loader = tiny_setup()
     model = Broken(2, 2)
     with pytest.raises(ValueError, match="bug in my network"):
-        train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+        train_one_epoch(TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False)
 
 
 # ---------------------------------------------------------------- optimisers and the step schedule
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_adam_and_adamw_groups_and_betas(name, cls):
     cfg = TrainConfig(model="compact", optimizer=name, lr=1e-3, momentum=0.85, weight_decay=0.05, bias_lr_scale=4)
-    opt = make_optimizer(create_model("compact"), cfg)
+    opt = make_optimizer(build_model("compact"), cfg)
     assert type(opt) is cls
     weights, biases, norms = opt.param_groups
     assert all(g["betas"] == (0.85, 0.999) for g in opt.param_groups)
@@ -368,13 +375,13 @@ def test_adam_and_adamw_groups_and_betas(name, cls):
 
 
 def test_sgd_stays_nesterov_by_default():
-    opt = make_optimizer(create_model("seed"), TrainConfig())
+    opt = make_optimizer(build_model("seed"), TrainConfig())
     assert type(opt) is torch.optim.SGD and opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
 
 
 def lrs_per_epoch(cfg: TrainConfig, steps_per_epoch: int) -> list[list[float]]:
     """The LR of every optimiser step, per epoch, stepping the scheduler once per batch."""
-    opt = make_optimizer(create_model("seed"), cfg)
+    opt = make_optimizer(build_model("seed"), cfg)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
     epochs = []
     for _ in range(cfg.epochs):
@@ -400,7 +407,7 @@ def test_scheduler_state_dict_round_trip_resumes_the_same_lrs(schedule, extra):
     import io
     cfg = TrainConfig(epochs=3, lr=0.4, schedule=schedule, **extra)
     straight = [lr for epoch in lrs_per_epoch(cfg, 5) for lr in epoch]
-    model = create_model("seed")
+    model = build_model("seed")
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, 5)
     for _ in range(8):
@@ -446,7 +453,7 @@ def test_throughput_rows_run_on_cpu(capsys):
 
 
 def test_classic_row_reads_the_images_we_wrote(tmp_path):
-    from cifarkit import CIFAR10_MEAN, CIFAR10_STD
+    from cifarkit.base import CIFAR10_MEAN, CIFAR10_STD
     tp = load_throughput()
     data = tp.synthetic_cifar10(20, 10)
     tp.write_batches(data, tmp_path / "cifar-10-batches-py")
@@ -455,3 +462,23 @@ def test_classic_row_reads_the_images_we_wrote(tmp_path):
     mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
     assert torch.equal((x * std + mean).mul(255).round().to(torch.uint8), data.test_images[:10])
     assert torch.equal(y, data.test_labels[:10])
+
+
+def test_a_batch_hook_changes_every_training_batch_and_soft_labels_train():
+    # MixUp as a student writes it: mix each batch with a shuffled copy, labels become probabilities.
+    model, loader = tiny_setup()
+    seen = []
+
+    def mixup(x, y, alpha=0.4):
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(y))
+        soft = F.one_hot(y, 10).float()
+        seen.append(len(y))
+        return lam * x + (1 - lam) * x[perm], lam * soft + (1 - lam) * soft[perm]
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in model.parameters()]
+    r = train_one_epoch(TrainStep(model, opt, batch_fn=mixup), loader, progress=False)
+    assert seen == [len(y) for _, y in loader] and math.isfinite(r["loss"])  # once per batch, before the forward
+    assert 0 <= r["accuracy"] <= 100 and r["total"] == sum(seen)  # soft labels count as their likeliest class
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -7,9 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from cifarkit import CLASSES, SeedNet, normalize
-from cifarkit.config import ConfigError
-from cifarkit.explain import find_target_layer, gradcam, gradcam_misclassified, plot_gradcam
+from cifarkit.base import CLASSES
+from cifarkit.models.seed import SeedNet
+from cifarkit.data.loader import normalize
+from cifarkit.base import ConfigError
+from cifarkit.analysis.gradcam import find_target_layer, gradcam, gradcam_misclassified, plot_gradcam
 
 
 class LeftEyed(nn.Module):

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from cifarkit import ConfigError, TrainConfig, create_model
+from cifarkit.base import ConfigError
+from cifarkit.config import TrainConfig
+from cifarkit.models import build_model
 from cifarkit import hardware
 from cifarkit.hardware import choose_channels_last, hardware_string, model_is_nhwc
 
@@ -44,7 +46,7 @@ def test_cpu_auto_measures_picks_the_faster_and_caches(tmp_path, monkeypatch):
 
 def test_a_real_probe_times_both_layouts_and_leaves_the_model_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
-    model = create_model("seed")
+    model = build_model("seed")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = torch.get_rng_state()
     nchw, nhwc = hardware._time_layouts(model, CPU, None, 8)
@@ -69,7 +71,7 @@ def test_a_network_the_probe_cannot_run_gets_the_default_with_a_note(tmp_path, m
 
 
 def test_model_is_nhwc_and_the_cpu_description():
-    m = create_model("seed")
+    m = build_model("seed")
     assert not model_is_nhwc(m) and model_is_nhwc(m.to(memory_format=torch.channels_last))
     text = hardware_string(CPU)
     assert text.startswith("CPU: ") and f"{torch.get_num_threads()} threads" in text

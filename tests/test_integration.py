@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from cifarkit import TrainConfig, fit, load_cifar10
+from cifarkit.config import TrainConfig
+from cifarkit.trainer import fit
+from cifarkit.data.sources import load_cifar10
 from conftest import SHARED_ARCHIVE
 
 pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"{SHARED_ARCHIVE} not present")
@@ -44,14 +46,15 @@ def test_committed_checkpoint_reproduces_its_reported_accuracy(cifar, name):
     import json
     from pathlib import Path
 
-    from cifarkit.checkpoint import model_from_checkpoint
-    from cifarkit.trainer import predict_with_config
+    from cifarkit.runfolder.checkpoint import model_from_checkpoint
+    from cifarkit.engine import predict_images
 
     root = Path(__file__).resolve().parents[1] / "checkpoints"
     reported = json.loads((root / name / "results.json").read_text())
     model, cfg, _ = model_from_checkpoint(root / f"{name}.pt")
     assert reported["tta"] == cfg.tta and reported["test_total"] == len(cifar.test_labels)
     for tta, key in (("none", "single_view_correct"), (cfg.tta, "tta_correct")):
-        probs, labels = predict_with_config(model, cfg, cifar.test_images, cifar.test_labels, tta=tta)
+        probs, labels = predict_images(model, cifar.test_images, cifar.test_labels, precision=cfg.precision, tta=tta,
+                                       batch_size=cfg.eval_batch_size)
         correct = int((probs.argmax(1) == labels).sum())
         assert abs(correct - reported[key]) <= 10, (tta, correct, reported[key])

@@ -6,16 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifarkit import CIFAR10_MEAN, ConfigError, DeviceLoader, TrainConfig, augment, denormalize, normalize
-from cifarkit.loader import cutout, random_crop, random_flip
-from cifarkit.transforms import REFUSED, ImageTransforms
+from cifarkit.base import CIFAR10_MEAN, ConfigError
+from cifarkit.data.loader import DeviceLoader, augment, denormalize, normalize
+from cifarkit.config import TrainConfig
+from cifarkit.data.augmentation import cutout, random_crop, random_flip
+from cifarkit.data.transforms import REFUSED, ImageTransforms
 
 ROTATE = "RandomRotation(degrees=30)"
 JITTER = "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)"
 
 
-def images(n=16, seed=0):
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+def images(n=16, seed=0, side=32):
+    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
 def to_uint8(batch):
@@ -108,9 +110,13 @@ def test_from_config_takes_every_setting():
 
 
 def test_bad_settings_are_one_line_config_errors():
-    for kw in (dict(flip="sometimes"), dict(pad_mode="wrap"), dict(cutout=40), dict(transforms=["Nope"])):
+    for kw in (dict(flip="sometimes"), dict(pad_mode="wrap"), dict(cutout=40)):  # validated once, by the config
         with pytest.raises(ConfigError) as e:
-            DeviceLoader(images(4), torch.arange(4), 2, train=True, **kw)
+            TrainConfig(**kw)
+        assert "\n" not in str(e.value)
+    for kw in (dict(cutout=20), dict(transforms=["Nope"])):  # what only the images / torchvision can tell
+        with pytest.raises(ConfigError) as e:
+            DeviceLoader(images(4, side=16), torch.arange(4), 2, train=True, **kw)
         assert "\n" not in str(e.value)
 
 
@@ -133,7 +139,7 @@ def test_train_loader_visits_every_image_once_per_epoch_reproducibly():
 
 
 def test_epoch_larger_than_one_chunk(monkeypatch):
-    import cifarkit.loader as loader_mod
+    import cifarkit.data.loader as loader_mod
     monkeypatch.setattr(loader_mod, "CHUNK", 7)  # 50 images in 8 chunks: same result as one chunk
     x = images(50)
     small = epoch_uint8(DeviceLoader(x, torch.arange(50), 16, train=True, cutout=4, transforms=[JITTER]), 2)[0]

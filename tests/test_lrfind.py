@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from cifarkit import Cifar10, DeviceLoader, TrainConfig, make_optimizer
-from cifarkit.config import ConfigError
-from cifarkit.lrfind import LRFindResult, describe, lr_find, lr_range_test, plot_lr_find, suggest
+from cifarkit.data.dataset import Cifar10
+from cifarkit.data.loader import DeviceLoader
+from cifarkit.config import TrainConfig
+from cifarkit.optim import make_optimizer
+from cifarkit.base import ConfigError
+from cifarkit.analysis.lrfind import LRFindResult, describe, lr_find, lr_range_test, plot_lr_find, suggest
 
 
 def small_net() -> nn.Module:
@@ -105,8 +108,9 @@ class NetWithInit(nn.Module):
 
 def test_lr_find_on_a_config(learnable_data, tmp_path):
     NetWithInit.seen = []
-    cfg = TrainConfig(model=NetWithInit, batch_size=64, device="cpu", precision="bf16", progress=False, lr=0.4)
-    result = lr_find(cfg, learnable_data, num_iter=6, start_lr=1e-4, end_lr=1.0, path=tmp_path / "lr.png")
+    cfg = TrainConfig(batch_size=64, device="cpu", precision="bf16", progress=False, lr=0.4)
+    result = lr_find(cfg, learnable_data, model=NetWithInit, num_iter=6, start_lr=1e-4, end_lr=1.0,
+                     path=tmp_path / "lr.png")
     assert NetWithInit.seen == [(200, 3, 32, 32)]  # normalised training images, as fit gives them
     assert isinstance(result, LRFindResult) and len(result.lrs) == len(result.losses) == 6
     assert 1e-4 <= result.suggestion <= 1.0 and result.recipe_lr == 0.4
@@ -116,6 +120,9 @@ def test_lr_find_on_a_config(learnable_data, tmp_path):
     assert len(text.splitlines()) == 2
     fig = plot_lr_find(result, recipe_lr=0.4, path=tmp_path / "again.png")
     assert fig.axes[0].get_xscale() == "log" and (tmp_path / "again.png").exists()
+    assert str(result) == text  # print(result) in the notebook
+    fig = result.plot(path=tmp_path / "third.png")  # the recipe's LR is the result's own
+    assert any("recipe peak 0.4" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 def test_bad_arguments_are_one_line(learnable_data):

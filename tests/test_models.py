@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit import MODELS, check_rules, count_parameters, create_model, summary_text
+from cifarkit.base import ConfigError
+from cifarkit.models import MODELS, build_model, count_parameters
+from cifarkit.analysis.rules import check_rules
+from cifarkit.analysis.summary import summary_text
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "seed-assignment7-readme.md"
 
@@ -13,7 +16,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_shape_and_finite(name):
     torch.manual_seed(0)
-    model = create_model(name)
+    model = build_model(name)
     out = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 10)
     assert torch.isfinite(out).all()
@@ -22,7 +25,7 @@ def test_forward_shape_and_finite(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model = create_model(name)
+    model = build_model(name)
     model(torch.randn(4, 3, 32, 32)).logsumexp(1).sum().backward()
     for pname, p in model.named_parameters():
         if p.requires_grad:
@@ -33,7 +36,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_network_keeps_the_course_rules(name):
-    failed = [c for c in check_rules(create_model(name)) if c.passed is False]
+    failed = [c for c in check_rules(build_model(name)) if c.passed is False]
     assert not failed, failed
 
 
@@ -41,7 +44,7 @@ def test_every_network_keeps_the_course_rules(name):
 def test_channels_last_bf16_matches_fp32(name):
     """The fast path (channels_last + bf16 autocast) computes the same function up to bf16 rounding."""
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = build_model(name).eval()
     x = torch.randn(8, 3, 32, 32)
     ref = model(x)
     fast = model.to(memory_format=torch.channels_last)
@@ -51,12 +54,12 @@ def test_channels_last_bf16_matches_fp32(name):
 
 
 def test_unknown_model_name_lists_known_ones():
-    with pytest.raises(KeyError, match="seed"):
-        create_model("nope")
+    with pytest.raises(ConfigError, match="unknown model 'nope'; known: .*seed"):
+        build_model("nope")
 
 
 def test_seed_parameter_count():
-    assert count_parameters(create_model("seed")) == 467_098
+    assert count_parameters(build_model("seed")) == 467_098
 
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference write-up not available")
@@ -64,13 +67,13 @@ def test_seed_summary_is_the_seed_table_row_for_row():
     """torchsummary prints exactly the table of the original write-up (from the header row on)."""
     text = REFERENCE.read_text()
     ref = re.search(r"```\n(\s+Layer \(type\).*?)```", text, re.S).group(1).rstrip("\n").splitlines()
-    got = summary_text(create_model("seed")).rstrip("\n").splitlines()
+    got = summary_text(build_model("seed")).rstrip("\n").splitlines()
     start = next(i for i, line in enumerate(got) if "Layer (type)" in line)
     assert got[start:] == ref
 
 
 def test_seed_dropout_is_configurable():
-    model = create_model("seed", dropout=0.25)
+    model = build_model("seed", dropout=0.25)
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.25}
 
@@ -78,11 +81,11 @@ def test_seed_dropout_is_configurable():
 def test_compact_whitening_decorrelates_patches():
     """After init_from_data the 2x2x3 patches come out of the whitening conv decorrelated, with unit variance
     (eps = 5e-4 shrinks the weakest directions slightly: variance lambda / (lambda + eps))."""
-    from cifarkit import normalize
+    from cifarkit.data.loader import normalize
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 35, 35, generator=g), 4, 1)  # correlated pixels
     x = normalize((smooth * 255).to(torch.uint8))
-    model = create_model("compact")
+    model = build_model("compact")
     model.init_from_data(x)
     out = model.whiten(x) - model.whiten.bias.view(1, -1, 1, 1)
     feats = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
@@ -94,6 +97,6 @@ def test_compact_whitening_decorrelates_patches():
 
 
 def test_frozen_parameters_count_towards_the_size():
-    model = create_model("compact")
+    model = build_model("compact")
     assert count_parameters(model) == 586_328
     assert count_parameters(model, trainable_only=True) < count_parameters(model)

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NB = json.loads((ROOT / "Assignment7.ipynb").read_text())
 RUN = ROOT / "checkpoints" / "notebook"
-PLOT_CALL = re.compile(r"\bck\.(plot_\w+|show_images|gradcam_misclassified)\(")
+PLOT_CALL = re.compile(r"\bck\.(plot_\w+|show_images|gradcam_misclassified)\(|\blr_result\.plot\(")
 
 
 def code_cells():

@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cifarkit import CLASSES, plot_compare, plot_confusion, plot_history, plot_lr, plot_misclassified  # noqa: E402
+from cifarkit.base import CLASSES
+from cifarkit.analysis.plots import plot_compare, plot_confusion, plot_history, plot_lr, plot_misclassified  # noqa: E402
 
 
 def fake_history(epochs: int = 5, steps: int = 4) -> list[dict]:

@@ -24,10 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit import CheckpointError, TrainConfig, create_model, load_checkpoint, model_from_checkpoint
-from cifarkit.checkpoint import save_checkpoint
+from cifarkit.runfolder.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from cifarkit.config import TrainConfig
+from cifarkit.models import build_model
+from cifarkit.runfolder.checkpoint import save_checkpoint
 from cifarkit.cli import main
-from cifarkit.rundir import LOCK_NAME, RUN_FILES, checkpoint_epoch
+from cifarkit.runfolder.files import LOCK, RUN_FILES
+from cifarkit.runfolder.state import checkpoint_epoch
 from conftest import tiny_arrays, write_archive, write_tree
 
 EPOCHS = 5
@@ -85,7 +88,7 @@ def wait_until_locked(run: Path, proc: subprocess.Popen, timeout: float = WAIT) 
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         try:
-            with open(run / LOCK_NAME) as f:
+            with open(run / LOCK) as f:
                 if f.read().strip() == str(proc.pid):
                     try:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,7 +133,7 @@ def files(run: Path) -> dict[str, bytes]:
 
 def assert_clean(run: Path) -> None:
     """No lock file (the owner is gone) and no temp file of a cut-short write."""
-    assert not (run / LOCK_NAME).exists() and not list(run.glob(".*.tmp")), sorted(p.name for p in run.iterdir())
+    assert not (run / LOCK).exists() and not list(run.glob(".*.tmp")), sorted(p.name for p in run.iterdir())
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -242,7 +245,7 @@ def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path):
     always a complete checkpoint (every value equals its epoch), never a torn one."""
     script = (
         "import sys, torch\n"
-        "from cifarkit.checkpoint import save_checkpoint\n"
+        "from cifarkit.runfolder.checkpoint import save_checkpoint\n"
         "for i in range(10**6):\n"
         "    save_checkpoint(sys.argv[1], {'config': {}, 'epoch': i, 'model': {'w': torch.full((4_000_000,), float(i))}})\n"
         "    print(i, flush=True)\n")
@@ -426,7 +429,7 @@ def test_killed_before_the_first_checkpoint_the_same_command_just_starts(tmp_pat
         stop(p)
     assert p.returncode == -signal.SIGKILL
     visible = {q.name for q in run.iterdir() if not q.name.startswith(".")}
-    assert visible <= {"config.json"} and {q.name for q in run.iterdir()} - visible <= {LOCK_NAME}
+    assert visible <= {"config.json"} and {q.name for q in run.iterdir()} - visible <= {LOCK}
     code, out, err = cli(*argv)
     assert code == 0, err
     assert "last.pt" not in out + err and "unfinished" not in out + err and "resum" not in out + err
@@ -468,7 +471,7 @@ def test_ctrl_c_while_a_resume_loads_its_data(tmp_path, unfinished, monkeypatch)
     import cifarkit.trainer as trainer
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
-    monkeypatch.setattr(trainer, "_load_data", ctrl_c_then(trainer._load_data))
+    monkeypatch.setattr(trainer, "load_run_data", ctrl_c_then(trainer.load_run_data))
     code, _, err = cli("train", "--resume", str(run / "last.pt"), "--no-progress")
     last = run / "last.pt"
     assert code == 130 and err == (f"Interrupted by Ctrl-C (SIGINT): the checkpoint after epoch 1 is {last}; "
@@ -574,7 +577,7 @@ def test_model_from_checkpoint_gives_the_evaluated_weights(good_checkpoint):
     assert isinstance(cfg, TrainConfig) and cfg.ema == 0.9
     ema = ckpt["ema"]["module"]
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
-    assert type(model) is type(create_model("seed"))
+    assert type(model) is type(build_model("seed"))
 
 
 # ---------------------------------------------------------------- bad input leaves nothing behind

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarkit import CifarkitError, create_model
-from cifarkit.analysis import (check_rules, final_receptive_field, format_rf_table, format_rules, receptive_field,
-                               summary_text)
+from cifarkit.base import CifarkitError
+from cifarkit.models import build_model
+from cifarkit.analysis.rules import check_rules, final_receptive_field, format_rf_table, format_rules, receptive_field
+from cifarkit.analysis.summary import summary_text
 
 
 def verdicts(model, accuracy=None):
@@ -291,13 +292,13 @@ def test_other_untracked_ops_are_unknown(step):
 
 # ---------------------------------------------------------------- the seed network and the accuracy rule
 def test_seed_network_all_pass():
-    checks = verdicts(create_model("seed"), accuracy=83.61)
+    checks = verdicts(build_model("seed"), accuracy=83.61)
     assert all(c.passed is True for c in checks.values())
     assert checks["receptive field > 44"].value == "84 px"
 
 
 def test_accuracy_rule():
-    seed = create_model("seed")
+    seed = build_model("seed")
     unknown = verdicts(seed)["test accuracy >= 80%"]
     assert unknown.passed is None and unknown.value == "UNKNOWN (not trained / not measured yet)"
     assert verdicts(seed, accuracy=83.61)["test accuracy >= 80%"].passed is True
@@ -342,7 +343,7 @@ def test_forward_failure_is_one_line():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_analysis_of_a_gpu_model_leaves_it_on_the_gpu():
-    model = create_model("seed").cuda().train()
+    model = build_model("seed").cuda().train()
     before = model.c1[0][2].running_mean.clone()
     assert verdicts(model)["receptive field > 44"].value == "84 px"
     assert all(p.is_cuda for p in model.parameters()) and model.training

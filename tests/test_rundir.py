@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from cifarkit.config import CifarkitError
-from cifarkit.rundir import (LOCK_NAME, RUN_FILES, RunDirError, RunInterrupted, RunLock, StopSignals,
-                             check_run_dir, checkpoint_epoch, clear_run_dir, ensure_writable, interrupt_message,
-                             run_state)
+from cifarkit.runfolder.files import atomic_write_text
+from cifarkit.runfolder.checkpoint import load_checkpoint, save_checkpoint
+from cifarkit.base import CifarkitError
+from cifarkit.runfolder.files import LOCK, RUN_FILES
+from cifarkit.runfolder.lock import RunDirError, RunLock
+from cifarkit.runfolder.signals import RunInterrupted, StopSignals
+from cifarkit.runfolder.state import check_run_dir, checkpoint_epoch, clear_run_dir, ensure_writable, interrupt_message, run_state
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="flock and POSIX signals")
 
@@ -36,7 +38,7 @@ def write_ckpt(path: Path, epoch: int) -> None:
 def test_lock_is_exclusive_and_fails_at_once(tmp_path):
     run = tmp_path / "runs" / "seed"
     with RunLock(run) as lock:
-        assert lock.held and (run / LOCK_NAME).read_text().strip() == str(os.getpid())
+        assert lock.held and (run / LOCK).read_text().strip() == str(os.getpid())
         start = time.perf_counter()
         with pytest.raises(RunDirError) as e:
             RunLock(run).acquire()  # another open file: conflicts even within this process
@@ -62,7 +64,7 @@ def test_lock_keeps_the_folder_and_the_run_files(tmp_path):
     run = tmp_path / "run"
     with RunLock(run):
         (run / "config.json").write_text("{}")
-    assert (run / "config.json").exists() and not (run / LOCK_NAME).exists()
+    assert (run / "config.json").exists() and not (run / LOCK).exists()
     existing = tmp_path / "existing"
     existing.mkdir()
     with RunLock(existing):
@@ -75,17 +77,17 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     run, outside = tmp_path / "run", tmp_path / "precious.txt"
     run.mkdir()
     outside.write_text("not yours\n")
-    (run / LOCK_NAME).symlink_to(outside)
+    (run / LOCK).symlink_to(outside)
     with pytest.raises(RunDirError) as e:
         RunLock(run).acquire()
     one_line(e, "symbolic link")
-    assert outside.read_text() == "not yours\n" and (run / LOCK_NAME).is_symlink()
+    assert outside.read_text() == "not yours\n" and (run / LOCK).is_symlink()
 
 
 def test_the_command_line_locks_before_importing_torch():
-    # `train` takes its lock from cifarkit.runlock right after parsing: neither may pull in torch, or a
+    # `train` takes its lock from cifarkit.runfolder.lock right after parsing: neither may pull in torch, or a
     # second command started during the first's imports could take the folder.
-    code = ("import sys, cifarkit, cifarkit.cli, cifarkit.runlock; cifarkit.cli.build_parser(); "
+    code = ("import sys, cifarkit, cifarkit.cli, cifarkit.runfolder.lock; cifarkit.cli.build_parser(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
@@ -103,7 +105,7 @@ def test_lock_is_released_on_error(tmp_path):
 @posix_only
 def test_sigkilled_owner_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
-    script = ("import sys, time\nfrom cifarkit.rundir import RunLock\n"
+    script = ("import sys, time\nfrom cifarkit.runfolder.lock import RunLock\n"
               "RunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n")
     p = subprocess.Popen([sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True)
     try:
@@ -114,16 +116,16 @@ def test_sigkilled_owner_leaves_no_stale_lock(tmp_path):
     finally:
         p.kill()
         p.wait()
-    assert (run / LOCK_NAME).exists()  # the file stays, but the OS dropped the lock with the process
+    assert (run / LOCK).exists()  # the file stays, but the OS dropped the lock with the process
     with RunLock(run):
-        assert (run / LOCK_NAME).read_text().strip() == str(os.getpid())
+        assert (run / LOCK).read_text().strip() == str(os.getpid())
 
 
 @posix_only
 def test_lock_waiter_follows_a_removed_lock_file(tmp_path, monkeypatch):
     """A second run opens the lock file, then its owner releases (unlinks) it before the second run locks:
     it must not end up owning a file nobody else can see, but lock the current one."""
-    import cifarkit.runlock as rundir
+    import cifarkit.runfolder.lock as rundir
     run = tmp_path / "run"
     first = RunLock(run).acquire()
     (run / "config.json").write_text("{}")  # the folder stays
@@ -136,7 +138,7 @@ def test_lock_waiter_follows_a_removed_lock_file(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "_try_lock", owner_releases_first)
     with RunLock(run) as second:
         assert len(calls) == 2  # locked the unlinked file, noticed, retried on the new one
-        assert os.path.samefile(run / LOCK_NAME, f"/proc/self/fd/{second._fd}") if sys.platform == "linux" else True
+        assert os.path.samefile(run / LOCK, f"/proc/self/fd/{second._fd}") if sys.platform == "linux" else True
         monkeypatch.setattr(rundir, "_try_lock", real)
         with pytest.raises(RunDirError):
             RunLock(run).acquire()
@@ -201,7 +203,7 @@ def test_clear_run_dir_keeps_the_lock_and_other_files(tmp_path):
         for name in RUN_FILES + (".last.pt.abc123.tmp", "notes.txt"):
             (run / name).write_text("x")
         clear_run_dir(run)
-        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME, "notes.txt"]
+        assert sorted(p.name for p in run.iterdir()) == [LOCK, "notes.txt"]
         clear_run_dir(run)  # nothing left to remove: fine
 
 
@@ -227,7 +229,7 @@ def test_ensure_writable_injected_errors(tmp_path, monkeypatch, code, needle):
     """chmod 0o555 does not stop root, so the OS error is injected (a real read-only mount is tested below)."""
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))
-    monkeypatch.setattr("cifarkit.rundir.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("cifarkit.runfolder.state.tempfile.mkstemp", refuse)
     with pytest.raises(RunDirError) as e:
         ensure_writable(tmp_path / "new" / "run")
     one_line(e, str(tmp_path / "new" / "run"), needle)
@@ -353,8 +355,11 @@ def test_interrupt_message_names_the_saved_epoch(tmp_path):
 
 FAKE_FIT = """
 import sys, time, torch
-from cifarkit.checkpoint import save_checkpoint, atomic_write_json
-from cifarkit.rundir import RunInterrupted, RunLock, StopSignals, check_run_dir, ensure_writable, interrupt_message
+from cifarkit.runfolder.checkpoint import save_checkpoint
+from cifarkit.runfolder.files import atomic_write_json
+from cifarkit.runfolder.lock import RunLock
+from cifarkit.runfolder.signals import RunInterrupted, StopSignals
+from cifarkit.runfolder.state import check_run_dir, ensure_writable, interrupt_message
 run = sys.argv[1]
 epoch = 0
 try:
@@ -398,5 +403,5 @@ def test_signalled_run_saves_says_and_exits_with_the_code(tmp_path, sig, code):
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"after epoch {saved['epoch']} is {run / 'last.pt'}" in err
     assert len(json.loads((run / "history.json").read_text())) == saved["epoch"]  # both written, or neither
-    assert not list(run.glob(".*.tmp")) and not (run / LOCK_NAME).exists()
+    assert not list(run.glob(".*.tmp")) and not (run / LOCK).exists()
     assert check_run_dir(run, overwrite=True) == "unfinished"

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 import cifarkit.trainer as trainer_mod
-from cifarkit import CifarkitError, DivergenceError, TrainConfig, fit, load_checkpoint
+from cifarkit.base import CifarkitError
+from cifarkit.engine import DivergenceError
+from cifarkit.config import TrainConfig
+from cifarkit.trainer import fit
+from cifarkit.runfolder.checkpoint import load_checkpoint
 
 
 def cfg_for(tmp_path, **kw):
@@ -82,11 +86,11 @@ def test_finished_run_is_not_overwritten(tmp_path, learnable_data):
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, learnable_data, monkeypatch):
     real = trainer_mod.train_one_epoch
-    def poison_epoch_2(model, *a, **k):
+    def poison_epoch_2(step, *a, **k):
         if k["epoch"] == 1:
             with torch.no_grad():
-                model.fc.weight.mul_(float("inf"))  # what an exploding learning rate does, at once
-        return real(model, *a, **k)
+                step.model.fc.weight.mul_(float("inf"))  # what an exploding learning rate does, at once
+        return real(step, *a, **k)
     monkeypatch.setattr(trainer_mod, "train_one_epoch", poison_epoch_2)
     with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, step 1 \(lr .*\).*Lower --lr"):
         fit(cfg_for(tmp_path, epochs=3), data=learnable_data)

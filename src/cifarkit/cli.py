@@ -14,8 +14,9 @@ import sys
 import tempfile
 import typing
 
-from .config import (CHANNELS_LAST_MODES, FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, RECIPES,
-                     SCHEDULES, TTA_MODES, TTA_VIEWS, CifarkitError, TrainConfig, field_help)
+from .base import (CHANNELS_LAST_MODES, FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, SCHEDULES, TTA_MODES,
+                   CifarkitError)
+from .config import RECIPES, TrainConfig, field_help
 
 CHOICES = {"flip": FLIP_MODES, "pad_mode": PAD_MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
            "precision": PRECISIONS, "tta": TTA_MODES, "channels_last": CHANNELS_LAST_MODES}
@@ -114,7 +115,8 @@ def _runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def given_fields(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields given on the command line (argparse leaves the others None)."""
+    """The TrainConfig fields given on the command line (argparse leaves the others None); with the recipe's
+    fields, what `config.explicit_fields` counts as set on purpose."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
@@ -146,14 +148,15 @@ def _train(args) -> int:
                             "--resume")
     lock = None
     if not args.resume:  # a fresh run: own --out before torch is imported (seconds on a slow CPU)
-        from .runlock import RunLock
+        from .runfolder.lock import RunLock
         lock = RunLock(_out_folder(args)).acquire()
     try:
         cfg = config_from_args(args)
         explicit = set(given_fields(args))
         if args.recipe:
             explicit |= set(RECIPES[args.recipe])
-        from .trainer import final_line, fit
+        from .report import final_line
+        from .trainer import fit
         result = fit(cfg, resume=args.resume, overwrite=args.overwrite, explicit=explicit if args.resume else None,
                      lock=lock, cli=True)
     finally:
@@ -167,17 +170,18 @@ def _train(args) -> int:
 
 
 def _summary(args) -> int:
-    from .analysis import check_rules, format_rf_table, format_rules, receptive_field, summary_text
-    from .models import build_model, spec_string
+    from .analysis.rules import check_rules, format_rf_table, format_rules, receptive_field
+    from .analysis.summary import summary_text
+    from .models import build_model, normalize_spec
 
     if args.checkpoint:
-        from .checkpoint import model_from_checkpoint
+        from .runfolder.checkpoint import model_from_checkpoint
         model, cfg, _ = model_from_checkpoint(args.checkpoint, "cpu", model=args.model)
-        name, accuracy = cfg.model_name, _reported_accuracy(args.checkpoint)
+        name, accuracy = cfg.model, _reported_accuracy(args.checkpoint)
     else:
-        name, accuracy = args.model or "seed", None
+        name, accuracy = normalize_spec(args.model or "seed"), None
         model = build_model(name)
-    print(f"network: {spec_string(name)}")
+    print(f"network: {name}")
     print(summary_text(model))
     print("Receptive field (k kernel, s stride, p padding, d dilation; jump and RF in input pixels)")
     print(format_rf_table(receptive_field(model)))
@@ -191,7 +195,9 @@ def _reported_accuracy(checkpoint: str) -> float | None:
     import json
     from pathlib import Path
 
-    for f in (Path(checkpoint).parent / "results.json", Path(checkpoint).with_suffix("") / "results.json"):
+    from .runfolder.files import RESULTS
+
+    for f in (Path(checkpoint).parent / RESULTS, Path(checkpoint).with_suffix("") / RESULTS):
         try:
             return float(json.loads(f.read_text())["single_view_accuracy"])
         except (OSError, KeyError, ValueError, TypeError):
@@ -200,33 +206,33 @@ def _reported_accuracy(checkpoint: str) -> float | None:
 
 
 def _evaluate(args) -> int:
-    from .analysis import confusion_matrix, per_class_accuracy
-    from .checkpoint import model_from_checkpoint
-    from .data import load_cifar10
-    from .engine import choose_precision, resolve_device, score
-    from .trainer import VAL_SEED, predict_with_config
+    from .analysis.metrics import confusion_matrix, per_class_accuracy
+    from .data.sources import load_cifar10
+    from .data.splits import make_splits
+    from .engine import predict_images, score
+    from .hardware import choose_precision, resolve_device
+    from .report import result_line
+    from .runfolder.checkpoint import model_from_checkpoint
 
     device = resolve_device(args.device or "auto")
     model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device, model=args.model)
-    _, reason = choose_precision(args.precision or cfg.precision, device)
+    precision = args.precision or cfg.precision
+    _, reason = choose_precision(precision, device)
     tta = args.tta or cfg.tta
     data = load_cifar10(args.data if args.data is not None else cfg.data, args.data_root or cfg.data_root)
-    images, labels, label = data.test_images, data.test_labels, "Test"
-    if args.val_split:
-        from .data import split_train_val
-        *_, images, labels = split_train_val(data.train_images, data.train_labels, args.val_split, VAL_SEED)
-        label = "Validation"
-    print(f"checkpoint {args.checkpoint}: model {cfg.model_name}, epoch {ckpt['epoch']}/{cfg.epochs}, "
+    # The run's own split definition (its limit_train, then the validation images), and the full test set.
+    splits = make_splits(dataclasses.replace(cfg, limit_test=None, val_split=args.val_split or 0), data)
+    (images, labels), label = (splits.eval if args.val_split else splits.test), splits.eval_name
+    if not args.val_split:
+        label = "Test"
+    print(f"checkpoint {args.checkpoint}: model {cfg.model}, epoch {ckpt['epoch']}/{cfg.epochs}, "
           f"{'EMA' if ckpt.get('ema') else 'final'} weights, precision {reason}, device {device}")
-    probs, labels = predict_with_config(model, cfg, images, labels, precision=args.precision, tta="none",
-                                        batch_size=args.batch_size)
+    batch = args.batch_size or cfg.eval_batch_size
+    probs, labels = predict_images(model, images, labels, precision=precision, tta="none", batch_size=batch)
     score(probs, labels, label=label)  # the seed-style line, single view like every per-epoch line
     if tta != "none":
-        tprobs, _ = predict_with_config(model, cfg, images, labels, precision=args.precision, tta=tta,
-                                        batch_size=args.batch_size)
-        t = score(tprobs, labels, verbose=False)
-        print(f"Final {label.lower()}, {tta} TTA ({TTA_VIEWS[tta]} views): Accuracy: {t['correct']}/{t['total']} "
-              f"({t['accuracy']:.2f}%)\n")
+        tprobs, _ = predict_images(model, images, labels, precision=precision, tta=tta, batch_size=batch)
+        print(result_line(label.lower(), tta, score(tprobs, labels, verbose=False)) + "\n")
         probs = tprobs
     acc = per_class_accuracy(confusion_matrix(probs.argmax(1), labels))
     print(f"per-class accuracy ({'single view' if tta == 'none' else tta + ' TTA'}):")
@@ -236,7 +242,7 @@ def _evaluate(args) -> int:
 
 
 def _export(args) -> int:
-    from .checkpoint import CheckpointError, export_checkpoint
+    from .runfolder.checkpoint import CheckpointError, export_checkpoint
 
     if os.path.exists(args.out) and not args.overwrite:
         raise CheckpointError(f"{args.out} exists; pass --overwrite to replace it")
@@ -248,9 +254,9 @@ def _export(args) -> int:
 
 
 def _predict(args) -> int:
-    from .checkpoint import model_from_checkpoint
-    from .engine import resolve_device
+    from .hardware import resolve_device
     from .inference import format_prediction, predict_image
+    from .runfolder.checkpoint import model_from_checkpoint
 
     if args.top < 1:
         raise CifarkitError(f"--top must be >= 1, got {args.top}")
@@ -261,7 +267,7 @@ def _predict(args) -> int:
 
 
 def _lr_find(args) -> int:
-    from .lrfind import describe, lr_find
+    from .analysis.lrfind import describe, lr_find
 
     cfg = config_from_args(args)
     result = lr_find(cfg, num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr, path=args.plot)
@@ -276,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": _train, "summary": _summary, "evaluate": _evaluate, "export": _export,
                 "predict": _predict, "lr-find": _lr_find}[args.command](args)
     except CifarkitError as e:
-        from .checkpoint import WriteError
         from .engine import DivergenceError
+        from .runfolder.files import WriteError
         print(f"cifarkit: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, (DivergenceError, WriteError)) else 2  # 1: the run failed; 2: bad input
     except KeyboardInterrupt as e:  # outside fit's own handling, or during its setup (then fit said what was saved)

@@ -1,41 +1,17 @@
-"""Constants and the training configuration.
+"""The training configuration: one dataclass of plain values, validated once when it is made.
 
 Every default carries a one-line comment saying what it is and why. A config is printed at the start of
 a run and saved as ``config.json`` next to its results, so a run folder always says how it was made.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# CIFAR-10 label order 0..9 (also the alphabetical order of the ImageFolder class folders).
-CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
-                            "dog", "frog", "horse", "ship", "truck")
-# Per-channel mean / std of the original CIFAR-10 training set, RGB, for pixels scaled to [0, 1].
-CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
-IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
-
-SCHEDULES = ("onecycle", "linear", "constant", "step")  # learning-rate schedules `engine.make_scheduler` knows
-OPTIMIZERS = ("sgd", "adam", "adamw")            # `engine.make_optimizer`
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks what the device does natively
-FLOAT32_MAX = 3.4028234663852886e38  # the optimiser turns the LR into float32 tensors: larger values overflow
-CHANNELS_LAST_MODES = ("auto", "yes", "no")     # memory layout; "auto" follows the precision (hardware.py)
-TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation of the separate final test
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per image that each mode averages
-FLIP_MODES = ("random", "alternate", "none")     # training flips: per image, or airbench's alternating
-PAD_MODES = ("zeros", "reflect")                 # how the random crop pads the image
-
-
-class CifarkitError(Exception):
-    """Base of every error cifarkit raises for bad input; its message is one line meant for a person."""
-
-
-class ConfigError(CifarkitError, ValueError):
-    """An invalid configuration value; the message names the field and the allowed values."""
+from .base import (CHANNELS_LAST_MODES, FLIP_MODES, FLOAT32_MAX, OPTIMIZERS, PAD_MODES, PRECISIONS, SCHEDULES,
+                   TTA_MODES, ConfigError, format_call, parse_call)
 
 
 @dataclass
@@ -43,8 +19,8 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the recommended recipe for the seed network."""
 
     # --- what to train ---
-    model: Any = "seed"                 # a name in `models.MODELS`, an import path "file.py:Class(k=v)" /
-                                        # "pkg.mod:Class", or (Python only) an nn.Module / zero-argument factory
+    model: str = "seed"                 # a name in `models.MODELS` or an import path "file.py:Class(k=v)" /
+                                        # "pkg.mod:Class"; a network object goes beside it: fit(cfg, model=net)
     dropout: float = 0.0                # dropout of the built-in networks (seed used 0.1, 0 trains better)
     # --- data ---
     data: str | None = None             # None: torchvision download into `data_root`; else a folder or archive
@@ -149,20 +125,18 @@ class TrainConfig:
             self.channels_last = "yes" if self.channels_last else "no"
         need(self.channels_last in CHANNELS_LAST_MODES,
              f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {self.channels_last!r}")
-        from .models import check_model_spec  # late import: models does not depend on config
+        # Imported here, not at the top: the CLI builds configs and takes its run lock before torch loads.
+        from .models import check_model_spec, normalize_spec
+        need(isinstance(self.model, str), f"model must be a registry name or an import path (a string), got "
+             f"{type(self.model).__name__}: pass a network object beside the config, fit(cfg, model=net)")
+        self.model = normalize_spec(self.model)  # a file path made absolute: it works from any folder
         check_model_spec(self.model)
-
-    @property
-    def model_name(self) -> str:
-        """The network as recorded in config.json: a registry name, an import path or "object:Class"."""
-        from .models import spec_string
-        return spec_string(self.model)
 
     # --- (de)serialisation ---
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values; a model object is recorded by `model_name` (see models.spec_string)."""
+        """Plain JSON-able values, field by field."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**d, "model": self.model_name, "transforms": list(self.transforms), "milestones": list(self.milestones)}
+        return {**d, "transforms": list(self.transforms), "milestones": list(self.milestones)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -214,38 +188,35 @@ class TrainConfig:
         return "TrainConfig(\n" + "\n".join(lines) + "\n)"
 
 
+# Fields a resumed run may take from the new call: how it runs, not what it computes.
+RUNTIME_FIELDS = ("device", "progress", "compile", "cuda_graphs", "check_every", "eval_batch_size", "data",
+                  "data_root", "precision", "channels_last")
+# Fields that name where a run lives or what it found, never how it trains.
+BOOKKEEPING_FIELDS = ("out", "data_fingerprint")
+
+
+def explicit_fields(cfg: TrainConfig, given: set[str] | None = None) -> set[str]:
+    """The fields the user set on purpose: `given` when the caller knows (the CLI: the options on its
+    command line and the recipe's fields), else every field whose value differs from TrainConfig's default."""
+    if given is not None:
+        return set(given)
+    defaults = TrainConfig()
+    return {f.name for f in dataclasses.fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+
+
+def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """The fields (as 'name=requested (run: saved)') in which `requested` would train differently from the
+    run `saved` came from: every field but RUNTIME_FIELDS and BOOKKEEPING_FIELDS."""
+    ignore = set(RUNTIME_FIELDS) | set(BOOKKEEPING_FIELDS)
+    a, b = requested.to_dict(), saved.to_dict()
+    return [f"{k}={a[k]!r} (run: {b[k]!r})" for k in a if k not in ignore and a[k] != b.get(k)]
+
+
 # Fields added after the first saved runs, with the value that reproduces how those runs were trained
 # (so an old config.json or checkpoint still evaluates and resumes as it ran, whatever today's defaults).
 LEGACY_FIELDS: dict[str, Any] = dict(pad_mode="zeros", cutout=0, lr_start=0.0, lr_end=0.0, bias_lr_scale=1.0,
                                      lookahead=False, cuda_graphs=False)
 
-
-def parse_call(text: str, what: str = "spec") -> tuple[str, dict[str, Any]]:
-    """'Name' or 'Name(arg=literal, ...)' (dotted names allowed; positional literals become "_0", "_1", ...
-    only for transforms) -> (name, kwargs). Only Python literals are accepted, so a config never runs code."""
-    try:
-        node = ast.parse(text.strip(), mode="eval").body
-        call = node if isinstance(node, ast.Call) else None
-        name = ast.unparse(call.func if call else node)
-        if not all(part.isidentifier() for part in name.split(".")):
-            raise ValueError
-        args = [ast.literal_eval(a) for a in call.args] if call else []
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if call else {}
-        if any(k is None for k in kwargs):
-            raise ValueError
-    except (SyntaxError, ValueError, TypeError):
-        raise ConfigError(f"bad {what} {text!r}: expected Name or Name(arg=value, ...) with literal values") from None
-    for i, a in enumerate(args):
-        kwargs[f"_{i}"] = a
-    return name, kwargs
-
-
-def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
-    """Inverse of `parse_call`: ('RandomRotation', {'degrees': 15}) -> 'RandomRotation(degrees=15)'."""
-    kwargs = kwargs or {}
-    pos = [repr(kwargs[f"_{i}"]) for i in range(len(kwargs)) if f"_{i}" in kwargs]
-    kw = [f"{k}={v!r}" for k, v in kwargs.items() if not k.startswith("_")]
-    return f"{name}({', '.join(pos + kw)})" if kwargs else name
 
 # Named presets. "seed" reconstructs the original assignment's recipe: the write-up gives the network,
 # batch size (391 steps/epoch = 128) and 20 epochs but not the optimiser settings, so plain SGD at a
@@ -265,11 +236,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def field_help() -> dict[str, str]:
-    """Each TrainConfig field's comment in this file (continuation lines joined): the CLI's --help text."""
+    """Each TrainConfig field's comment in this file (continuation lines joined): the CLI's --help text.
+    The comments are the one description of the defaults (a test checks every field has one); without the
+    source (a frozen install) the help is just the defaults."""
     import inspect
 
     help_, name = {}, None
-    for line in inspect.getsource(TrainConfig).splitlines():
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):
+        return {}
+    for line in source.splitlines():
         code, _, comment = line.partition("#")
         head = code.strip().split(":", 1)[0]
         if head.isidentifier() and ":" in code and not code.strip().startswith(("def ", "class ")):

@@ -1,119 +1,83 @@
-"""Training and evaluation steps: pure functions that take a model and a loader and return a dict.
+"""The training step and loop, and evaluation: functions of a model and a loader that return a dict.
 
-The caller (`trainer.fit`, the notebook) keeps the history; nothing here writes files. Optimisers, fp16 loss
-scaling, schedules and weight averaging live in `cifarkit.optim` and are re-exported here.
+`TrainStep` is the one training step, used by every loop that trains (`train_one_epoch`, the LR range
+test): an optional batch hook, forward under autocast, loss, backward with the gradient scaler (a no-op
+unless fp16), then the optimiser, schedule and weight-averager updates. The caller (`trainer.fit`, a
+notebook) keeps the history; nothing here writes files. Loops print a progress bar when asked to.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CifarkitError
-from .hardware import (autocast, choose_channels_last, choose_precision, cpu_has_fast_bf16,  # noqa: F401 (re-exported)
-                       is_nhwc, resolve_device, resolve_precision)
-from .optim import (EMA, Lookahead, _LrLambda, lr_factor, make_grad_scaler,  # noqa: F401 (re-exported)
-                    make_optimizer, make_scheduler)
+from .base import CifarkitError
+from .compiled import guarded
+from .data.loader import DeviceLoader, normalize
+from .models import build_model
+from .hardware import autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
+from .optim import Averager, make_grad_scaler
+
+BatchFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 class DivergenceError(CifarkitError):
     """The training loss became NaN or infinite."""
 
 
-# ---------------------------------------------------------------- CUDA graphs / compile
-class CompiledModel(nn.Module):
-    """A compiled `module` that falls back to `module` itself, for good, the first time it raises.
+@dataclass
+class TrainStep:
+    """One optimiser step on a batch, in two halves so the caller can check the loss in between:
+    ``hits, loss = step.backward(x, y)`` then ``step.update()``.
 
-    torch.compile is lazy: tracing, kernel generation and CUDA-graph recording happen at the first calls
-    (and again for a new batch shape), in the forward or, for the backward graph, in `loss.backward()`.
-    The forward is guarded here; `train_one_epoch` guards the backward and calls `fall_back` itself.
-    Its parameters and state_dict are `module`'s (the compiled callable is not registered as a submodule).
+    `batch_fn(x, y) -> (x, y)` (optional) changes each batch before the forward pass, e.g. MixUp / CutMix;
+    it may return soft labels (N, classes), which the loss takes as probabilities. The scaler multiplies
+    the loss only in fp16 (`make_grad_scaler`); otherwise it passes everything through unchanged.
     """
 
-    def __init__(self, module: nn.Module, compiled, what: str, cuda_graphs: bool):
-        super().__init__()
-        self.module = module
-        self.__dict__["compiled"] = compiled  # unregistered: it shares `module`'s parameters
-        self.what, self.cuda_graphs, self.active = what, cuda_graphs, True
+    model: nn.Module                      # the module to run: the network or a compiled wrapper of it
+    optimizer: torch.optim.Optimizer
+    amp_dtype: Optional[torch.dtype] = None
+    label_smoothing: float = 0.0
+    scheduler: object = None              # stepped once per optimiser step (every schedule here is per batch)
+    averager: Optional[Averager] = None   # EMA or Lookahead: updated after every optimiser step
+    batch_fn: Optional[BatchFn] = None
+    scaler: torch.amp.GradScaler = field(init=False)
 
-    def forward(self, *args, **kwargs):
-        if self.active:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - any failure of the optimisation: run eagerly instead
-                self.fall_back(e)
-        return self.module(*args, **kwargs)
+    def __post_init__(self) -> None:
+        self.device = next(self.model.parameters()).device
+        self.scaler = make_grad_scaler(self.amp_dtype, self.device)
 
-    def fall_back(self, error: BaseException) -> None:
-        """Print one line and run eagerly from now on."""
-        self.active = False
-        print(f"{self.what}: falling back to eager ({_one_line(error)})", flush=True)
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward -> (correct predictions, mean loss), both still on the device."""
+        if self.batch_fn is not None:
+            x, y = self.batch_fn(x, y)
+        labels = y if y.dim() == 1 else y.argmax(1)  # soft labels count as their most likely class
 
-    def step_begin(self) -> None:
-        """Tell CUDA graph trees a new training step starts (the last step's graph outputs may be reused)."""
-        mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
-        if self.active and self.cuda_graphs and mark is not None:
-            mark()
+        def work() -> tuple[torch.Tensor, torch.Tensor]:
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.amp_dtype):
+                out = self.model(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+            hits = (out.argmax(1) == labels).sum()  # before backward: a CUDA graph may reuse `out` afterwards
+            self.scaler.scale(loss).backward()
+            return hits, loss
+        return guarded(self.model, work)  # a compiled model that fails here falls back to eager
 
-
-def _one_line(error: BaseException) -> str:
-    """'TypeName: first line' of an error, unwrapping torch.compile's BackendCompilerFailed."""
-    error = getattr(error, "inner_exception", None) or error
-    lines = [s.strip() for s in str(error).splitlines() if s.strip()]
-    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
-
-
-def prepare_train_model(model: nn.Module, *, device: torch.device, cuda_graphs: bool = True,
-                        compile: bool = False) -> nn.Module:
-    """The module to train with: `model` itself, or a `CompiledModel` sharing its parameters.
-
-    On CUDA: cuda_graphs alone -> torch.compile(backend="cudagraphs"); cuda_graphs + compile ->
-    torch.compile(mode="reduce-overhead") (Inductor kernels replayed as CUDA graphs); compile alone ->
-    torch.compile(model). On CPU / MPS cuda_graphs does nothing; compile -> torch.compile(model).
-    Evaluate with `model` itself (eval mode would record further graphs). If compiling or a first
-    call fails (no Triton, an old GPU, an op the tracer cannot handle), one line is printed
-    ("cuda_graphs: falling back to eager (Error: ...)") and training continues eagerly.
-    """
-    # Why torch.compile's CUDA graph trees and not a hand-captured torch.cuda.CUDAGraph: that needs static
-    # input buffers, a side-stream warm-up, a second graph for the last, smaller batch (50,000 % 256 = 80
-    # images), gradients at fixed addresses, and it would silently bake a student network's Python control
-    # flow into the graph. Dynamo guards on the shapes (dynamic=False: one graph per batch shape, two per run),
-    # applies BatchNorm's running-statistics updates, and splits the graph where it cannot capture.
-    # backend="cudagraphs" traces the model and replays torch's own eager kernels (cuDNN convolutions): it
-    # takes seconds and generates no kernels, so nothing needs Triton or minutes of compiling on Colab's two
-    # CPU cores, and a T4 behaves like any other card. Neither variant is measured on a GPU yet.
-    graphs = cuda_graphs and device.type == "cuda"
-    if not (graphs or compile):
-        return model
-    what = "cuda_graphs" if graphs else "compile"
-    try:
-        if graphs and not compile:
-            compiled = torch.compile(model, backend="cudagraphs", dynamic=False)
-        elif graphs:
-            compiled = torch.compile(model, mode="reduce-overhead", dynamic=False)
-        else:
-            compiled = torch.compile(model)
-    except Exception as e:  # noqa: BLE001 - e.g. torch.compile unsupported on this Python / platform
-        print(f"{what}: falling back to eager ({_one_line(e)})", flush=True)
-        return model
-    return CompiledModel(model, compiled, what, cuda_graphs=graphs)
-
-
-# ---------------------------------------------------------------- train / evaluate
-def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                      amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None,
-                      label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss and backward of one batch -> (correct predictions, loss), both still on the device."""
-    with autocast(device, amp_dtype):
-        out = model(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
-    hits = (out.argmax(1) == y).sum()  # before backward: a CUDA graph may reuse `out`'s memory afterwards
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    return hits, loss
+    def update(self) -> None:
+        """The optimiser step (skipped by the fp16 scaler when gradients overflowed), then schedule and averager."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.averager is not None:
+            self.averager.update(self.model)
 
 
 def _check_interval(device: torch.device, check_every: int) -> int:
@@ -130,25 +94,20 @@ def _divergence(value: float, epoch: int, first: int, last: int, lrs: list[float
                            "Lower --lr (or use --precision fp32) and start again")
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler=None, *,
-                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    label_smoothing: float = 0.0, ema: EMA | Lookahead | None = None, epoch: int = 0,
-                    progress: bool = True, check_every: int = 50) -> dict:
-    """One pass over `loader`. Returns loss (mean per image), accuracy (%), counts, seconds and the LRs.
+def train_one_epoch(step: TrainStep, loader, *, epoch: int = 0, progress: bool = True, check_every: int = 50) -> dict:
+    """One pass over `loader` with `step`. Returns loss (mean per image), accuracy (%), counts, seconds, LRs.
 
     The bar reads like the seed's log: ``Loss=... Batch_id=... Accuracy=...``. Loss and correct counts are
     summed on the device; the host reads them only at check points: every `check_every` steps and at the
     last step on a GPU (each read drains the GPU's queue of launched work), every step on a CPU (free
     there). A NaN / Inf loss raises DivergenceError at the check, before that step's optimiser update
-    (on a GPU the steps since the previous check were already applied). `model` may be a
-    `prepare_train_model` result; if its compiled backward fails, training falls back to eager.
+    (on a GPU the steps since the previous check were already applied).
     """
     from tqdm import tqdm  # plain text bars: they read well in a terminal, a saved notebook and on GitHub
 
-    device = next(model.parameters()).device
-    model.train()
+    device = step.device
+    step.model.train()
     every = _check_interval(device, check_every)
-    compiled = model if isinstance(model, CompiledModel) else None
     # Summed per-image loss: NaN / Inf as soon as any step's loss was (cross-entropy is >= 0), so it is
     # the divergence flag too and costs no extra kernel per step.
     loss_sum = torch.zeros((), device=device)
@@ -156,39 +115,21 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     seen, lrs, checked, n = 0, [], 0, len(loader)  # checked: steps known to have a finite loss
     start = time.perf_counter()
     bar = tqdm(loader, disable=not progress, ncols=110, mininterval=2.0, file=sys.stdout)
-    for step, (x, y) in enumerate(bar):
-        if compiled is not None:
-            compiled.step_begin()
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            hits, loss = _forward_backward(model, x, y, device, amp_dtype, scaler, label_smoothing)
-        except Exception as e:  # noqa: BLE001 - only a compiled model's failure is retried, eagerly
-            if compiled is None or not compiled.active:
-                raise
-            compiled.fall_back(e)  # BatchNorm statistics may have moved once more: harmless
-            optimizer.zero_grad(set_to_none=True)
-            hits, loss = _forward_backward(model, x, y, device, amp_dtype, scaler, label_smoothing)
+    for i, (x, y) in enumerate(bar):
+        hits, loss = step.backward(x, y)
         loss_sum += loss.detach() * len(y)
         correct += hits
         seen += len(y)
-        lrs.append(optimizer.param_groups[0]["lr"])  # a Python float: no GPU sync
-        if (step + 1) % every == 0 or step == n - 1:
+        lrs.append(step.optimizer.param_groups[0]["lr"])  # a Python float: no GPU sync
+        if (i + 1) % every == 0 or i == n - 1:
             total, current, right = torch.stack([loss_sum, loss.detach(), correct.float()]).tolist()  # 1 sync
             if not math.isfinite(total):
-                raise _divergence(total, epoch, checked + 1, step + 1, lrs)
-            checked = step + 1
+                raise _divergence(total, epoch, checked + 1, i + 1, lrs)
+            checked = i + 1
             if progress:
-                bar.set_description(f"Loss={current:.4f} Batch_id={step} Accuracy={100.0 * right / seen:.2f}",
+                bar.set_description(f"Loss={current:.4f} Batch_id={i} Accuracy={100.0 * right / seen:.2f}",
                                     refresh=False)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        step.update()
     total, right = torch.stack([loss_sum, correct.float()]).tolist()  # waits for the queued last step
     seconds = time.perf_counter() - start
     return {"loss": total / seen, "accuracy": 100.0 * right / seen, "correct": int(right), "total": seen,
@@ -245,3 +186,31 @@ def evaluate(model: nn.Module, loader, *, amp_dtype: torch.dtype | None = None, 
     start = time.perf_counter()
     probs, labels = predict(model, loader, amp_dtype=amp_dtype, tta=tta)
     return {**score(probs, labels, verbose=verbose, label=label), "seconds": time.perf_counter() - start}
+
+
+def predict_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "auto",
+                   tta: str = "none", batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` on uint8 `images` (N, 3, 32, 32): batched on the model's device in the model's memory
+    layout, with `precision` resolved for that device. Returns (probabilities, labels) on the CPU."""
+    device = next(model.parameters()).device
+    loader = DeviceLoader(images, labels, batch_size, train=False, device=device, channels_last=model_is_nhwc(model))
+    amp, _ = choose_precision(precision, device)
+    return predict(model, loader, amp_dtype=amp, tta=tta)
+
+
+def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, model: nn.Module | None = None,
+                     from_data: bool = True, verbose: bool = False) -> nn.Module:
+    """The network of `cfg` (or the object `model`, when one was passed beside the config) on `device`, in
+    the memory layout the config's `channels_last` picks (on a CPU, "auto" measures both layouts with this
+    network: `hardware.choose_channels_last`; `verbose` prints the choice). With `from_data`, a network
+    that initialises itself from data (CompactNet's whitening conv) sees the first 5,000 training images
+    (a resumed run loads those weights instead)."""
+    net = model if model is not None else build_model(cfg.model, cfg.dropout)
+    if from_data and hasattr(net, "init_from_data"):
+        net.init_from_data(normalize(train_images[:5000]))
+    net = net.to(device)
+    amp_dtype = choose_precision(cfg.precision, device)[0]
+    nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=net, batch=min(cfg.batch_size, 64))
+    if verbose:
+        print(f"layout: {why}")
+    return net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)

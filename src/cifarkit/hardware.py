@@ -12,13 +12,14 @@ import copy
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import CHANNELS_LAST_MODES, CifarkitError, ConfigError
+from .base import CHANNELS_LAST_MODES, CifarkitError, ConfigError, cache_dir
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -92,11 +93,6 @@ def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype 
     return dtype, f"{_LABEL[dtype]}{asked}: {why}"
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain fp32 (see `choose_precision`)."""
-    return choose_precision(precision, device)[0]
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """An autocast context for `dtype`, or a no-op context for fp32."""
     if dtype is None:
@@ -139,7 +135,6 @@ PROBE_STEPS = 3  # timed forward + backward passes per layout (after one untimed
 
 def probe_cache_path() -> Path:
     """The JSON file of layout measurements: $CIFARKIT_LAYOUT_CACHE, else layout.json in the data cache."""
-    from .data import cache_dir
     return Path(os.environ.get("CIFARKIT_LAYOUT_CACHE") or cache_dir() / "layout.json")
 
 
@@ -243,3 +238,13 @@ def hardware_string(device: torch.device) -> str:
     if device.type == "mps":
         return "GPU: Apple MPS"
     return f"CPU: {cpu_name()} ({cpu_kind()}, {torch.get_num_threads()} threads)"
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MB (None where the OS does not report it)."""
+    try:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(kb / 1024 / (1024 if sys.platform == "darwin" else 1), 1)  # macOS reports bytes
+    except (ImportError, OSError):
+        return None

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import CLASSES, CifarkitError, TrainConfig
+from .base import CLASSES, CifarkitError
+from .config import TrainConfig
+from .engine import predict_images
 
 
 class ImageError(CifarkitError):
@@ -26,6 +28,9 @@ class Prediction:
     source: str
     top: list[tuple[str, float]]  # (class name, probability in [0, 1])
     notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return format_prediction(self)
 
 
 def load_image(image) -> tuple[torch.Tensor, list[str]]:
@@ -65,12 +70,11 @@ def predict_image(model: nn.Module, image, *, cfg: TrainConfig | None = None, to
                   classes: tuple[str, ...] = CLASSES) -> Prediction:
     """Top-`top` classes with probabilities for one image (path or PIL image), with the run's test-time
     augmentation and precision when `cfg` is given (else single view, fp32)."""
-    from .trainer import predict_with_config
-
     pixels, notes = load_image(image)
     cfg = cfg or TrainConfig(tta="none", precision="fp32")
     was_training = model.training
-    probs, _ = predict_with_config(model, cfg, pixels[None], torch.zeros(1, dtype=torch.long), batch_size=1)
+    probs, _ = predict_images(model, pixels[None], torch.zeros(1, dtype=torch.long), precision=cfg.precision,
+                              tta=cfg.tta, batch_size=1)
     model.train(was_training)
     values, idx = probs[0].topk(min(top, len(classes)))
     source = str(image) if isinstance(image, (str, os.PathLike)) else "image"

@@ -1,17 +1,15 @@
-"""Optimisers, fp16 loss scaling, learning-rate schedules and weight averaging (EMA, lookahead).
-
-Every name here is re-exported by `cifarkit.engine`, where it lived first, so
-``from cifarkit.engine import make_optimizer, make_scheduler, EMA, Lookahead`` keeps working.
-"""
+"""Optimisers, fp16 loss scaling, learning-rate schedules and weight averaging (EMA, lookahead), each
+built from a validated TrainConfig (the values are trusted here)."""
 from __future__ import annotations
 
 import copy
 import warnings
+from typing import Protocol, Union
 
 import torch
 from torch import nn
 
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig
 
 
 # ---------------------------------------------------------------- optimiser
@@ -43,14 +41,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
               {"params": [p for p in params if id(p) in norm], "weight_decay": 0.0,
                "lr": cfg.lr * cfg.bias_lr_scale}]
     groups = [g for g in groups if g["params"]]
-    name = getattr(cfg, "optimizer", "sgd")
-    if name == "sgd":
+    if cfg.optimizer == "sgd":
         cls, kwargs = torch.optim.SGD, dict(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    elif name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    else:  # "adam" / "adamw"
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         kwargs = dict(betas=(cfg.momentum, 0.999))
-    else:
-        raise ConfigError(f"optimizer must be one of sgd, adam, adamw, got {name!r}")
     if params and all(p.is_cuda for p in params):
         try:  # fresh group dicts: a failed constructor may already have filled in its defaults ("fused": True)
             return cls([dict(g) for g in groups], lr=cfg.lr, fused=True, **kwargs)
@@ -59,20 +54,19 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(groups, lr=cfg.lr, **kwargs)
 
 
-def make_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
-    """A GradScaler exactly when training in fp16, else None.
+def make_grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler, enabled exactly when training in fp16 (disabled, it passes loss and step through).
 
     fp16's 5-bit exponent flushes gradients below ~6e-8 to zero; the scaler multiplies the loss by up to
     2**16 before backward, unscales before the step and skips (on the GPU, with a fused optimiser) steps
     whose gradients overflowed. bf16 has fp32's exponent range and needs none.
     """
-    if dtype != torch.float16:
-        return None
+    enabled = dtype == torch.float16
     try:
-        return torch.amp.GradScaler(device.type)
+        return torch.amp.GradScaler(device.type, enabled=enabled)
     except (RuntimeError, ValueError, TypeError, AssertionError) as e:  # e.g. no scaler for MPS in an old torch
         warnings.warn(f"fp16 without loss scaling: no GradScaler for {device.type} ({e})", stacklevel=2)
-        return None
+        return torch.amp.GradScaler("cpu", enabled=False)
 
 
 # ---------------------------------------------------------------- schedules
@@ -112,8 +106,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
         if cfg.step_size:
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size * steps_per_epoch,
                                                    gamma=cfg.gamma)
-        if not cfg.milestones:
-            raise ConfigError("schedule 'step' needs step_size (epochs) or milestones")
         return torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=[m * steps_per_epoch for m in cfg.milestones], gamma=cfg.gamma)
     return torch.optim.lr_scheduler.LambdaLR(
@@ -131,6 +123,25 @@ class _LrLambda:
 
 
 # ---------------------------------------------------------------- weight averaging
+class Averager(Protocol):
+    """What the training step needs of a weight averager (EMA, Lookahead)."""
+
+    key: str  # its entry in a checkpoint: "ema" or "lookahead"
+
+    def update(self, model: nn.Module) -> None: ...          # after every optimiser step
+    def end_epoch(self, model: nn.Module) -> None: ...       # before each evaluation
+    def eval_model(self, model: nn.Module) -> nn.Module: ...  # the weights to evaluate and report
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def make_averager(cfg: TrainConfig, model: nn.Module, total_steps: int) -> Union["EMA", "Lookahead", None]:
+    """The config's weight averager: EMA (cfg.ema > 0), Lookahead (cfg.lookahead) or None (validated: not both)."""
+    if cfg.ema > 0:
+        return EMA(model, cfg.ema)
+    return Lookahead(total_steps) if cfg.lookahead else None
+
+
 class EMA:
     """Exponential moving average of a model's weights and BatchNorm statistics.
 
@@ -143,6 +154,14 @@ class EMA:
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay, self.updates = decay, 0
+
+    key = "ema"
+
+    def end_epoch(self, model: nn.Module) -> None:
+        """Nothing to do: the average lives in its own copy."""
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        return self.module  # the averaged copy is what a run evaluates and reports
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -173,6 +192,14 @@ class Lookahead:
     def __init__(self, total: int, start: float = 0.25, every: int = 5):
         self.total, self.start, self.every = total, round(start * total), every
         self.step, self.state = 0, None
+
+    key = "lookahead"
+
+    def end_epoch(self, model: nn.Module) -> None:
+        self.sync(model)
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        return model  # the average is copied into the weights themselves
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .config import IMAGE_SHAPE, CifarkitError
-from .models import count_parameters
+from ..base import IMAGE_SHAPE, CifarkitError
+from ..models import count_parameters
 
 Pair = tuple[int, int]
 Cell = Union[int, Pair, str, None]

@@ -1,6 +1,6 @@
 """The run folder's lock: one owner at a time, taken before anything heavy is imported.
 
-This module imports nothing but the standard library and `config` (no torch), so `python -m cifarkit
+This module imports nothing but the standard library and the ground floor (no torch), so `python -m cifarkit
 train` takes the lock within a fraction of a second of starting: the command started first owns the folder.
 The OS drops the lock when the process dies, so even a SIGKILLed run leaves no stale lock.
 """
@@ -10,7 +10,8 @@ import errno
 import os
 from pathlib import Path
 
-from .config import CifarkitError
+from ..base import CifarkitError
+from .files import LOCK
 
 try:
     import fcntl
@@ -21,7 +22,6 @@ try:
 except ImportError:  # POSIX
     msvcrt = None
 
-LOCK_NAME = ".lock"
 # How a message tells the user what to do: in command-line flags, or in Python (fit's arguments).
 ADVICE = {
     "cli": {"overwrite": "pass --overwrite", "out": "choose another --out",
@@ -87,7 +87,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike, speak: str = "cli"):
         self.run_dir, self.speak = Path(run_dir), speak  # speak: word the "in use" line for "cli" or "python"
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / LOCK
         self._fd: int | None = None
         self._created: list[Path] = []
 

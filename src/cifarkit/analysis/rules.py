@@ -1,52 +1,23 @@
-"""Looking at a network and its predictions: summary table, receptive field, course rules, errors.
+"""The course rules and the receptive-field table, read from a trace of one forward pass (`tracer`).
 
-The structure comes from what actually runs: `rules.trace` follows one forward pass op by op, so nn layers,
+The structure comes from what actually runs: `tracer.trace` follows one forward pass op by op, so nn layers,
 functional calls (F.max_pool2d, x.mean((2, 3)), x.view), nested Sequentials and residual paths all count.
-The receptive field follows the classic recurrence (see rules.py); a global pool's outputs see the whole
+The receptive field follows the classic recurrence (see tracer.py); a global pool's outputs see the whole
 image, and the course rule counts the RF *entering* it. Where the RF cannot be followed it is reported as
 unknown, with the reason, and the rule verdict is UNKNOWN rather than a wrong PASS / FAIL.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from .config import IMAGE_SHAPE
-from .rules import AnalysisError, GlobalPool, Pair, RFRow, Trace, collapse, trace
-
-__all__ = ["AnalysisError", "RFRow", "RFTable", "RuleCheck", "check_rules", "confusion_matrix",
-           "final_receptive_field", "format_rf_table", "format_rules", "misclassified", "per_class_accuracy",
-           "receptive_field", "summary_text", "trace", "trace_layers"]
+from ..base import IMAGE_SHAPE
+from .tracer import GlobalPool, Pair, RFRow, Trace, collapse, trace
 
 MIN_RF, MAX_PARAMS, MIN_ACCURACY = 44, 1_000_000, 80.0
 _POOL_WORDS = {"avg": ("average", "averages"), "max": ("max", "takes the max of"), "sum": ("sum", "sums"),
                "min": ("min", "takes the min of"), "other": ("", "pools")}
-
-
-def trace_layers(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> list[tuple[str, nn.Module, tuple]]:
-    """(qualified name, module, output shape) for every leaf module, in the order the forward pass runs them.
-
-    Only nn layers: functional calls are invisible here; `rules.trace` sees both.
-    """
-    net = copy.deepcopy(model).cpu().float().eval()  # never touch the caller's BatchNorm statistics
-    names = {m: n for n, m in net.named_modules()}
-    calls, hooks = [], []
-    for m in net.modules():
-        if not list(m.children()):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out: calls.append((names[mod], mod, tuple(out.shape)))))
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, *input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls
 
 
 def _px(rf: Pair) -> str:
@@ -95,6 +66,16 @@ class RFTable(list):
     def __init__(self, rows: list[RFRow], final: Pair | None, why: str, notes: list[str]):
         super().__init__(rows)
         self.final, self.why, self.notes = final, why, notes
+
+    def __str__(self) -> str:
+        return format_rf_table(self)
+
+
+class RuleChecks(list):
+    """The verdicts of `check_rules`, one RuleCheck per rule; printed as `format_rules` lays them out."""
+
+    def __str__(self) -> str:
+        return format_rules(self)
 
 
 def receptive_field(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> RFTable:
@@ -154,7 +135,7 @@ def _listing(items: list[str]) -> str:
 
 
 def check_rules(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE,
-                accuracy: float | None = None) -> list[RuleCheck]:
+                accuracy: float | None = None) -> RuleChecks:
     """The course's rules: < 1M params, RF > 44, a depthwise-separable conv, a dilated conv, global average
     pooling, and test accuracy >= 80% (percent; None: not measured yet, the verdict is unknown)."""
     tr = trace(model, input_size)
@@ -163,7 +144,7 @@ def check_rules(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE,
     separable = _listing([f"{a} + {b}" for a, b in tr.separable])
     dilated = _listing([f"{n} (dilation {_cell(collapse(d))})" for n, d in tr.dilated])
     gap = _listing([p.label for p in tr.pools if not p.context and p.pooling == "avg"])
-    return [
+    return RuleChecks([
         RuleCheck("parameters < 1,000,000", params < MAX_PARAMS, f"{params:,}"),
         RuleCheck(f"receptive field > {MIN_RF}", None, f"UNKNOWN ({why})") if rf is None else
         RuleCheck(f"receptive field > {MIN_RF}", min(rf) > MIN_RF, f"{_px(rf)} px"),
@@ -173,7 +154,7 @@ def check_rules(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE,
         RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", None, "UNKNOWN (not trained / not measured yet)")
         if accuracy is None else
         RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", float(accuracy) >= MIN_ACCURACY, f"{float(accuracy):.2f}%"),
-    ]
+    ])
 
 
 def _no_gap(pools: list[GlobalPool]) -> str:
@@ -190,49 +171,3 @@ def _no_gap(pools: list[GlobalPool]) -> str:
 def format_rules(checks: list[RuleCheck]) -> str:
     """One line per rule: [PASS] / [FAIL] / [ ?? ] (cannot be decided yet), the rule, the value behind it."""
     return "\n".join(f"[{c.verdict}] {c.rule:<26} {c.value}" for c in checks)
-
-
-def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> str:
-    """torchsummary's table as a string (from a CPU copy), plus the functional spatial calls it cannot show.
-
-    torchsummary hooks modules only, so an F.max_pool2d in forward is missing from its table (and its
-    shapes seem to jump); those calls are listed under it. If torchsummary fails, one line says so.
-    """
-    from torchsummary import summary
-
-    tr = trace(model, input_size)  # raises AnalysisError, one line, when the forward pass itself fails
-    buf = io.StringIO()
-    try:
-        net = copy.deepcopy(model).cpu().float().eval()
-        with contextlib.redirect_stdout(buf):
-            summary(net, input_size, device="cpu")
-        text = buf.getvalue()
-    except Exception as e:  # e.g. a forward returning a tuple, or a network without parameters
-        first = (str(e).strip().splitlines() or [""])[0]
-        text = (f"(torchsummary cannot tabulate this network: {type(e).__name__}: {first}; "
-                "the receptive-field table lists its spatial layers)\n")
-    hidden = [r for r in tr.rows if r.functional]
-    if hidden:
-        text += "not shown above (functional calls, which torchsummary cannot see):\n" + "".join(
-            f"  {r.kind} in {r.name} -> {list(r.out_shape[1:])}\n" for r in hidden)
-    return text
-
-
-# ---------------------------------------------------------------- predictions
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
-    """(num_classes, num_classes) counts; row = true class, column = predicted class."""
-    idx = labels.long() * num_classes + preds.long()
-    return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
-
-
-def per_class_accuracy(cm: torch.Tensor) -> torch.Tensor:
-    """Accuracy (%) of each true class from a confusion matrix."""
-    return 100.0 * cm.diag().float() / cm.sum(1).clamp_min(1).float()
-
-
-def misclassified(probs: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    """Indices of wrongly predicted images, most confident mistakes first (at most `k`)."""
-    conf, pred = probs.max(1)
-    wrong = (pred != labels).nonzero().flatten()
-    order = conf[wrong].argsort(descending=True)
-    return wrong[order][:k]

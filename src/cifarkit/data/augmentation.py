@@ -13,7 +13,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .config import CIFAR10_MEAN, TrainConfig
+from ..base import CIFAR10_MEAN
+from ..config import TrainConfig
 
 # TrainConfig's defaults, the one source of them (fields with a default_factory, e.g. transforms, are absent).
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}

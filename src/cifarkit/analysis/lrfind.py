@@ -11,7 +11,8 @@ Why not torch-lr-finder (0.2.2, the library for this): measured on this package'
 (1) sets every parameter group to the same start LR or moves every group to the same `end_lr`, so the
 BatchNorm group's `bias_lr_scale` (64x in the compact recipe) falls to 8x halfway and 1x at the end, and
 (2) keeps stepping after the loss turns NaN (``NaN > threshold`` is False), to the last iteration.
-The loop below is ~30 lines and keeps every group's ratio to the first group's LR.
+The loop below takes its step from training (`engine.TrainStep`: the same precision, loss scaling and
+batch hook) and keeps every group's ratio to the first group's LR.
 """
 from __future__ import annotations
 
@@ -24,11 +25,18 @@ from typing import Callable, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, TrainConfig
-from .engine import DivergenceError, autocast, make_grad_scaler, make_optimizer
+from ..base import ConfigError
+from ..config import TrainConfig
+from ..data.loader import DeviceLoader
+from ..data.sources import load_cifar10
+from ..data.splits import make_splits
+from ..engine import BatchFn, DivergenceError, TrainStep, model_for_config
+from ..hardware import choose_precision, model_is_nhwc, resolve_device
+from ..models import build_model
+from ..optim import make_optimizer
+from .plots import finish
 
 OptimizerSpec = Union[torch.optim.Optimizer, Callable[[nn.Module], torch.optim.Optimizer], TrainConfig]
 
@@ -63,6 +71,13 @@ class LRFindResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        return describe(self)
+
+    def plot(self, path: str | Path | None = None):
+        """The loss-vs-LR figure (`plot_lr_find`), saved to `path` if given."""
+        return plot_lr_find(self, path=path)
+
 
 def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float]:
     """(LR at the steepest descent of `losses` per log-LR before their minimum, LR at their minimum)."""
@@ -94,13 +109,14 @@ def _check_range(num_iter: int, start_lr: float, end_lr: float) -> None:
 def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_lr: float = 1e-5,
                   end_lr: float = 10.0, num_iter: int = 100, amp_dtype: torch.dtype | None = None,
                   label_smoothing: float | None = None, smooth: float = 0.05, diverge_th: float = 5.0,
-                  progress: bool = False) -> LRFindResult:
+                  progress: bool = False, batch_fn: BatchFn | None = None) -> LRFindResult:
     """Exponential LR range test of `model` on `loader` (cycled if shorter than `num_iter`).
 
     `optimizer` is the optimiser to test (its parameter groups keep their LR ratios to group 0), a
     TrainConfig (`make_optimizer(model, cfg)`: the training optimiser) or a function model -> optimiser.
     The model's weights, buffers, train/eval flags and gradients, the optimiser's state, the loader's
-    epoch and the global RNG states are restored afterwards: the test leaves no trace.
+    epoch and the global RNG states are restored afterwards: the test leaves no trace. Each step is
+    training's own (`engine.TrainStep`, with `batch_fn` if given), without schedule or weight averaging.
     """
     _check_range(num_iter, start_lr, end_lr)
     if not 0 <= smooth < 1 or diverge_th <= 1:
@@ -117,7 +133,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
     loader_epoch = getattr(loader, "epoch", None)
     base = opt.param_groups[0]["lr"]
     ratios = [g["lr"] / base if base else 1.0 for g in opt.param_groups]  # e.g. bias_lr_scale
-    scaler = make_grad_scaler(amp_dtype, device)  # as in `fit`: a scaler exactly when training in fp16
+    step = TrainStep(model, opt, amp_dtype, label_smoothing, batch_fn=batch_fn)
     lrs, raw, smoothed, diverged = [], [], [], False
     start = time.perf_counter()
     bar = None
@@ -140,20 +156,12 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
                     batches = iter(loader)
                     x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # a plain DataLoader
-                with autocast(device, amp_dtype):
-                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
+                _, loss = step.backward(x, y)
                 value = loss.item()
                 if not math.isfinite(value):  # a NaN never compares greater than a threshold: stop here
                     diverged = True
                     break
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                step.update()
                 lrs.append(lr)
                 raw.append(value)
                 smoothed.append(value if i == 0 else smooth * value + (1 - smooth) * smoothed[-1])
@@ -182,20 +190,16 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
                         seconds=time.perf_counter() - start)
 
 
-def lr_find(cfg: TrainConfig, data=None, *, num_iter: int = 100, start_lr: float = 1e-5, end_lr: float = 10.0,
+def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.Module] | None = None, batch_fn: BatchFn | None = None,
+            num_iter: int = 100, start_lr: float = 1e-5, end_lr: float = 10.0,
             path: str | Path | None = None) -> LRFindResult:
-    """The range test for a config: its network (initialised as `fit` does), training split, batch size,
+    """The range test for a config: its network (initialised as `fit` does; or `model`, an object passed
+    beside the config, whose weights the test restores afterwards), training split, batch size,
     augmentation, optimiser, label smoothing, device and precision. Loads the data when `data` is None;
     saves the plot to `path` if given. (Runs eagerly: `compile` and `cuda_graphs` do not apply.)"""
-    from .data import load_cifar10
-    from .engine import resolve_device, resolve_precision
-    from .loader import DeviceLoader
-    from .hardware import model_is_nhwc
-    from .trainer import make_splits, model_for_config
-
     _check_range(num_iter, start_lr, end_lr)  # before the data loads: a typo fails at once
     device = resolve_device(cfg.device)
-    amp_dtype = resolve_precision(cfg.precision, device)
+    amp_dtype = choose_precision(cfg.precision, device)[0]
     if data is None:
         data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
     images, labels = make_splits(cfg, data).train
@@ -204,11 +208,14 @@ def lr_find(cfg: TrainConfig, data=None, *, num_iter: int = 100, start_lr: float
                           "(check --data, --limit-train and --val-split)")
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
         torch.manual_seed(cfg.seed)  # the same initial weights as `fit` with this seed
-        model = model_for_config(cfg, images, device)  # built and initialised from data as in `fit`
+        if model is not None and not isinstance(model, nn.Module):
+            model = build_model(model, cfg.dropout)  # a factory (the class): built from the seed, as in `fit`
+        model = model_for_config(cfg, images, device, model=model)  # built and initialised as in `fit`
     loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device,  # the run's augmentation
                                       channels_last=model_is_nhwc(model))
     result = lr_range_test(model, loader, cfg, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                           amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, progress=cfg.progress)
+                           amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, progress=cfg.progress,
+                           batch_fn=batch_fn)
     result.recipe_lr = cfg.lr
     if path is not None:
         import matplotlib.pyplot as plt
@@ -242,8 +249,6 @@ def plot_lr_find(result: LRFindResult, recipe_lr: float | None = None, path: str
     """Loss against learning rate (log axis): raw and smoothed, the suggested peak and the recipe's peak."""
     import matplotlib.pyplot as plt
 
-    from .plots import _finish
-
     recipe_lr = recipe_lr if recipe_lr is not None else result.recipe_lr
     fig, ax = plt.subplots(figsize=(9.5, 4))
     ax.plot(result.lrs, result.raw_losses, color="0.75", lw=0.8, label="loss per batch")
@@ -265,4 +270,4 @@ def plot_lr_find(result: LRFindResult, recipe_lr: float | None = None, path: str
                  f"{' (diverged)' if result.diverged else ''}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over the curve
-    return _finish(fig, path)
+    return finish(fig, path)

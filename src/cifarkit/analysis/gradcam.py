@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import PRECISIONS, ConfigError
+from ..base import PRECISIONS, ConfigError
+from ..data.loader import normalize
+from ..hardware import autocast, choose_precision
+from .plots import finish
 
 
 @contextlib.contextmanager
@@ -102,8 +105,6 @@ def _device(model: nn.Module) -> torch.device:
 
 def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 images are normalised as in training; float images are taken as already normalised."""
-    from .loader import normalize
-
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ConfigError(f"images must be a tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
     if images.dtype == torch.uint8:
@@ -126,12 +127,10 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from .engine import autocast, resolve_precision
-
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = _device(model)
-    amp_dtype = resolve_precision(precision, device)
+    amp_dtype = choose_precision(precision, device)[0]
     # inference_mode(False): the caller may sit inside predict()'s no-grad world; Grad-CAM needs autograd.
     with torch.inference_mode(False), torch.enable_grad():
         x = _as_input(images, device).clone()
@@ -171,8 +170,6 @@ def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor
     were read."""
     import matplotlib.pyplot as plt
 
-    from .plots import _finish
-
     conf, pred = probs.max(1)
     idx = indices.tolist()
     n = len(idx)
@@ -202,7 +199,7 @@ def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor
     where = f" at {layer}" if layer else ""
     fig.suptitle(f"Grad-CAM{where}: {n} misclassified test images; per image: the image, the evidence for the "
                  "predicted class, the evidence for the true class", fontsize=9)
-    return _finish(fig, path, tight=False)  # the gridspec places the panels and the colour bar itself
+    return finish(fig, path, tight=False)  # the gridspec places the panels and the colour bar itself
 
 
 def describe_layer(model: nn.Module, layer: str, images: torch.Tensor) -> str:

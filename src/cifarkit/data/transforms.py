@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import ConfigError, parse_call
+from ..base import ConfigError, parse_call
 
 # Transforms that make no sense on one uint8 image before the built-in normalisation, and why.
 REFUSED: dict[str, str] = {

@@ -2,7 +2,7 @@
 ``.tar.gz`` / ``.tgz`` or ``.zip`` of one, decoded to uint8 arrays (`load_cifar10` caches the result).
 
 Archives are read in place, front to back, never extracted. What loads but looks wrong becomes a note
-(printed by `data.data_warnings`): a tar without its end-of-archive marker (cut between two members, which
+(printed by `dataset.data_warnings`): a tar without its end-of-archive marker (cut between two members, which
 tarfile reads without complaint) and image files in a nested folder inside a class folder (skipped).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import CLASSES
-from .data import TRUNCATED, Cifar10, DataError, _to_tensors
+from ..base import CLASSES
+from .dataset import TRUNCATED, Cifar10, DataError, to_tensors
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -91,7 +91,7 @@ def _collect(entries: list[tuple[str, str, str, bytes | Path]], where: str, prog
         _check_classes(where, split, {e[1] for e in rows})
         x = _decode([(e[2], e[3]) for e in rows], progress, f"decoding {split} images (once; cached after)")
         arrays[split] = (x, np.array([CLASSES.index(e[1]) for e in rows], dtype=np.int64))
-    return _to_tensors(*arrays["train"], *arrays["test"], source=where, notes=notes)
+    return to_tensors(*arrays["train"], *arrays["test"], source=where, notes=notes)
 
 
 def _nested_note(where: str, count: int) -> str:

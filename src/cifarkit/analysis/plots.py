@@ -9,6 +9,9 @@ from typing import Sequence
 
 import torch
 
+from ..base import CifarkitError
+from ..report import view_name
+
 
 def _epoch_axis(ax, last: int) -> None:
     """Label the x axis "epoch": whole-number ticks that include the first and the last epoch, and the same
@@ -38,7 +41,8 @@ class _NotebookFigure:
         plt.close(self)
 
 
-def _finish(fig, path: str | Path | None, tight: bool = True):
+def finish(fig, path: str | Path | None, tight: bool = True):
+    """Lay out `fig`, save it to `path` (PNG) if given, and make it show exactly once in a notebook."""
     if tight:
         fig.tight_layout()
     if path is not None:
@@ -71,9 +75,8 @@ def plot_history(history: Sequence[dict], path: str | Path | None = None, eval_l
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     if final and final.get("tta_accuracy") is not None:
-        from .config import TTA_VIEWS
         ax_acc.plot([epochs[-1]], [final["tta_accuracy"]], "*", ms=12, color="C3", ls="none",
-                    label=f"final test, {final['tta']} TTA ({TTA_VIEWS[final['tta']]} views): "
+                    label=f"final test, {view_name(final['tta'])}: "
                           f"{final['tta_accuracy']:.2f}%")
     ax_loss.legend()
     best = max(history, key=lambda h: h["eval_accuracy"])
@@ -87,7 +90,7 @@ def plot_history(history: Sequence[dict], path: str | Path | None = None, eval_l
         ax_loss.set_title(f"train loss includes label smoothing {label_smoothing:g}", fontsize=10)
     if title:
         fig.suptitle(title)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def load_baseline(name: str = "seed-recipe") -> list[dict]:
@@ -99,7 +102,6 @@ def load_baseline(name: str = "seed-recipe") -> list[dict]:
     try:
         text = resources.files("cifarkit").joinpath("baselines", f"{name}.json").read_text()
     except (FileNotFoundError, ModuleNotFoundError, OSError):
-        from .config import CifarkitError
         raise CifarkitError(f"no baseline history {name!r} in this cifarkit installation") from None
     return json.loads(text)
 
@@ -126,7 +128,7 @@ def plot_compare(histories: dict[str, Sequence[dict]], path: str | Path | None =
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8.5)
     ax.set_title(title or "test accuracy per epoch, single view", fontsize=10)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_lr(history: Sequence[dict], path: str | Path | None = None):
@@ -145,7 +147,7 @@ def plot_lr(history: Sequence[dict], path: str | Path | None = None):
     ax.set_title(f"learning-rate schedule: {len(ys)} optimiser steps, each at its fraction of its epoch",
                  fontsize=10)
     ax.grid(alpha=0.3)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def show_images(images: torch.Tensor, titles: Sequence[str], ncols: int = 8,
@@ -165,7 +167,7 @@ def show_images(images: torch.Tensor, titles: Sequence[str], ncols: int = 8,
             ax.set_title(titles[i], fontsize=7.5, color=colors[i] if colors else "black")
     if title:
         fig.suptitle(title)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor,
@@ -198,4 +200,4 @@ def plot_confusion(cm: torch.Tensor, classes: Sequence[str], path: str | Path | 
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(f"confusion matrix: {cm.diag().sum().item()}/{cm.sum().item()} correct"
                  f"{' (' + note + ')' if note else ''}", fontsize=10)
-    return _finish(fig, path)
+    return finish(fig, path)

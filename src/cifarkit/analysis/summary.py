@@ -1,0 +1,59 @@
+"""A network's layer table: torchsummary's, plus the functional calls it cannot see (from `tracer`)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import torch
+from torch import nn
+
+from ..base import IMAGE_SHAPE
+from .tracer import trace
+
+
+def trace_layers(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> list[tuple[str, nn.Module, tuple]]:
+    """(qualified name, module, output shape) for every leaf module, in the order the forward pass runs them.
+
+    Only nn layers: functional calls are invisible here; `tracer.trace` sees both.
+    """
+    net = copy.deepcopy(model).cpu().float().eval()  # never touch the caller's BatchNorm statistics
+    names = {m: n for n, m in net.named_modules()}
+    calls, hooks = [], []
+    for m in net.modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, out: calls.append((names[mod], mod, tuple(out.shape)))))
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> str:
+    """torchsummary's table as a string (from a CPU copy), plus the functional spatial calls it cannot show.
+
+    torchsummary hooks modules only, so an F.max_pool2d in forward is missing from its table (and its
+    shapes seem to jump); those calls are listed under it. If torchsummary fails, one line says so.
+    """
+    from torchsummary import summary
+
+    tr = trace(model, input_size)  # raises AnalysisError, one line, when the forward pass itself fails
+    buf = io.StringIO()
+    try:
+        net = copy.deepcopy(model).cpu().float().eval()
+        with contextlib.redirect_stdout(buf):
+            summary(net, input_size, device="cpu")
+        text = buf.getvalue()
+    except Exception as e:  # e.g. a forward returning a tuple, or a network without parameters
+        first = (str(e).strip().splitlines() or [""])[0]
+        text = (f"(torchsummary cannot tabulate this network: {type(e).__name__}: {first}; "
+                "the receptive-field table lists its spatial layers)\n")
+    hidden = [r for r in tr.rows if r.functional]
+    if hidden:
+        text += "not shown above (functional calls, which torchsummary cannot see):\n" + "".join(
+            f"  {r.kind} in {r.name} -> {list(r.out_shape[1:])}\n" for r in hidden)
+    return text

@@ -1,0 +1,14 @@
+"""Networks and the name -> constructor registry.
+
+`registry` holds the registry and turns a model spec (a registered name, or an import path such as
+``my_net.py:Net(width=32)``) into a network; `seed` and `compact` are the built-in networks, registered as
+"seed" and "compact" when this package is imported (so every user of the registry sees them).
+"""
+from . import compact, seed  # noqa: F401 (registers the built-in networks)
+from .registry import (MODELS, build_model, check_model_spec, count_parameters, normalize_spec, register,
+                       spec_string)
+from .seed import SeedNet
+from .compact import CompactNet
+
+__all__ = ["MODELS", "CompactNet", "SeedNet", "build_model", "check_model_spec", "count_parameters",
+           "normalize_spec", "register", "spec_string"]

@@ -1,0 +1,177 @@
+"""The name -> constructor registry, and model specs: how a network is named in a config and rebuilt.
+
+A spec is a registered name ("seed"), or an import path: "file.py:Class(k=v)" (stored with the file's
+absolute path, so it works from any folder) or "package.module:Class". A network passed as an object is
+recorded as "module:Class" when that import rebuilds it with no arguments, else as "object:Class": a
+fresh process then asks for an import path instead of guessing.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from ..base import ConfigError, parse_call
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, constructor: Callable[..., nn.Module] | None = None):
+    """Make a network constructible by name: `@register("mine")` on a class, or `register("mine", Net)`.
+
+    Registering a name again replaces the old entry (a notebook cell must survive "run all" twice).
+    A name lives only in the process that registered it; give an import path to rebuild elsewhere.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"model name must be a non-empty string without ':', got {name!r}")
+
+    def wrap(cls):
+        MODELS[name] = cls
+        if isinstance(cls, type):
+            cls.registry_name = name
+        return cls
+    return wrap(constructor) if constructor is not None else wrap
+
+
+def _load_attr(path: str) -> Callable[..., nn.Module]:
+    """'file.py:Class' (relative to the working directory) or 'package.module:Class' -> the object."""
+    where, _, attr = path.rpartition(":")
+    if where.endswith(".py"):
+        file = Path(where).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"model file not found: {file}")
+        mod_name = f"cifarkit_user_{file.stem}_{abs(hash(str(file.resolve()))) % 10**8}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module  # dataclasses and pickling look modules up by name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[mod_name]
+            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise ConfigError(f"cannot import module {where!r} for --model {path!r}: {type(e).__name__}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"{where} has no {attr!r} (from --model {path!r})")
+    if not callable(obj):
+        raise ConfigError(f"{path} is not a class or function that builds a network")
+    return obj
+
+
+def spec_string(model: Any) -> str:
+    """How a model choice is recorded in config.json: a string as given; for an object or factory
+    "module:Class" where importing that module and calling Class() rebuilds it, else "object:Class"
+    (a container such as nn.Sequential, a class that needs arguments, a class defined in a notebook)."""
+    if isinstance(model, str):
+        return model
+    cls = model if isinstance(model, type) else type(model)
+    if not isinstance(model, (nn.Module, type)) and hasattr(model, "__qualname__"):
+        cls = model  # a factory function
+    module, qual = getattr(cls, "__module__", ""), getattr(cls, "__qualname__", type(model).__name__)
+    importable = (module and module != "__main__" and "<" not in qual and not module.startswith("cifarkit_user_")
+                  and not module.startswith("torch.") and _takes_no_arguments(cls))
+    return f"{module}:{qual}" if importable else f"object:{qual}"
+
+
+def _takes_no_arguments(ctor: Callable) -> bool:
+    """True when `ctor()` can be called: every parameter has a default (or is *args / **kwargs)."""
+    try:
+        params = inspect.signature(ctor).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+
+
+def normalize_spec(spec: str) -> str:
+    """`spec` with a relative "file.py:..." path made absolute (so it works from any folder, and the same
+    file named two ways is one model); any other spec unchanged."""
+    where, sep, call = spec.rpartition(":")
+    if sep and where.endswith(".py") and not spec.startswith("object:"):
+        return f"{Path(where).expanduser().resolve()}:{call}"
+    return spec
+
+
+def check_model_spec(model: Any) -> None:
+    """ConfigError unless `model` names a registered network, is an import path, or is a module / factory."""
+    if isinstance(model, nn.Module) or (callable(model) and not isinstance(model, str)):
+        return
+    if not isinstance(model, str):
+        raise ConfigError(f"model must be a name, an import path or an nn.Module, got {type(model).__name__}")
+    if model.startswith("object:"):
+        return  # a run that trained an object; rebuilding it needs the object again (see build_model)
+    if ":" in model:
+        where, _, call = model.rpartition(":")
+        parse_call(call, "model")
+        if not where:
+            raise ConfigError(f"bad import path {model!r}: expected file.py:Class or package.module:Class")
+        return
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}, or an import path "
+                          "file.py:Class / package.module:Class")
+
+
+def build_model(model: Any, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
+    """The network a spec names (a registered name or an import path; a factory is called), freshly built;
+    an nn.Module object is returned as it is. `kwargs` go to the constructor (an import path's own
+    arguments take precedence), e.g. build_model("compact", widths=(32, 64, 96)).
+
+    `dropout` is passed only to constructors that take it; asking for dropout from one that does not is an
+    error rather than silently ignored.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    kwargs = dict(kwargs)
+    if isinstance(model, str):
+        if model.startswith("object:"):
+            raise ConfigError(f"this run trained a network passed as an object ({model[7:]}); a new process cannot "
+                              "rebuild it: pass the network again (fit(cfg, model=Net(), resume=...)) or give an "
+                              "import path such as my_net.py:Net")
+        if ":" in model:
+            where, _, call = model.rpartition(":")
+            name, given = parse_call(call, "model")
+            kwargs.update(given)
+            if any(k.startswith("_") for k in kwargs):
+                raise ConfigError(f"model arguments must be keywords, e.g. {name}(width=32); got {call!r}")
+            ctor = _load_attr(f"{where}:{name}")
+        else:
+            check_model_spec(model)
+            ctor = MODELS[model]
+    else:
+        ctor = model
+    try:
+        params = inspect.signature(ctor).parameters
+        takes_dropout = "dropout" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        takes_dropout = False
+    if takes_dropout and "dropout" not in kwargs and ctor in MODELS.values():
+        kwargs["dropout"] = dropout
+    elif dropout and "dropout" not in kwargs:
+        if not takes_dropout:
+            raise ConfigError(f"dropout={dropout} was asked for, but {getattr(ctor, '__name__', ctor)} takes no "
+                              "dropout argument: set dropout inside your network")
+        kwargs["dropout"] = dropout
+    try:
+        net = ctor(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{spec_string(model)} returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """All parameters (frozen ones count towards a size budget too), or only the trainable ones."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,73 @@
+"""Stopping cleanly: Ctrl-C and SIGTERM stop training at once, except inside `critical()` sections
+(checkpoint and history writes), which always complete first.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run. A KeyboardInterrupt, so existing handlers still catch it.
+
+    `exit_code` is the shell convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(SIGNAL_NAMES.get(signum, signal.Signals(signum).name))
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` turns SIGINT / SIGTERM into RunInterrupted, raised at once, except
+    inside ``with stop.critical():``, where the signal is remembered and raised when the section ends, so a
+    checkpoint or history write is never cut short (a second signal there is deferred too).
+
+    Only the main thread can own signal handlers: elsewhere this does nothing. The previous handlers are
+    restored on exit. Once a RunInterrupted was raised, later signals are ignored while the run unwinds
+    (SIGKILL still works, and atomic writes make it safe).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+        self.signals = signals
+        self.pending: int | None = None    # a signal deferred by a critical section
+        self.received: int | None = None   # the first signal, once one arrived
+        self._depth = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            # None: the old handler was not installed from Python and cannot be put back; use the default
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if self._depth > 0:
+            self.pending = self.pending or signum
+        elif first:
+            raise RunInterrupted(signum)
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """A section no signal interrupts; a signal that arrives during it is raised right after it."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise RunInterrupted(signum)

@@ -1,0 +1,90 @@
+"""What a run leaves behind, read back: `FitResult` (what `fit` returns), the run's data checked against the
+fingerprint it trained on, and a finished run loaded from its folder without training."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data.dataset import Cifar10, DataError, fingerprint
+from .data.sources import load_cifar10
+from .data.splits import make_splits
+from .engine import model_for_config, predict_images
+from .hardware import resolve_device
+from .models import build_model
+from .report import epoch_line, final_line
+from .runfolder.checkpoint import config_from_checkpoint, load_checkpoint, load_weights, reported_weights
+from .runfolder.files import LAST, RESULTS
+from .runfolder.lock import advice
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: the history it wrote, the evaluated model and the final test numbers."""
+
+    config: TrainConfig
+    history: list[dict]
+    model: nn.Module
+    run_dir: Path
+    final: dict = field(default_factory=dict)  # results.json (empty if interrupted)
+    interrupted: bool = False
+    data: Cifar10 | None = None
+    exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
+    loaded: bool = False  # resume="auto" found this run finished and loaded it instead of training
+
+    def test_predictions(self, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(test images uint8, labels, probabilities) of the evaluated model on the run's test split, with the
+        run's device and precision, and test-time augmentation `tta` (default: the run's final TTA)."""
+        images, labels = make_splits(self.config, self.data).test
+        probs, labels = predict_images(self.model, images, labels, precision=self.config.precision,
+                                       tta=tta or self.config.tta, batch_size=self.config.eval_batch_size)
+        return images, labels, probs
+
+
+def load_run_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -> tuple[Cifar10, str]:
+    """The run's data and its fingerprint; on resume, refuse a source that does not hold the images the run
+    started with."""
+    if data is None:
+        try:
+            data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
+        except DataError as e:
+            if not saved_fingerprint:
+                raise
+            raise DataError(f"{e} (the run being resumed was trained on {cfg.data or 'torchvision CIFAR-10'}; "
+                            "pass --data with that dataset)") from None
+    found = fingerprint(data)  # hashes every image (~0.3 s for CIFAR-10): once per run
+    if saved_fingerprint and found != saved_fingerprint:
+        raise DataError(f"{data.source or 'the data'} is not the dataset this run started on (fingerprint "
+                        f"{found}, run: {saved_fingerprint}); resume with the same --data")
+    return data, found
+
+
+def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
+    """A finished run of `cfg` loaded from its folder (into `model`, an object or factory, when given),
+    reported as `fit` reported it, with no training."""
+    run_dir = Path(cfg.out)
+    ckpt = load_checkpoint(run_dir / LAST)
+    saved = config_from_checkpoint(ckpt, run_dir / LAST)
+    final = json.loads((run_dir / RESULTS).read_text())
+    history = list(ckpt.get("history", []))
+    run_cfg = dataclasses.replace(saved, out=cfg.out, progress=cfg.progress, device=cfg.device,
+                                  data=cfg.data if cfg.data is not None else saved.data)
+    data, _ = load_run_data(run_cfg, data, saved.data_fingerprint)  # refuses other images
+    device = resolve_device(run_cfg.device)
+    if model is not None and not isinstance(model, nn.Module):
+        model = build_model(model, run_cfg.dropout)
+    model = model_for_config(run_cfg, data.train_images, device, model=model, from_data=False)
+    load_weights(model, reported_weights(ckpt), run_dir / LAST, run_cfg.model)
+    print(f"{run_dir} holds a finished run with these settings: loaded, not trained again "
+          f"({advice('python', 'overwrite')} to train it again)")
+    print(f"trained on {final.get('hardware')}, {final.get('precision')}, torch {final.get('torch')}; "
+          f"{final.get('wall_seconds', 0) / 60:.1f} min")
+    for h in history:
+        print(epoch_line(h, len(history), "test" if final.get("eval_set") == "test" else "validation"))
+    print(final_line(final))
+    return FitResult(run_cfg, history, model.eval(), run_dir, final=final, data=data, loaded=True)

@@ -1,0 +1,94 @@
+"""The package's shape, as README.md's layout table draws it: no import circles (function-level imports
+count too), the ground floor and the torch-free modules stay so, and each wing imports only from below."""
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "cifarkit"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    """The cifarkit modules `path` imports (relative imports resolved; "" is the package itself)."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path).split(".") if module_name(path) else []
+    package = here if path.name == "__init__.py" else here[:-1]
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - node.level + 1] if node.level > 1 else package
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+            found.add(target)
+            if not node.module:  # "from . import seed": the names are modules
+                found |= {".".join(base + [a.name]) for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cifarkit"):
+            found.add(node.module.removeprefix("cifarkit").lstrip("."))
+    return found
+
+
+MODULES = {module_name(p): p for p in SRC.rglob("*.py")}
+GRAPH = {m: {t for t in imports(p) if t in MODULES and t != m} for m, p in MODULES.items()}
+
+
+def test_there_are_no_import_circles():
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(GRAPH[m]):
+            if state.get(t) == 1:
+                pytest.fail("import circle: " + " -> ".join(path[path.index(t):] + [t]))
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_the_ground_floor_imports_nothing_of_the_package():
+    assert GRAPH["base"] == set()
+
+
+@pytest.mark.parametrize("module", ["base", "config", "report", "runfolder.lock", "runfolder.files", "cli"])
+def test_what_the_command_line_needs_before_its_lock_imports_no_torch(module):
+    # Module level only: the CLI parses options and takes the run lock before anything imports torch.
+    tree = ast.parse(MODULES[module].read_text())
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level}
+    assert not top & {"torch", "torchvision", "numpy"}
+    for t in imports(MODULES[module], top_level_only=True):
+        assert t in ("base", "config", "report", "runfolder", "runfolder.lock", "runfolder.files"), (module, t)
+
+
+# Each wing and what it may import from outside itself: only floors below it, never the top
+# (trainer, runs, cli) or another wing above it.
+WINGS = {
+    "models": {"base"},
+    "data": {"base", "config", "hardware"},
+    "runfolder": {"base", "config", "hardware", "models"},
+    "analysis": {"base", "config", "hardware", "models", "data", "optim", "engine", "compiled", "report"},
+}
+
+
+@pytest.mark.parametrize("wing", sorted(WINGS))
+def test_each_wing_imports_only_from_below(wing):
+    for m, targets in GRAPH.items():
+        if m == wing or m.startswith(wing + "."):
+            outside = {t.split(".")[0] for t in targets if not (t == wing or t.startswith(wing + "."))}
+            assert outside <= WINGS[wing], (m, outside - WINGS[wing])
+
+
+def test_every_module_says_what_it_is_for_and_reads_in_one_sitting():
+    for m, p in MODULES.items():
+        tree = ast.parse(p.read_text())
+        assert ast.get_docstring(tree), f"{m} has no module docstring"
+        lines = len(p.read_text().splitlines())
+        assert lines <= 300 or m == "analysis.tracer", f"{m}: {lines} lines"  # the tracer: one job, see its docstring
