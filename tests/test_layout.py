@@ -92,3 +92,16 @@ def test_every_module_says_what_it_is_for_and_reads_in_one_sitting():
         assert ast.get_docstring(tree), f"{m} has no module docstring"
         lines = len(p.read_text().splitlines())
         assert lines <= 300 or m == "analysis.tracer", f"{m}: {lines} lines"  # the tracer: one job, see its docstring
+
+
+def test_every_module_is_tracked_by_git():
+    # A .gitignore pattern once swallowed src/cifarkit/data/ ("data/" meant the download folder): the
+    # package worked here and was missing from every clone.
+    import shutil
+    import subprocess
+    root = SRC.parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", *map(str, MODULES.values())], cwd=root, capture_output=True,
+                             text=True).stdout.split()
+    assert not ignored, f"ignored by .gitignore: {ignored}"
