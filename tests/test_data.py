@@ -101,6 +101,18 @@ def test_corrupt_cache_file_is_rebuilt(tree, private_cache):
     assert_exact(load_cifar10(tree, progress=False))
 
 
+def test_a_truncated_cache_in_a_read_only_cache_folder_still_loads(tree, private_cache, monkeypatch):
+    load_cifar10(tree, progress=False)
+    (cache_file,) = private_cache.glob("*.npz")
+    cache_file.write_bytes(cache_file.read_bytes()[:100])
+
+    def read_only(*a, **k):  # what a read-only cache folder does (root would ignore a chmod)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "unlink", read_only)
+    monkeypatch.setattr("cifarkit.data.sources.tempfile.mkstemp", read_only)
+    assert_exact(load_cifar10(tree, progress=False))
+
+
 # ---------------------------------------------------------------- bad input: one line, nothing written
 def no_cache_written(cache):
     return not cache.exists() or not any(cache.iterdir())

@@ -16,6 +16,7 @@ from cifarkit import engine, hardware
 from cifarkit.optim import EMA, lr_factor, make_grad_scaler
 from cifarkit.compiled import CompiledModel, prepare_train_model
 from cifarkit.engine import predict, score
+from cifarkit.models import NetworkError
 
 
 def loaders(data, batch=50):
@@ -357,8 +358,10 @@ def test_errors_of_an_eager_model_are_not_swallowed():
             raise ValueError("bug in my network")
     _, loader = tiny_setup()
     model = Broken(2, 2)
-    with pytest.raises(ValueError, match="bug in my network"):
+    with pytest.raises(NetworkError, match=r"Broken's forward fails on a batch of shape \(8, 3, 32, 32\): ValueError: bug in "
+                                           "my network") as e:
         train_one_epoch(TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False)
+    assert isinstance(e.value.__cause__, ValueError)  # in Python the student's own traceback is kept behind it
 
 
 # ---------------------------------------------------------------- optimisers and the step schedule

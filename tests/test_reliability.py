@@ -339,6 +339,26 @@ def test_signal_right_after_an_epoch_line_saves_says_and_resumes(tmp_path, data_
     assert saved_epochs[-1] is not None and saved_epochs[-1] >= 2, saved_epochs  # runs did resume and go on
 
 
+@posix_only
+@pytest.mark.parametrize("gap", [0.03, 0.0])
+def test_ctrl_c_twice_is_still_one_line(tmp_path, data_tree, env, gap):
+    """An impatient second Ctrl-C (30 ms later, or at once) while the run stops: exit 130, the one line, no
+    KeyboardInterrupt traceback."""
+    p = subprocess.Popen(train_cmd(tmp_path / "run", data_tree, "--epochs", "20"), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_epoch_line(read_lines(p), p)
+        p.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=WAIT)
+        err = p.stderr.read()
+    finally:
+        stop(p)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert error_line(err).startswith("Interrupted during epoch ")
+
+
 # ---------------------------------------------------------------- two runs, one folder
 @posix_only
 def test_second_run_on_the_same_folder_fails_at_once(tmp_path, data_tree, env):
@@ -393,6 +413,17 @@ def test_resume_refuses_other_images_and_accepts_the_same_in_another_format(tmp_
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"] == str(packed)
     assert cfg["data_fingerprint"] == json.loads(before["config.json"])["data_fingerprint"]
+
+
+def test_resume_names_cifarkit_data_when_it_chose_other_images(tmp_path, unfinished, monkeypatch):
+    run = copy_run(unfinished, tmp_path / "run")
+    before = files(run)
+    other = write_tree(tmp_path / "other", "png", tiny_arrays(10, 5, seed=2))
+    monkeypatch.setenv("CIFARKIT_DATA", str(other))  # left over in the shell from another project
+    line = assert_one_line(cli("train", "--resume", str(run / "last.pt"), "--no-progress"),
+                           "is not the dataset this run started on")
+    assert f"$CIFARKIT_DATA={other} chose it: unset it, or pass --data " in line
+    assert files(run) == before and sorted(p.name for p in run.iterdir()) == sorted(before)
 
 
 def test_resume_refuses_a_recipe_change_in_one_line(tmp_path, unfinished):
@@ -600,3 +631,10 @@ def test_out_that_is_a_file(tmp_path, data_tree):
     f.write_text("x")
     assert_one_line(cli("train", "--data", str(data_tree), "--out", str(f)), "is a file, not a folder")
     assert f.read_text() == "x"
+
+
+def test_out_that_is_a_dangling_link_says_so(tmp_path, data_tree):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone" / "run")
+    line = assert_one_line(cli("train", "--data", str(data_tree), "--out", str(link)), "is a symbolic link to")
+    assert "which does not exist" in line and not (tmp_path / "gone").exists() and link.is_symlink()

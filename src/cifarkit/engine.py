@@ -20,7 +20,7 @@ from torch import nn
 from .base import CifarkitError
 from .compiled import guarded
 from .data.loader import DeviceLoader, normalize
-from .models import build_model
+from .models import build_model, checked_forward, probe
 from .hardware import autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
 from .optim import Averager, make_grad_scaler
 
@@ -63,7 +63,7 @@ class TrainStep:
         def work() -> tuple[torch.Tensor, torch.Tensor]:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp_dtype):
-                out = self.model(x)
+                out = checked_forward(self.model, x)  # (N, 10) float scores, or one line saying what it gave
                 loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
             hits = (out.argmax(1) == labels).sum()  # before backward: a CUDA graph may reuse `out` afterwards
             self.scaler.scale(loss).backward()
@@ -149,13 +149,13 @@ def predict(model: nn.Module, loader, *, amp_dtype: torch.dtype | None = None,
     model.eval()
 
     def mirror_avg(x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (model(x).float() + model(x.flip(3)).float())
+        return 0.5 * (checked_forward(model, x).float() + checked_forward(model, x.flip(3)).float())
 
     probs, labels = [], []
     for x, y in loader:
         with autocast(device, amp_dtype):
             if tta == "none":
-                logits = model(x).float()
+                logits = checked_forward(model, x).float()
             elif tta == "flip":
                 logits = mirror_avg(x)
             else:
@@ -193,9 +193,14 @@ def predict_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """`predict` on uint8 `images` (N, 3, 32, 32): batched on the model's device in the model's memory
     layout, with `precision` resolved for that device. Returns (probabilities, labels) on the CPU."""
     device = next(model.parameters()).device
-    loader = DeviceLoader(images, labels, batch_size, train=False, device=device, channels_last=model_is_nhwc(model))
+    one = len(images) == 1  # run a single image as a batch of two, as the network trained on batches
+    if one:
+        images, labels = images.repeat(2, 1, 1, 1), labels.repeat(2)
+    loader = DeviceLoader(images, labels, max(batch_size, 2) if one else batch_size, train=False, device=device,
+                          channels_last=model_is_nhwc(model))
     amp, _ = choose_precision(precision, device)
-    return predict(model, loader, amp_dtype=amp, tta=tta)
+    probs, labels = predict(model, loader, amp_dtype=amp, tta=tta)
+    return (probs[:1], labels[:1]) if one else (probs, labels)
 
 
 def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, model: nn.Module | None = None,
@@ -213,4 +218,6 @@ def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, m
     nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=net, batch=min(cfg.batch_size, 64))
     if verbose:
         print(f"layout: {why}")
-    return net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    net = net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    probe(net, normalize(train_images[:2].to(device), nhwc))  # refuse a network that cannot classify, before training
+    return net

@@ -14,6 +14,8 @@ from torch import nn
 
 from .base import CLASSES, CifarkitError
 from .config import TrainConfig
+from .data.dataset import DataError
+from .data.decode import MAX_FILE_BYTES, open_rgb, too_large
 from .engine import predict_images
 
 
@@ -36,30 +38,35 @@ class Prediction:
 def load_image(image) -> tuple[torch.Tensor, list[str]]:
     """A path or a PIL image -> uint8 (3, 32, 32) and notes ("resized from 640x480", "converted from RGBA").
 
-    Non-square pictures are resized as a whole (not cropped), like CIFAR-10's own downscaled photos.
+    Decoded as a viewer shows it (`data.decode.open_rgb`: 16-bit, transparency, EXIF orientation); a large
+    JPEG is decoded at a reduced scale. Non-square pictures are resized as a whole (not cropped), like
+    CIFAR-10's own downscaled photos.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     notes: list[str] = []
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        shown = str(path) if str(path).isprintable() else repr(str(path))
+        if path.is_dir():
+            raise ImageError(f"{shown} is a folder, not an image (give the image files: {shown}/*.jpg)")
         if not path.is_file():
-            raise ImageError(f"image not found: {path}")
+            raise ImageError(f"image not found: {shown}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(str(too_large(shown, path.stat().st_size)))
         try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.copy()
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ImageError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not isinstance(image, Image.Image):
+            image, notes = open_rgb(path, str(path), draft=64)
+        except DataError as e:
+            raise ImageError(str(e)) from None
+    elif isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            notes.append(f"converted from {image.mode}")
+            image = image.convert("RGB")
+    else:
         raise ImageError(f"expected an image path or a PIL image, got {type(image).__name__}")
-    if getattr(image, "n_frames", 1) > 1:
-        notes.append(f"first of {image.n_frames} frames")
-    if image.mode != "RGB":
-        notes.append(f"converted from {image.mode}")
-        image = image.convert("RGB")
     if image.size != (32, 32):
-        notes.append(f"resized from {image.size[0]}x{image.size[1]} to 32x32")
+        w, h = image.info.get("source_size", image.size)  # a JPEG may have been decoded at a reduced scale
+        notes.append(f"resized from {w}x{h} to 32x32")
         image = image.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=3.0)  # antialiased downscale
     import numpy as np
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,21 +47,26 @@ class FitResult:
         return images, labels, probs
 
 
-def load_run_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str) -> tuple[Cifar10, str]:
-    """The run's data and its fingerprint; on resume, refuse a source that does not hold the images the run
-    started with."""
+def load_run_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str,
+                  trained_on: str | None = None) -> tuple[Cifar10, str]:
+    """The run's data and its fingerprint; on resume (`saved_fingerprint` given), refuse in one line a source
+    that does not hold the images the run started with, naming where those were (`trained_on`, the saved
+    config's data) and, when $CIFARKIT_DATA chose the new source, that variable."""
+    where = trained_on or "torchvision's CIFAR-10"
+    env = os.environ.get("CIFARKIT_DATA")
+    hint = (f"; $CIFARKIT_DATA={env} chose it: unset it, or pass --data {where}" if env and cfg.data == env
+            else f"; resume with --data {where}")
     if data is None:
         try:
             data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
         except DataError as e:
             if not saved_fingerprint:
                 raise
-            raise DataError(f"{e} (the run being resumed was trained on {cfg.data or 'torchvision CIFAR-10'}; "
-                            "pass --data with that dataset)") from None
+            raise DataError(f"{e} (the run being resumed was trained on {where}{hint})") from None
     found = fingerprint(data)  # hashes every image (~0.3 s for CIFAR-10): once per run
     if saved_fingerprint and found != saved_fingerprint:
         raise DataError(f"{data.source or 'the data'} is not the dataset this run started on (fingerprint "
-                        f"{found}, run: {saved_fingerprint}); resume with the same --data")
+                        f"{found}, run: {saved_fingerprint}, trained on {where}){hint}")
     return data, found
 
 
@@ -74,7 +80,7 @@ def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
     history = list(ckpt.get("history", []))
     run_cfg = dataclasses.replace(saved, out=cfg.out, progress=cfg.progress, device=cfg.device,
                                   data=cfg.data if cfg.data is not None else saved.data)
-    data, _ = load_run_data(run_cfg, data, saved.data_fingerprint)  # refuses other images
+    data, _ = load_run_data(run_cfg, data, saved.data_fingerprint, trained_on=saved.data)  # refuses other images
     device = resolve_device(run_cfg.device)
     if model is not None and not isinstance(model, nn.Module):
         model = build_model(model, run_cfg.dropout)

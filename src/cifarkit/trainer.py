@@ -79,7 +79,8 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.
     amp_dtype, reason = choose_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    data, found = load_run_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "")
+    data, found = load_run_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "",
+                                trained_on=ckpt["config"].get("data") if ckpt is not None else None)
     cfg = dataclasses.replace(cfg, data_fingerprint=found)
     print(cfg)
     print(f"device: {device} ({hardware_string(device)}), torch {torch.__version__}\nprecision: {reason}")
@@ -241,7 +242,7 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
     run_dir = Path(cfg.out)
     if lock is not None and lock.run_dir.resolve() != run_dir.resolve():
         raise RunDirError(f"the lock given to fit is on {lock.run_dir}, but the run writes {run_dir}")
-    with StopSignals() as stop, (lock or RunLock(run_dir, speak)):  # one owner per folder, for the whole run
+    with StopSignals(exiting=cli) as stop, (lock or RunLock(run_dir, speak)):  # one owner per folder, for the whole run
         state = check_run_dir(run_dir, overwrite, speak) if ckpt is None else run_state(run_dir)  # under the lock
         if state == "finished" and ckpt is not None:
             raise RunDirError(f"{run_dir} holds a finished run ({len(ckpt.get('history', []))} of {cfg.epochs} "

@@ -19,6 +19,7 @@ from torch import nn
 from ..base import PRECISIONS, ConfigError
 from ..data.loader import normalize
 from ..hardware import autocast, choose_precision
+from ..models.check import PROBE_BATCH, checked_forward
 from .plots import finish
 
 
@@ -52,7 +53,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module
     try:
         with preserved(model), torch.no_grad():
             model.eval()
-            out = model(x)
+            out = checked_forward(model, x)  # (N, 10) class scores, or one line naming what it returned
     finally:
         for h in handles:
             h.remove()
@@ -67,8 +68,10 @@ def _conv_names(calls: list[tuple[str, nn.Module, tuple]]) -> list[str]:
 
 
 def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tuple[str, int]:
-    """(checked target layer name, number of model outputs) from one traced forward pass of x[:1]."""
-    calls, out_shape = _trace(model, x[:1])
+    """(checked target layer name, number of model outputs) from one traced forward pass of two images (one
+    image is repeated: every probe of a network runs a batch of PROBE_BATCH, see `models.check`)."""
+    x = x[:PROBE_BATCH] if len(x) >= PROBE_BATCH else x[:1].repeat(PROBE_BATCH, 1, 1, 1)
+    calls, out_shape = _trace(model, x)
     convs = _conv_names(calls)
     if target_layer is None:
         if not convs:
@@ -86,6 +89,9 @@ def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tup
     if len(shapes[-1]) != 4:
         raise ConfigError(f"target_layer {target_layer!r} outputs shape {shapes[-1]}; Grad-CAM needs a feature "
                           f"map (N, C, H, W), e.g. one of: {shown}")
+    if shapes[-1][2] * shapes[-1][3] <= 1:
+        raise ConfigError(f"target_layer {target_layer!r} outputs a 1x1 map {shapes[-1][1:]}: Grad-CAM would show "
+                          f"one flat colour; pick a layer with a larger output, e.g. one of: {shown}")
     return target_layer, out_shape[-1]
 
 
@@ -93,7 +99,7 @@ def find_target_layer(model: nn.Module, images: torch.Tensor, target_layer: str 
     """The qualified name of the layer Grad-CAM reads: `target_layer` after checking it, or by default the
     last Conv2d (in execution order) whose output is larger than 1x1, found by tracing one of `images`."""
     with torch.inference_mode(False):
-        return _resolve(model, _as_input(images[:1], _device(model)), target_layer)[0]
+        return _resolve(model, _as_input(images[:PROBE_BATCH], _device(model)), target_layer)[0]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -151,10 +157,14 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
             # The float cast (the library's activation/gradient hook) lets it read bf16 autocast tensors.
             cam = GradCAM(model, [dict(model.named_modules())[layer]], reshape_transform=lambda t: t.float())
             try:
-                for i in range(0, n, batch_size):
+                for i in range(0, n, max(batch_size, PROBE_BATCH)):
+                    xb, tb = x[i:i + max(batch_size, PROBE_BATCH)], targets[i:i + max(batch_size, PROBE_BATCH)]
+                    single = len(xb) == 1  # a lone image runs as a batch of two, as every probe does
+                    if single:
+                        xb, tb = xb.repeat(PROBE_BATCH, 1, 1, 1), tb * PROBE_BATCH
                     with autocast(device, amp_dtype):
-                        maps.append(cam(x[i:i + batch_size],
-                                        [ClassifierOutputTarget(t) for t in targets[i:i + batch_size]]))
+                        out = cam(xb, [ClassifierOutputTarget(t) for t in tb])
+                    maps.append(out[:1] if single else out)
             finally:
                 cam.activations_and_grads.release()
     return torch.from_numpy(np.concatenate(maps)).clamp_(0, 1)

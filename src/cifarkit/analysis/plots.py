@@ -46,8 +46,13 @@ def finish(fig, path: str | Path | None, tight: bool = True):
     if tight:
         fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+        except OSError as e:  # a read-only or full folder: one line (and the figure is closed)
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+            raise CifarkitError(f"cannot save the figure {path}: {e.strerror or e}") from None
     if not isinstance(fig, _NotebookFigure):  # same object, shown once
         fig.__class__ = _SHOWN_ONCE.setdefault(type(fig), type("Figure", (_NotebookFigure, type(fig)), {}))
     return fig

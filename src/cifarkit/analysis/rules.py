@@ -79,7 +79,8 @@ class RuleChecks(list):
 
 
 def receptive_field(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> RFTable:
-    """Every spatial op that ran (convs, pools, global pools, functional ones too), in execution order."""
+    """Every spatial op that ran (convs, pools, global pools, functional ones too), in execution order; `model`
+    may be any part of a network (its output is not checked)."""
     tr = trace(model, input_size)
     return RFTable(tr.rows, *_final(tr))
 

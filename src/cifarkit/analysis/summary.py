@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..base import IMAGE_SHAPE
+from ..models.check import PROBE_BATCH
 from .tracer import trace
 
 
@@ -26,7 +27,7 @@ def trace_layers(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) ->
                 lambda mod, inp, out: calls.append((names[mod], mod, tuple(out.shape)))))
     try:
         with torch.no_grad():
-            net(torch.zeros(1, *input_size))
+            net(torch.zeros(PROBE_BATCH, *input_size))
     finally:
         for h in hooks:
             h.remove()
@@ -41,7 +42,7 @@ def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) ->
     """
     from torchsummary import summary
 
-    tr = trace(model, input_size)  # raises AnalysisError, one line, when the forward pass itself fails
+    tr = trace(model, input_size, scores=True)  # one line when the forward fails or gives no (N, 10) scores
     buf = io.StringIO()
     try:
         net = copy.deepcopy(model).cpu().float().eval()

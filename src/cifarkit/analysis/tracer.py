@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..base import IMAGE_SHAPE, CifarkitError
 from ..models import count_parameters
+from ..models.check import PROBE_BATCH, check_output
 
 Pair = tuple[int, int]
 Cell = Union[int, Pair, str, None]
@@ -446,8 +447,11 @@ class _Tracer(TorchFunctionMode):
         return meta
 
 
-def trace(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> Trace:
-    """Follow one forward pass of a copy of `model` on a random (1, *input_size) image (the model is untouched)."""
+def trace(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE, *, scores: bool = False) -> Trace:
+    """Follow one forward pass of a copy of `model` on a batch of two random (*input_size) images, as every
+    probe of a network runs it (`models.check`); the model is untouched. With `scores` (the `summary` of a
+    network), the output must be (2, 10) class scores (NetworkError, one line, otherwise); without (the RF
+    table and the rules, which read structure), any output: a part of a network has an RF too."""
     try:
         net, flags = copy.deepcopy(model).cpu().float().eval(), None
         device, dtype = torch.device("cpu"), torch.float32
@@ -457,7 +461,7 @@ def trace(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> Trace:
         device = first.device if first is not None else torch.device("cpu")
         dtype = first.dtype if first is not None else torch.float32
         model.eval()
-    x = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    x = torch.randn(PROBE_BATCH, *input_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     tracer = _Tracer(net)
     tracer.put(x, _Meta("map", (1, 1), (1, 1), dims=(2, 3), hw=tuple(input_size[-2:])))
     handles = tracer.hooks()
@@ -473,6 +477,8 @@ def trace(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> Trace:
             h.remove()
         for m, training in (flags or {}).items():
             m.training = training
+    if scores:
+        check_output(out, model, PROBE_BATCH)  # NetworkError, one line: not (N, 10) float class scores
     tracer.trace.outputs = [m for t in _tensors(out) if (m := tracer.get(t)) is not None]
     tracer.trace.params = count_parameters(net)
     return tracer.trace

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..base import CLASSES
 from .dataset import TRUNCATED, Cifar10, DataError, to_tensors
+from .decode import MAX_FILE_BYTES, open_rgb, too_large
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -56,28 +57,24 @@ def _check_classes(where: str, split: str, found: set[str]) -> None:
 
 def _decode(items: list[tuple[str, bytes | Path]], progress: bool, desc: str) -> np.ndarray:
     """Decode (name, bytes-or-path) pairs to uint8 (N, 3, 32, 32), in threads (PIL releases the GIL)."""
-    from PIL import Image
     from tqdm import tqdm
 
     def one(item: tuple[str, bytes | Path]) -> np.ndarray:
         name, blob = item
-        try:
-            with Image.open(io.BytesIO(blob) if isinstance(blob, bytes) else blob) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as e:  # PIL raises OSError / UnidentifiedImageError / ValueError for bad files
-            raise DataError(f"cannot read image {name}: {e}") from None
-        if arr.shape != (32, 32, 3):
-            raise DataError(f"image {name} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32")
-        return arr
+        im, _ = open_rgb(blob, name, size=(32, 32))  # 16-bit, alpha, EXIF... as a viewer shows them
+        return np.asarray(im)
 
     out = np.empty((len(items), 32, 32, 3), dtype=np.uint8)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, mininterval=2.0, ncols=110,
-                   file=sys.stdout)
-        for i, arr in enumerate(pool.map(one, items, chunksize=256)):
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, mininterval=2.0, ncols=110,
+               file=sys.stdout)
+    try:
+        for i, arr in enumerate(pool.map(one, items, chunksize=64)):
             out[i] = arr
             bar.update(1)
+    finally:  # Ctrl-C or a bad image: drop the queued chunks at once (a worker finishes at most 64 images)
         bar.close()
+        pool.shutdown(wait=False, cancel_futures=True)
     return out.transpose(0, 3, 1, 2).copy()  # NHWC -> NCHW
 
 
@@ -105,12 +102,21 @@ def decode_tree(tree: Path, progress: bool) -> Cifar10:
         for cls_dir in sorted(p for p in (tree / split).iterdir() if p.is_dir()):
             for f in sorted(cls_dir.iterdir()):
                 if f.is_file() and _is_image(f.name):
+                    if f.stat().st_size > MAX_FILE_BYTES:
+                        raise too_large(str(f), f.stat().st_size)
                     entries.append((split, cls_dir.name, str(f), f))
                 elif f.is_dir() and cls_dir.name in CLASSES:
                     n = sum(1 for p in f.rglob("*") if p.is_file() and _is_image(p.name))
                     if n:
                         notes.append(_nested_note(f"{f}/", n))
     return _collect(entries, str(tree), progress, notes)
+
+
+def _read_bounded(name: str, size: int, read) -> bytes:
+    """read() a member whose header says `size` bytes, refusing one too large to be an image before reading."""
+    if size > MAX_FILE_BYTES:
+        raise too_large(name, size)
+    return read()
 
 
 def archive_kind(path: Path) -> str | None:
@@ -138,7 +144,8 @@ def decode_archive(path: Path, progress: bool) -> Cifar10:
             with tarfile.open(path, "r:*") as tf:
                 for m in tf:  # read front to back, so a .tar.gz is decompressed once
                     if m.isfile() and _is_image(m.name):
-                        take(m.name.lstrip("./"), m.name, lambda: tf.extractfile(m).read())
+                        take(m.name.lstrip("./"), m.name, lambda: _read_bounded(f"{path}:{m.name}", m.size,
+                                                                               lambda: tf.extractfile(m).read()))
                 # tarfile stops quietly at the end of the data; a complete tar ends with a zero block there,
                 # which tarfile has just read (so the position is a block past the last header offset)
                 if tf.fileobj.tell() < tf.offset + tarfile.BLOCKSIZE:
@@ -147,7 +154,8 @@ def decode_archive(path: Path, progress: bool) -> Cifar10:
             with zipfile.ZipFile(path) as zf:
                 for name in zf.namelist():
                     if _is_image(name) and "__MACOSX" not in name:
-                        take(name, name, lambda: zf.read(name))
+                        take(name, name, lambda: _read_bounded(f"{path}:{name}", zf.getinfo(name).file_size,
+                                                               lambda: zf.read(name)))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         raise DataError(f"truncated or corrupt archive {path}: {type(e).__name__}: {e}") from None
     if len(prefixes) > 1:

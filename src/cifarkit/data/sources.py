@@ -30,7 +30,7 @@ from ..base import CLASSES, cache_dir
 from .dataset import Cifar10, DataError, data_warnings, to_tensors
 from .imagefiles import archive_kind, decode_archive, decode_tree, find_tree
 
-CACHE_VERSION = 1  # bump when the cached layout changes, so old caches are ignored
+CACHE_VERSION = 2  # bump when the cached layout or the decoding changes, so old caches are ignored (2: 16-bit, alpha, EXIF)
 
 
 def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLike = "./data",
@@ -128,7 +128,8 @@ def _archive_key(path: Path) -> str:
 def _tree_key(tree: Path) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}:tree:{tree.resolve()}".encode())
     for split in ("train", "test"):
-        for root, dirs, files in sorted(os.walk(tree / split)):
+        # followlinks: a class folder may be a symbolic link; what it holds is what decode_tree reads
+        for root, dirs, files in sorted(os.walk(tree / split, followlinks=True)):
             dirs.sort()
             for name in sorted(files):
                 st = os.stat(os.path.join(root, name))
@@ -144,8 +145,11 @@ def _cached(path: Path, key: str, build) -> Cifar10:
                 notes = tuple(str(n) for n in z["notes"]) if "notes" in z.files else ()
                 return to_tensors(z["train_x"], z["train_y"], z["test_x"], z["test_y"], source=str(path),
                                    notes=notes)
-        except Exception:
-            file.unlink(missing_ok=True)  # unreadable cache: decode again
+        except Exception:  # noqa: BLE001 - unreadable cache (truncated, bit-flipped): decode again
+            try:
+                file.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only cache folder: decode every time, the source is still read right
     data = build()
     try:
         file.parent.mkdir(parents=True, exist_ok=True)

@@ -51,14 +51,22 @@ def _load_attr(path: str) -> Callable[..., nn.Module]:
         sys.modules[mod_name] = module  # dataclasses and pickling look modules up by name
         try:
             spec.loader.exec_module(module)
+        except SystemExit as e:  # the file runs a script when imported: exit() / sys.exit() at the top level
+            del sys.modules[mod_name]
+            raise ConfigError(f"importing {file} called sys.exit({e.code!r}): move the script part of the file "
+                              "under if __name__ == '__main__':") from None
         except Exception as e:
             del sys.modules[mod_name]
-            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {_first_line(e)}") from None
     else:
         try:
             module = importlib.import_module(where)
+        except SystemExit as e:
+            raise ConfigError(f"importing module {where!r} called sys.exit({e.code!r}): move the script part under "
+                              "if __name__ == '__main__':") from None
         except Exception as e:
-            raise ConfigError(f"cannot import module {where!r} for --model {path!r}: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"cannot import module {where!r} for --model {path!r}: {type(e).__name__}: "
+                              f"{_first_line(e)}") from None
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -67,6 +75,10 @@ def _load_attr(path: str) -> Callable[..., nn.Module]:
     if not callable(obj):
         raise ConfigError(f"{path} is not a class or function that builds a network")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def spec_string(model: Any) -> str:
@@ -166,7 +178,7 @@ def build_model(model: Any, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{spec_string(model)} returned {type(net).__name__}, not an nn.Module")
     return net

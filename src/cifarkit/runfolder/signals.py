@@ -33,8 +33,9 @@ class StopSignals:
     (SIGKILL still works, and atomic writes make it safe).
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, exiting: bool = False):
         self.signals = signals
+        self.exiting = exiting  # the process ends after the run (the CLI): once stopped, stay deaf to signals
         self.pending: int | None = None    # a signal deferred by a critical section
         self.received: int | None = None   # the first signal, once one arrived
         self._depth = 0
@@ -48,6 +49,10 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
+            if self.exiting and self.received is not None:
+                # A second Ctrl-C while the stopped CLI exits would otherwise print a KeyboardInterrupt traceback
+                signal.signal(s, signal.SIG_IGN)
+                continue
             # None: the old handler was not installed from Python and cannot be put back; use the default
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
