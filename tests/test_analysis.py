@@ -204,7 +204,7 @@ def test_padding_and_crops_keep_the_rf():
 def test_shared_module_is_reported_once():
     conv = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
     net = nn.Sequential(nn.Conv2d(3, 4, 1), conv, conv, nn.AdaptiveAvgPool2d(1))
-    assert rules_of(net)["dilated conv"].value == "1 (dilation 2)"
+    assert rules_of(net)["dilated conv"].value == "1 (Conv2d) (dilation 2)"
     assert [r.rf for r in receptive_field(net)][:3] == [1, 5, 9]
 
 

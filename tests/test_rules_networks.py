@@ -200,7 +200,7 @@ def test_nested_sequentials_with_a_global_max_pool():
     checks = verdicts(model)
     assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=False)
     assert checks["receptive field > 44"].value == "28 px"
-    assert checks["global average pooling"].value == "none (5 is a global max pool, not an average)"
+    assert checks["global average pooling"].value == "none (5 (AdaptiveMaxPool2d) is a global max pool, not an average)"
 
 
 # ---------------------------------------------------------------- (5) almost-separable convs
@@ -348,3 +348,173 @@ def test_analysis_of_a_gpu_model_leaves_it_on_the_gpu():
     assert verdicts(model)["receptive field > 44"].value == "84 px"
     assert all(p.is_cuda for p in model.parameters()) and model.training
     assert torch.equal(model.c1[0][2].running_mean, before)
+
+
+# ================================================================ part 2: more idioms (issue 21)
+class ReflectPadded(nn.Module):
+    """Every conv pads by reflection / replication (Conv2d pads with F.pad first, even at padding 0), and GAP is
+    written as a sum divided by the number of positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1, padding_mode="reflect")
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, padding_mode="reflect")
+        self.pw = nn.Conv2d(16, 32, 1, padding_mode="reflect")
+        self.dil = nn.Conv2d(32, 32, 3, padding=2, dilation=2, padding_mode="replicate")
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)          # 32 -> 16
+        x = F.relu(self.pw(F.relu(self.dw(x))))
+        x = F.relu(self.dil(x))                          # 16x16
+        return self.fc(x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3]))
+
+
+def test_reflect_and_replicate_padding_keep_the_pair_and_the_padding():
+    # c1 3x3 -> 3 | maxpool2 -> 3 + 1*1 = 4, jump 2 | dw 3x3 -> 4 + 2*2 = 8 | pw 1x1 -> 8
+    # dil 3x3 d2 -> 8 + 2*2*2 = 16 | sum / (16 * 16): an average over the whole 16x16 map, entering RF 16
+    model = ReflectPadded()
+    assert local_rfs(model) == [3, 4, 8, 8, 16, "all"]
+    checks = verdicts(model)
+    assert_verdicts(checks, rf=False, separable=True, dilated=True, gap=True)
+    assert checks["depthwise-separable conv"].value == "dw + pw"
+    assert checks["global average pooling"].value == "x.sum in forward"
+    rows = {r.name: r for r in receptive_field(model)}
+    assert rows["dw"].padding == 1 and rows["dil"].padding == 2 and rows["pw"].padding == 0  # what was padded
+
+
+def conv_bn(cin, cout, k=3, s=1, d=1, g=1):
+    """The helper most students write: conv -> BN -> ReLU as one nn.Sequential."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, padding=d * (k // 2), dilation=d, groups=g, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def one_sequential():
+    """The whole network as one nn.Sequential of helpers, a strided conv instead of a pool."""
+    return nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, s=2), conv_bn(32, 32, g=32), conv_bn(32, 64, k=1),
+                         conv_bn(64, 64, d=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_one_sequential_of_helpers_names_layers_by_path_and_class():
+    # 0.0 3x3 -> 3 | 1.0 3x3 s2 -> 3 + 2*1 = 5, jump 2 | 2.0 depthwise 3x3 -> 5 + 2*2 = 9 | 3.0 1x1 -> 9
+    # 4.0 3x3 d2 -> 9 + 2*2*2 = 17 | 5 AdaptiveAvgPool2d(1) on 16x16: GAP, entering RF 17
+    model = one_sequential()
+    assert local_rfs(model) == [3, 5, 9, 9, 17, "all"]
+    checks = verdicts(model)
+    assert_verdicts(checks, rf=False, separable=True, dilated=True, gap=True)
+    assert checks["depthwise-separable conv"].value == "2.0 (Conv2d) + 3.0 (Conv2d)"
+    assert checks["dilated conv"].value == "4.0 (Conv2d) (dilation 2)"
+    assert checks["global average pooling"].value == "5 (AdaptiveAvgPool2d)"
+    assert checks["receptive field > 44"].value == "17 px"
+
+
+class Bottleneck(nn.Module):
+    """A residual block with a strided first conv and a strided 1x1 shortcut, added after the second BN."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetLike(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.layer1, self.layer2 = Bottleneck(16, 32), Bottleneck(32, 64)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(F.relu(self.stem(x))))  # 32 -> 16 -> 8
+        return self.fc(F.avg_pool2d(x, x.shape[-1]).flatten(1))
+
+
+def test_residual_blocks_with_strided_shortcuts():
+    # stem 3x3 -> 3, jump 1
+    # layer1: conv1 3x3 s2 -> 3 + 2*1 = 5, jump 2 | conv2 3x3 -> 5 + 2*2 = 9 | shortcut 1x1 s2 -> 3, jump 2
+    #   add: both jump 2, largest RF 9
+    # layer2: conv1 3x3 s2 -> 9 + 2*2 = 13, jump 4 | conv2 -> 13 + 2*4 = 21 | shortcut 1x1 s2 -> 9, jump 4
+    #   add -> 21 | F.avg_pool2d(x, 8) on 8x8: GAP, entering RF 21
+    model = ResNetLike()
+    assert local_rfs(model) == [3, 5, 9, 3, 13, 21, 9, "all"]
+    checks = verdicts(model)
+    assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=True)
+    assert checks["depthwise-separable conv"].value.startswith("none (no depthwise conv")
+    assert checks["dilated conv"].value == "none (no conv with a kernel > 1 has dilation > 1)"
+    assert checks["global average pooling"].value == "F.avg_pool2d in forward"
+
+
+class NearMisses(nn.Module):
+    """A depthwise conv followed by a 3x3 (not a 1x1), and a grouped conv that is not depthwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.c5 = nn.Conv2d(32, 32, 3, padding=1)
+        self.g = nn.Conv2d(32, 64, 3, padding=1, groups=2)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.g(F.relu(self.c5(F.relu(self.dw(F.relu(self.stem(x)))))))
+        return self.fc(x.mean(dim=[2, 3]))
+
+
+def test_a_failed_separable_rule_says_which_layers_and_why():
+    # stem -> 3 | dw 3x3 -> 5 | c5 3x3 -> 7 | g 3x3 -> 9 | mean over H, W: GAP entering 9
+    model = NearMisses()
+    assert local_rfs(model) == [3, 5, 7, 9, "all"]
+    checks = verdicts(model)
+    assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=True)
+    value = checks["depthwise-separable conv"].value
+    assert value == ("none (dw is followed by c5, a 3x3 conv, not a 1x1; g has groups=2 of 32 channels: grouped, "
+                     "not depthwise (depthwise needs groups = channels = 32))")
+    assert "\n" not in format_rules(list(checks.values())).split("\n")[2]
+
+
+class TwoStepSum(nn.Module):
+    """GAP written as two sums and a multiplication by 1 / (H * W), after two pools."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)  # 16x16
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)  # 8x8
+        return self.fc(x.sum(-1).sum(-1) * (1.0 / 64))
+
+
+def test_sum_then_scale_by_one_over_hw_is_an_average():
+    # c1 3x3 -> 3 | pool2 -> 4, jump 2 | c2 3x3 -> 4 + 2*2 = 8 | pool2 -> 8 + 1*2 = 10, jump 4
+    # sum over W, then over H, times 1/64 on an 8x8 map: an average, entering RF 10
+    model = TwoStepSum()
+    assert local_rfs(model) == [3, 4, 8, 10, "all"]
+    checks = verdicts(model)
+    assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=True)
+
+
+class WrongDivisor(nn.Module):
+    """A sum over the map divided by the number of CHANNELS: still a sum pool, scaled."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 10, 3, padding=1)
+
+    def forward(self, x):
+        return self.c1(x).sum(dim=(2, 3)) / 10
+
+
+def test_a_sum_divided_by_something_else_is_not_an_average():
+    # c1 3x3 -> 3 | sum over 32x32, / 10 (the channels, not the 1,024 positions): a scaled sum
+    model = WrongDivisor()
+    assert local_rfs(model) == [3, "all"]
+    checks = verdicts(model)
+    assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=False)
+    assert checks["global average pooling"].value == "none (x.sum in forward is a global sum pool, not an average)"

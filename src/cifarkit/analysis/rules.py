@@ -149,13 +149,23 @@ def check_rules(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE,
         RuleCheck("parameters < 1,000,000", params < MAX_PARAMS, f"{params:,}"),
         RuleCheck(f"receptive field > {MIN_RF}", None, f"UNKNOWN ({why})") if rf is None else
         RuleCheck(f"receptive field > {MIN_RF}", min(rf) > MIN_RF, f"{_px(rf)} px"),
-        RuleCheck("depthwise-separable conv", bool(separable), separable or "none"),
-        RuleCheck("dilated conv", bool(dilated), dilated or "none"),
+        RuleCheck("depthwise-separable conv", bool(separable), separable or _no_separable(tr)),
+        RuleCheck("dilated conv", bool(dilated), dilated or "none (no conv with a kernel > 1 has dilation > 1)"),
         RuleCheck("global average pooling", bool(gap), gap or _no_gap(tr.pools)),
         RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", None, "UNKNOWN (not trained / not measured yet)")
         if accuracy is None else
         RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", float(accuracy) >= MIN_ACCURACY, f"{float(accuracy):.2f}%"),
     ])
+
+
+def _no_separable(tr: Trace) -> str:
+    """Why no conv pair counts as depthwise-separable: the depthwise convs and what followed them."""
+    reasons = list(dict.fromkeys(tr.near_misses))
+    followed = {r.split(" is followed by ")[0] for r in reasons if " is followed by " in r}
+    reasons += [f"{d} (depthwise) feeds no 1x1 conv" for d in dict.fromkeys(tr.depthwise) if d not in followed]
+    if not reasons:
+        return "none (no depthwise conv: groups = in_channels = out_channels / k, kernel > 1)"
+    return "none (" + "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "") + ")"
 
 
 def _no_gap(pools: list[GlobalPool]) -> str:

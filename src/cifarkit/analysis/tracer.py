@@ -89,6 +89,8 @@ class Trace:
     flattens: list[tuple[Pair | None, str, str]] = field(default_factory=list)  # (rf, why, label)
     outputs: list[_Meta] = field(default_factory=list)
     params: int = 0  # counted after the pass, so lazy layers (nn.LazyConv2d) have their size
+    depthwise: list[str] = field(default_factory=list)    # every depthwise conv seen, paired or not
+    near_misses: list[str] = field(default_factory=list)  # why a conv that looked like half a pair is not one
 
 
 _POOLS = {"max_pool2d": ("max", nn.MaxPool2d), "avg_pool2d": ("avg", nn.AvgPool2d)}
@@ -105,6 +107,8 @@ _OPAQUE = {"grid_sample", "matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "e
 _ALONG_DIM = {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp",
               "sort", "argsort"}
 _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19)
+_SCALE = {"div", "div_", "true_divide", "__truediv__", "__itruediv__", "mul", "mul_", "__mul__", "__imul__",
+          "__rmul__"}  # a pooled sum scaled by a number: divided by H * W it is an average
 
 
 def _pair(v: Any) -> Any:
@@ -118,6 +122,17 @@ def _pair(v: Any) -> Any:
 def collapse(v: Any) -> Cell:
     """(3, 3) -> 3; a non-square pair stays a pair."""
     return v[0] if isinstance(v, tuple) and len(v) == 2 and v[0] == v[1] else v
+
+
+def _number(v: Any) -> bool:
+    """A plain number, or a tensor holding one (x.sum((2, 3)) / torch.tensor(16.))."""
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and not v.requires_grad
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _cell_text(v: Pair) -> str:
+    return f"{v[0]}x{v[1]}"
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
@@ -190,10 +205,12 @@ class _Tracer(TorchFunctionMode):
         """(row name, row kind, label for the rules, functional?) of the call being followed."""
         mod = self.stack[-1] if self.stack else None
         mname = self.names.get(id(mod), "")
+        # inside a bare nn.Sequential the path is only numbers ("5.0"): the rules name the class beside it
+        label = f"{mname} ({type(mod).__name__})" if mname and all(p.isdigit() for p in mname.split(".")) else mname
         if cls is not None and isinstance(mod, cls):
-            return mname or type(mod).__name__, type(mod).__name__, mname or type(mod).__name__, False
+            return mname or type(mod).__name__, type(mod).__name__, label or type(mod).__name__, False
         op, where = _display(func), mname or "forward"
-        return where, op, f"{op} in {where}", True
+        return where, op, f"{op} in {label or where}", True
 
     def _row(self, where: tuple, out: torch.Tensor, ksp: tuple, meta: _Meta | None, scope: str, note: str = ""):
         known = scope == "local" and meta is not None
@@ -229,20 +246,35 @@ class _Tracer(TorchFunctionMode):
                 # a relayout (NCHW <-> NHWC) computes nothing: a depthwise output stays one
                 return self._put_all(outs, replace(m, dims=tuple(moved.index(_PRIMES[p]) for p in m.dims)))
             if name == "pad" and m.dims == (args[0].ndim - 2, args[0].ndim - 1) and outs[0].ndim == args[0].ndim:
-                # a border of padding changes neither the RF nor the jump of the positions it surrounds
-                return self.put(outs[0], replace(m, hw=tuple(outs[0].shape[-2:]), dw=None))
+                # a border of padding changes neither the RF nor the jump of the positions it surrounds; the
+                # pad a Conv2d with padding_mode reflect / replicate / circular makes (even of 0) is that conv's
+                # own padding, so a depthwise output stays one on its way into a pointwise conv
+                amounts = _arg(args, kwargs, 1, "pad", ())
+                own = isinstance(self.stack[-1] if self.stack else None, nn.Conv2d)
+                return self.put(outs[0], replace(m, hw=tuple(outs[0].shape[-2:]),
+                                                 dw=m.dw if own or not any(amounts) else None))
             if name == "__getitem__":
                 return self._getitem(func, args, m, outs[0])
             if self._opaque_here(name, args, kwargs, m):
                 return self._lost(func, [(args[0], m)], outs, "mixes positions of the map")
             if name == "linear" and m.dw:  # nn.Linear over the channels of an NHWC map is a 1x1 conv
                 self.trace.separable.append((m.dw, self._where(func, nn.Linear)[2]))
+        if m is not None and m.kind == "global" and name in _SCALE and len(args) > 1 and _number(args[1]):
+            self._scale_pools(m, float(args[1]) if "div" in name else 1 / float(args[1]) if float(args[1]) else 0.0)
         if name in _RESHAPE and m is not None:
             return self._reshape(func, args[0], m, outs[0])
         if name in _OPAQUE and any(mm.kind == "map" for _, mm in ins):
             return self._lost(func, ins, outs, "mixes positions of the map")
         for y in outs:
             self.put(y, self._combine(func, ins, y))
+
+    def _scale_pools(self, m: _Meta, divisor: float) -> None:
+        """x.sum((2, 3)) / (H * W) (or * (1 / (H * W))) is an average: the sum pools it comes from become one."""
+        for i in m.pools:
+            pool = self.trace.pools[i]
+            cells = pool.window[0] * pool.window[1]
+            if pool.pooling == "sum" and divisor and abs(divisor - cells) <= 1e-6 * cells:
+                pool.pooling = "avg"
 
     def _put_all(self, outs: list, meta: _Meta) -> None:
         for y in outs:
@@ -283,13 +315,23 @@ class _Tracer(TorchFunctionMode):
         p, d = _pair(_arg(args, kwargs, 4, "padding", 0)), _pair(_arg(args, kwargs, 5, "dilation", 1))
         groups, cin, cout = _arg(args, kwargs, 6, "groups", 1), x.shape[-3], w.shape[0]
         where = self._where(func, nn.Conv2d)
+        mod = self.stack[-1] if self.stack else None
+        if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros" and not isinstance(mod.padding, str):
+            p = _pair(mod.padding)  # it padded with F.pad just before (reflect, ...): the table shows that
         if any(dd > 1 and kk > 1 for dd, kk in zip(d, k)):
             self.trace.dilated.append((where[2], d))
         if m.dw and k == (1, 1) and groups < cin:
             self.trace.separable.append((m.dw, where[2]))
+        elif m.dw:
+            kind = f"a {_cell_text(k)} conv" if groups == 1 else f"a {_cell_text(k)} conv with groups={groups}"
+            self.trace.near_misses.append(f"{m.dw} is followed by {where[2]}, {kind}, not a 1x1")
+        if 1 < groups < cin:
+            self.trace.near_misses.append(f"{where[2]} has groups={groups} of {cin} channels: grouped, not depthwise "
+                                          f"(depthwise needs groups = channels = {cin})")
         meta = self._slide(m, k, s, p, d, x, y, where)
         if groups == cin > 1 and cout % cin == 0 and max(k) > 1 and meta.kind == "map":
             meta = replace(meta, dw=where[2])  # depthwise (a depth multiplier out = k * in allowed)
+            self.trace.depthwise.append(where[2])
         self.put(y, meta)
 
     def _pool(self, func: Any, args: tuple, kwargs: dict, m: _Meta, outs: list, base: str) -> None:
