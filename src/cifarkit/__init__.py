@@ -22,6 +22,7 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["DeviceLoader"], "data.loader"),
     # training and evaluation
     **dict.fromkeys(["fit"], "trainer"),
+    **dict.fromkeys(["compare_runs"], "runs"),
     **dict.fromkeys(["TrainStep", "train_one_epoch", "evaluate"], "engine"),
     **dict.fromkeys(["resolve_device", "choose_precision", "hardware_string"], "hardware"),
     **dict.fromkeys(["epoch_estimate"], "speed"),

@@ -1,4 +1,4 @@
-"""Command line: ``python -m cifarkit {train,summary,evaluate,export,predict,lr-find} ...``.
+"""Command line: ``python -m cifarkit {train,summary,evaluate,export,predict,runs,lr-find} ...``.
 
 The training options are generated from TrainConfig's fields, with each field's comment as its help, so
 the config is the one source of names, defaults and meanings. Every bad option or input ends in one line
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="import path to rebuild a network the run was given as an object")
     q.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
 
+    r = sub.add_parser("runs", help="compare run folders: network, rules, accuracy, time; overlay their curves")
+    r.add_argument("folders", nargs="*", metavar="FOLDER",
+                   help="run folders (default: every folder in ./runs that holds a config.json)")
+    r.add_argument("--plot", help="also save the accuracy curves of all runs in one figure here (PNG)")
+
     f = sub.add_parser("lr-find", help="learning-rate range test for the configured network and recipe")
     f.add_argument("--recipe", choices=list(RECIPES), default=None)
     add_config_options(f)
@@ -177,21 +182,22 @@ def _summary(args) -> int:
     if args.checkpoint:
         from .runfolder.checkpoint import model_from_checkpoint
         model, cfg, _ = model_from_checkpoint(args.checkpoint, "cpu", model=args.model)
-        name, accuracy = cfg.model, _reported_accuracy(args.checkpoint)
+        name, (accuracy, tested) = cfg.model, _reported_accuracy(args.checkpoint)
     else:
-        name, accuracy = normalize_spec(args.model or "seed"), None
+        name, accuracy, tested = normalize_spec(args.model or "seed"), None, None
         model = build_model(name)
     print(f"network: {name}")
     print(summary_text(model))
     print("Receptive field (k kernel, s stride, p padding, d dilation; jump and RF in input pixels)")
     print(format_rf_table(receptive_field(model)))
     print("\nCourse rules")
-    print(format_rules(check_rules(model, accuracy=accuracy)))
+    print(format_rules(check_rules(model, accuracy=accuracy, test_images=tested)))
     return 0
 
 
-def _reported_accuracy(checkpoint: str) -> float | None:
-    """The single-view test accuracy in the results.json next to a checkpoint, if there is one."""
+def _reported_accuracy(checkpoint: str) -> tuple[float | None, int | None]:
+    """(single-view test accuracy, test images it was measured on) from the results.json next to a
+    checkpoint, if there is one."""
     import json
     from pathlib import Path
 
@@ -199,10 +205,11 @@ def _reported_accuracy(checkpoint: str) -> float | None:
 
     for f in (Path(checkpoint).parent / RESULTS, Path(checkpoint).with_suffix("") / RESULTS):
         try:
-            return float(json.loads(f.read_text())["single_view_accuracy"])
+            r = json.loads(f.read_text())
+            return float(r["single_view_accuracy"]), int(r.get("test_total", 10_000))
         except (OSError, KeyError, ValueError, TypeError):
             continue
-    return None
+    return None, None
 
 
 def _evaluate(args) -> int:
@@ -266,6 +273,25 @@ def _predict(args) -> int:
     return 0
 
 
+def _runs(args) -> int:
+    from pathlib import Path
+
+    from .runs import compare_runs
+
+    folders = args.folders or sorted(str(p.parent) for p in Path("runs").glob("*/config.json"))
+    if not folders:
+        raise CifarkitError("no run folders given and none in ./runs: python -m cifarkit runs FOLDER [FOLDER ...]")
+    table = compare_runs(*folders)
+    print(table)
+    print("rules: parameters, RF > 44, depthwise-separable, dilated, GAP, accuracy >= 80% (P pass, F fail, ? undecided)")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        table.plot(path=args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def _lr_find(args) -> int:
     from .analysis.lrfind import describe, lr_find
 
@@ -280,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": _train, "summary": _summary, "evaluate": _evaluate, "export": _export,
-                "predict": _predict, "lr-find": _lr_find}[args.command](args)
+                "predict": _predict, "runs": _runs, "lr-find": _lr_find}[args.command](args)
     except CifarkitError as e:
         from .engine import DivergenceError
         from .runfolder.files import WriteError

@@ -16,6 +16,7 @@ from ..base import IMAGE_SHAPE
 from .tracer import GlobalPool, Pair, RFRow, Trace, collapse, trace
 
 MIN_RF, MAX_PARAMS, MIN_ACCURACY = 44, 1_000_000, 80.0
+FULL_TEST = 10_000  # CIFAR-10's test images
 _POOL_WORDS = {"avg": ("average", "averages"), "max": ("max", "takes the max of"), "sum": ("sum", "sums"),
                "min": ("min", "takes the min of"), "other": ("", "pools")}
 
@@ -136,9 +137,11 @@ def _listing(items: list[str]) -> str:
 
 
 def check_rules(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE,
-                accuracy: float | None = None) -> RuleChecks:
+                accuracy: float | None = None, test_images: int | None = None) -> RuleChecks:
     """The course's rules: < 1M params, RF > 44, a depthwise-separable conv, a dilated conv, global average
-    pooling, and test accuracy >= 80% (percent; None: not measured yet, the verdict is unknown)."""
+    pooling, and test accuracy >= 80% (percent; None: not measured yet, the verdict is unknown).
+    `test_images`: how many test images `accuracy` was measured on; fewer than CIFAR-10's 10,000 (a
+    --limit-test run) decide nothing, and the line says so."""
     tr = trace(model, input_size)
     params = tr.params
     rf, why, _ = _final(tr)
@@ -154,6 +157,9 @@ def check_rules(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE,
         RuleCheck("global average pooling", bool(gap), gap or _no_gap(tr.pools)),
         RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", None, "UNKNOWN (not trained / not measured yet)")
         if accuracy is None else
+        RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", None,
+                  f"UNKNOWN ({float(accuracy):.2f}% on {test_images:,} of the {FULL_TEST:,} test images: evaluate "
+                  "on all of them to decide)") if test_images is not None and test_images < FULL_TEST else
         RuleCheck(f"test accuracy >= {MIN_ACCURACY:.0f}%", float(accuracy) >= MIN_ACCURACY, f"{float(accuracy):.2f}%"),
     ])
 
