@@ -160,3 +160,45 @@ def test_plot_gradcam_writes_png(tmp_path):
     fig = gradcam_misclassified(model, x, labels, probs, idx, CLASSES, path=tmp_path / "m.png")
     title = fig._suptitle.get_text()
     assert "features.last (" in title and "Conv2d" in title and "output " in title and (tmp_path / "m.png").exists()
+
+
+class Block(nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN, plus the input (identity shortcut), then ReLU."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.layer1 = nn.Sequential(Block(16), Block(16))
+        self.pool = nn.MaxPool2d(4)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool(self.layer1(torch.relu(self.stem(x))))  # 32x32 -> 8x8
+        return self.fc(x.mean((2, 3)))
+
+
+def test_the_default_layer_of_a_residual_network_is_the_block_output_after_the_sum():
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    net = Residual()
+    # The last conv, layer1.1.conv2, sees only the residual branch: the sum with the shortcut comes after it,
+    # inside layer1.1's forward; Grad-CAM reads that block's output (the sum, after its ReLU).
+    assert find_target_layer(net, images) == "layer1.1"
+    assert gradcam(net, images, [1, 2]).shape == (2, 32, 32)
+    assert find_target_layer(SeedNet(), images) == "c4.1.1"  # no shortcut: the last conv itself
+
+
+def test_a_layer_with_a_1x1_output_is_refused_in_one_line():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1), nn.Flatten())
+    with pytest.raises(ConfigError) as e:
+        gradcam(net, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 0, target_layer="2")
+    assert "outputs a 1x1 map" in str(e.value) and "\n" not in str(e.value)

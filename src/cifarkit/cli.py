@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import tempfile
 import typing
@@ -256,7 +257,7 @@ def _export(args) -> int:
     slim = export_checkpoint(args.checkpoint, args.out)
     size = os.path.getsize(args.out) / 2**20
     print(f"wrote {args.out} ({size:.1f} MiB): {slim['config']['model']} weights after epoch {slim['epoch']}; "
-          f"evaluate with: python -m cifarkit evaluate --checkpoint {args.out}")
+          f"evaluate with: python -m cifarkit evaluate --checkpoint {shlex.quote(os.path.abspath(args.out))}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The maps come from the grad-cam library (pytorch-grad-cam). This module adds what a course project needs
 around it: a default target layer found for ANY nn.Module (the last conv layer, in execution order, whose
-output is larger than 1x1), inputs as uint8 or normalised images, the run's precision, and a model that
+output is larger than 1x1, or the residual block that adds a shortcut after it), inputs as uint8 or normalised images, the run's precision, and a model that
 comes back exactly as it was. The library on its own puts the model in eval mode for good, overwrites
 its `.grad`s, and fails under bf16 autocast (it converts activations to numpy, which has no bfloat16).
 """
@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..base import PRECISIONS, ConfigError
 from ..data.loader import normalize
@@ -43,21 +44,67 @@ def preserved(model: nn.Module) -> Iterator[None]:
                 b.copy_(saved)
 
 
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module, tuple]], tuple]:
-    """(name, module, output shape) of every submodule in the order their forward passes end, and the
-    model's output shape, from one eval-mode, no-grad forward pass of `x`."""
+class _Joins(TorchFunctionMode):
+    """Notes every addition of two equal-shaped feature maps (a residual sum) and the module whose forward
+    made it, at that moment of the pass (as a count of the module calls finished so far)."""
+
+    ADDS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
+
+    def __init__(self, stack: list[str], calls: list):
+        super().__init__()
+        self.stack, self.calls, self.joins = stack, calls, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        a = args[:2]
+        if (getattr(func, "__name__", "") in self.ADDS and len(a) == 2 and all(isinstance(t, torch.Tensor) for t in a)
+                and a[0].ndim == 4 and a[0].shape == a[1].shape):
+            self.joins.append((len(self.calls), self.stack[-1] if self.stack else ""))
+        return out
+
+
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module, tuple]], tuple, list]:
+    """(name, module, output shape) of every submodule in the order their forward passes end, the model's
+    output shape, and the residual sums (`_Joins`), from one eval-mode, no-grad forward pass of `x`."""
     calls: list[tuple[str, nn.Module, tuple]] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(
-        (name, mod, tuple(out.shape) if isinstance(out, torch.Tensor) else ())))
-        for name, m in model.named_modules() if name]
+    stack: list[str] = []
+    handles = []
+    def enter(name: str):
+        return lambda mod, inp: stack.append(name)
+
+    def leave(name: str):
+        def hook(mod, inp, out) -> None:  # returns None: the output stays the module's own
+            stack.pop()
+            calls.append((name, mod, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+        return hook
+
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_pre_hook(enter(name)))
+            handles.append(m.register_forward_hook(leave(name), always_call=True))
+    joins = _Joins(stack, calls)
     try:
-        with preserved(model), torch.no_grad():
+        with preserved(model), torch.no_grad(), joins:
             model.eval()
             out = checked_forward(model, x)  # (N, 10) class scores, or one line naming what it returned
     finally:
         for h in handles:
             h.remove()
-    return calls, tuple(out.shape)
+    return calls, tuple(out.shape), joins.joins
+
+
+def _default_layer(calls: list, joins: list, convs: list[str]) -> str:
+    """The last conv with a map larger than 1x1, or, when a residual sum made inside a block that holds it
+    follows it, that block: its output is the sum every path to the head goes through."""
+    last = convs[-1]
+    at = max(i for i, (name, _, _) in enumerate(calls) if name == last)
+    blocks = [name for i, name in joins if i > at and name and last.startswith(name + ".")]
+    if not blocks:
+        return last
+    shapes = {name: shape for name, _, shape in calls}
+    outer = min(blocks, key=len)  # the outermost module whose own forward adds a shortcut after the conv
+    shape = shapes.get(outer, ())
+    return outer if len(shape) == 4 and shape[2] * shape[3] > 1 else last
 
 
 def _conv_names(calls: list[tuple[str, nn.Module, tuple]]) -> list[str]:
@@ -71,13 +118,13 @@ def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tup
     """(checked target layer name, number of model outputs) from one traced forward pass of two images (one
     image is repeated: every probe of a network runs a batch of PROBE_BATCH, see `models.check`)."""
     x = x[:PROBE_BATCH] if len(x) >= PROBE_BATCH else x[:1].repeat(PROBE_BATCH, 1, 1, 1)
-    calls, out_shape = _trace(model, x)
+    calls, out_shape, joins = _trace(model, x)
     convs = _conv_names(calls)
     if target_layer is None:
         if not convs:
             raise ConfigError(f"{type(model).__name__} has no Conv2d layer with an output larger than 1x1; pass "
                               "target_layer= the name of a module whose output is (N, C, H, W)")
-        return convs[-1], out_shape[-1]
+        return _default_layer(calls, joins, convs), out_shape[-1]
     shown = ", ".join(convs[-6:]) or "none"
     if target_layer not in dict(model.named_modules()) or not target_layer:
         raise ConfigError(f"unknown target_layer {target_layer!r}; conv layers of {type(model).__name__} "
@@ -97,7 +144,9 @@ def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tup
 
 def find_target_layer(model: nn.Module, images: torch.Tensor, target_layer: str | None = None) -> str:
     """The qualified name of the layer Grad-CAM reads: `target_layer` after checking it, or by default the
-    last Conv2d (in execution order) whose output is larger than 1x1, found by tracing one of `images`."""
+    last Conv2d (in execution order) whose output is larger than 1x1, or the residual block around it when
+    that block adds a shortcut after it (its output is what every path to the head passes), found by
+    tracing two of `images`."""
     with torch.inference_mode(False):
         return _resolve(model, _as_input(images[:PROBE_BATCH], _device(model)), target_layer)[0]
 
@@ -125,8 +174,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
     """Grad-CAM maps (N, H, W), float32 in [0, 1] on the CPU, of `images` for the classes `targets`.
 
     images: uint8 (N, 3, H, W) as stored, or already-normalised floats. targets: one class index per
-    image (or one for all). target_layer: a qualified module name ("c4.1.1"); default: the last Conv2d
-    whose output is larger than 1x1. precision: one of PRECISIONS, resolved for the model's device.
+    image (or one for all). target_layer: a qualified module name ("c4.1.1"); default: see
+    `find_target_layer`. A layer with a 1x1 output is refused (its map would be one flat colour). precision: one of PRECISIONS, resolved for the model's device.
     Runs on the model's device; the model's weights, buffers, modes, flags and grads are left untouched.
     Each map is scaled to a maximum of 1 (the library's min-max scaling): compare where, not how much.
     """

@@ -32,11 +32,13 @@ ADVICE = {
 
 
 def advice(speak: str, what: str, last: str | os.PathLike = "") -> str:
-    """The ADVICE line `what` for `speak` ("cli" or "python"); a CLI path is quoted for pasting into a shell."""
+    """The ADVICE line `what` for `speak` ("cli" or "python"); the path is absolute, so the line works pasted
+    into any folder's shell or notebook, and quoted for a shell."""
+    last = os.path.abspath(last) if str(last) else ""
     if speak == "cli":
         import shlex
-        return ADVICE[speak][what].format(last=shlex.quote(str(last)))
-    return ADVICE[speak][what].format(last=str(last))
+        return ADVICE[speak][what].format(last=shlex.quote(last))
+    return ADVICE[speak][what].format(last=last)
 
 
 class RunDirError(CifarkitError):
