@@ -141,3 +141,11 @@ def test_options_come_from_the_config_with_its_comments_as_help(capsys):
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--label-smoothing" in text and "airbench's 0.2" in text and "--milestones EPOCH" in text
     assert "--data-fingerprint" not in text
+
+
+def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
+    from cifarkit.cli import main
+    odd = tmp_path / "two\nlines"
+    code = main(["train", "--dry-run", "--data", str(odd), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "two[newline]lines" in err

@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     except CifarkitError as e:
         from .engine import DivergenceError
         from .runfolder.files import WriteError
-        print(f"cifarkit: error: {e}", file=sys.stderr)
+        # one line whatever a path in it holds (a file name may contain a newline)
+        print(f"cifarkit: error: {str(e).replace(chr(10), '[newline]').replace(chr(13), '[return]')}", file=sys.stderr)
         return 1 if isinstance(e, (DivergenceError, WriteError)) else 2  # 1: the run failed; 2: bad input
     except KeyboardInterrupt as e:  # outside fit's own handling, or during its setup (then fit said what was saved)
         if not getattr(e, "reported", False):
