@@ -105,6 +105,7 @@ def test_register_twice_replaces_and_constructors_need_no_dropout(tmp_path, lear
         ck.build_model("peer", dropout=0.1)
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_import_path_trains_evaluates_exports_summarises_and_resumes(tmp_path, net_file, tree, capsys):
     spec = f"{net_file}:Net(width=6)"
     out = tmp_path / "run"

@@ -107,6 +107,7 @@ def test_diverging_run_exits_1_with_a_hint(tree, tmp_path, capsys):
     assert code == 1 and "loss is" in last and "Lower --lr" in last and all(w.startswith("warning:") for w in warnings)
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_module_entry_point_one_line_error():
     p = subprocess.run([sys.executable, "-m", "cifarkit", "train", "--epochs", "-3"], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "epochs must be" in p.stderr and not p.stdout

@@ -27,6 +27,7 @@ def loaders(data, batch=50):
             DeviceLoader(data.test_images, data.test_labels, 100, train=False))
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_training_learns_and_reports(learnable_data, capsys):
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=6, lr=0.05, batch_size=50)

@@ -379,6 +379,7 @@ except RunInterrupted as e:
 """
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 @posix_only
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signalled_run_saves_says_and_exits_with_the_code(tmp_path, sig, code):

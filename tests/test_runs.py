@@ -1,6 +1,8 @@
 """Comparing the versions of a network: `compare_runs` / `python -m cifarkit runs` read run folders back."""
 import json
 
+import pytest
+
 from torch import nn
 
 import cifarkit as ck
@@ -13,6 +15,7 @@ def tiny_run(tmp_path, name, learnable_data, **kw):
     return ck.fit(cfg, data=learnable_data)
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_two_versions_side_by_side_with_their_curves(tmp_path, learnable_data, capsys):
     tiny_run(tmp_path, "v1", learnable_data)
     tiny_run(tmp_path, "v2", learnable_data, lr=0.1, limit_test=50)

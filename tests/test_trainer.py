@@ -47,6 +47,7 @@ def test_fit_writes_the_run_folder(tmp_path, learnable_data):
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_same_seed_same_numbers(tmp_path, learnable_data):
     a = fit(cfg_for(tmp_path / "a"), data=learnable_data)
     b = fit(cfg_for(tmp_path / "b"), data=learnable_data)
@@ -56,6 +57,7 @@ def test_same_seed_same_numbers(tmp_path, learnable_data):
     assert strip(c.history) != strip(a.history)
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, monkeypatch, capsys):
     cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
     straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data)
@@ -172,6 +174,7 @@ def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, mo
     assert torch.equal(p1.argmax(1), p2.argmax(1))
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, monkeypatch):
     cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
     straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data, resume="auto")
@@ -185,6 +188,7 @@ def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, monke
     assert strip(resumed.history) == strip(straight.history)
 
 
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_auto_refuses_other_settings_in_python_words(tmp_path, learnable_data):
     fit(cfg_for(tmp_path), data=learnable_data, resume="auto")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}

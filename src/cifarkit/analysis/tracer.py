@@ -10,6 +10,8 @@ metadata; ops joining maps (add, mul, cat) take the largest RF. A pooling whose 
 mean / max over both spatial axes, is a global pool: each output sees the whole image, and what the course
 counts is the RF *entering* it. An op that changes the map size in a way not modelled here (interpolate,
 pixel_shuffle, strided slicing, ...) makes the RF unknown, with that op as the reason, never a wrong number.
+(The one module over ~300 lines: one class with a method per kind of op; cut in two, each half would need
+the other to be read.)
 """
 from __future__ import annotations
 
