@@ -136,3 +136,17 @@ def test_bad_arguments_are_one_line(learnable_data):
     with pytest.raises(ConfigError, match="training split is empty") as e:
         lr_find(cfg, empty, num_iter=5)
     assert "\n" not in str(e.value)
+
+
+def test_a_plot_that_cannot_be_saved_is_one_line(learnable_data, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from cifarkit.base import CifarkitError
+
+    def read_only(self, *a, **k):  # what a read-only folder does (root ignores a chmod)
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Figure, "savefig", read_only)
+    cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False)
+    with pytest.raises(CifarkitError) as e:
+        lr_find(cfg, learnable_data, num_iter=3, start_lr=1e-3, end_lr=1e-1, path=tmp_path / "ro" / "lr.png")
+    assert str(e.value) == f"cannot save the figure {tmp_path / 'ro' / 'lr.png'}: Permission denied"
