@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,9 +159,15 @@ def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int)
         how = f"measured now, {PROBE_STEPS} passes of {batch} images each"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**(cached if isinstance(cached, dict) else {}), key: [nchw, nhwc]}))
-            os.replace(tmp, path)
+            # a fresh temp file (O_EXCL: never an existing file or a planted link), renamed over the cache
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps({**(cached if isinstance(cached, dict) else {}), key: [nchw, nhwc]}))
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         except OSError:
             pass  # a read-only cache only costs the probe next time
     use = nhwc > nchw
