@@ -142,3 +142,18 @@ def test_a_name_with_a_newline_stays_on_one_line(tmp_path):
     with pytest.raises(ImageError, match="is a folder, not an image"):
         load_image(tmp_path)
     assert torch.is_tensor(load_image(Image.new("RGBA", (8, 8)))[0])
+
+
+def test_an_oversized_file_is_refused_before_it_is_read_in_a_tree_and_in_predict(tmp_path, tree, monkeypatch,
+                                                                                  private_cache):
+    big = tree / "train" / "dog" / "0005.png"
+    big.write_bytes(png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    monkeypatch.setattr(decode, "MAX_FILE_BYTES", big.stat().st_size - 1)
+    opened = []
+    real = Image.open
+    monkeypatch.setattr(Image, "open", lambda f, *a, **k: opened.append(str(f)) or real(f, *a, **k))
+    with pytest.raises(DataError) as e:
+        load_cifar10(tree, progress=False)
+    assert f"{big} is 0 MiB: too large for an image file" in str(e.value) and str(big) not in opened
+    with pytest.raises(ImageError, match="too large for an image file"):
+        load_image(big)

@@ -64,6 +64,13 @@ def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
     return f"{name}({', '.join(pos + kw)})" if kwargs else name
 
 
+def show_path(path: str | os.PathLike) -> str:
+    """A path for a one-line message: as it is, or quoted (repr) when it holds a newline or other
+    unprintable characters."""
+    text = os.fspath(path)
+    return text if text.isprintable() else repr(text)
+
+
 def cache_dir() -> Path:
     """The folder cifarkit caches decoded datasets and layout measurements in (created on first write):
     $CIFARKIT_CACHE, else $XDG_CACHE_HOME/cifarkit, else ~/.cache/cifarkit."""

@@ -20,7 +20,8 @@ from torch import nn
 from .base import CifarkitError
 from .compiled import guarded
 from .data.loader import DeviceLoader, normalize
-from .models import build_model, checked_forward, probe
+from .models import as_batch, build_model, checked_forward, probe
+from .models.check import PROBE_BATCH
 from .hardware import autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
 from .optim import Averager, make_grad_scaler
 
@@ -193,14 +194,12 @@ def predict_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """`predict` on uint8 `images` (N, 3, 32, 32): batched on the model's device in the model's memory
     layout, with `precision` resolved for that device. Returns (probabilities, labels) on the CPU."""
     device = next(model.parameters()).device
-    one = len(images) == 1  # run a single image as a batch of two, as the network trained on batches
-    if one:
-        images, labels = images.repeat(2, 1, 1, 1), labels.repeat(2)
-    loader = DeviceLoader(images, labels, max(batch_size, 2) if one else batch_size, train=False, device=device,
-                          channels_last=model_is_nhwc(model))
+    n = len(images)
+    loader = DeviceLoader(as_batch(images), as_batch(labels), max(batch_size, PROBE_BATCH), train=False,
+                          device=device, channels_last=model_is_nhwc(model))
     amp, _ = choose_precision(precision, device)
     probs, labels = predict(model, loader, amp_dtype=amp, tta=tta)
-    return (probs[:1], labels[:1]) if one else (probs, labels)
+    return probs[:n], labels[:n]  # a lone image ran as a batch of two (`models.check.as_batch`)
 
 
 def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, model: nn.Module | None = None,

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import CLASSES, CifarkitError
+from .base import CLASSES, CifarkitError, show_path
 from .config import TrainConfig
 from .data.dataset import DataError
-from .data.decode import MAX_FILE_BYTES, open_rgb, too_large
+from .data.decode import open_rgb
 from .engine import predict_images
 
 
@@ -47,13 +47,11 @@ def load_image(image) -> tuple[torch.Tensor, list[str]]:
     notes: list[str] = []
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        shown = str(path) if str(path).isprintable() else repr(str(path))
+        shown = show_path(path)
         if path.is_dir():
             raise ImageError(f"{shown} is a folder, not an image (give the image files: {shown}/*.jpg)")
         if not path.is_file():
             raise ImageError(f"image not found: {shown}")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ImageError(str(too_large(shown, path.stat().st_size)))
         try:
             image, notes = open_rgb(path, str(path), draft=64)
         except DataError as e:

@@ -17,7 +17,7 @@ from .data.sources import load_cifar10
 from .data.splits import make_splits
 from .engine import model_for_config, predict_images
 from .hardware import resolve_device
-from .models import build_model
+from .models import build_model, count_parameters
 from .report import epoch_line, final_line
 from .runfolder.checkpoint import config_from_checkpoint, load_checkpoint, load_weights, reported_weights
 from .runfolder.files import LAST, RESULTS
@@ -142,7 +142,7 @@ def compare_runs(*folders: str | Path) -> RunsTable:
             rf = final_receptive_field(net) or "?"
             checks = check_rules(net, accuracy=final.get("single_view_accuracy"), test_images=final.get("test_total"))
             rules = "".join({True: "P", False: "F", None: "?"}[c.passed] for c in checks)
-            params = params or sum(p.numel() for p in net.parameters())
+            params = params or count_parameters(net)
         except CifarkitError:
             pass  # not rebuildable here: the table says "?" rather than guess
         pct = lambda k: f"{final[k]:.2f}%" if final.get(k) is not None else "-"  # noqa: E731

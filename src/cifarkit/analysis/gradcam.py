@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from ..base import PRECISIONS, ConfigError
 from ..data.loader import normalize
 from ..hardware import autocast, choose_precision
-from ..models.check import PROBE_BATCH, checked_forward
+from ..models.check import PROBE_BATCH, as_batch, checked_forward
 from .plots import finish
 
 
@@ -117,8 +117,7 @@ def _conv_names(calls: list[tuple[str, nn.Module, tuple]]) -> list[str]:
 def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tuple[str, int]:
     """(checked target layer name, number of model outputs) from one traced forward pass of two images (one
     image is repeated: every probe of a network runs a batch of PROBE_BATCH, see `models.check`)."""
-    x = x[:PROBE_BATCH] if len(x) >= PROBE_BATCH else x[:1].repeat(PROBE_BATCH, 1, 1, 1)
-    calls, out_shape, joins = _trace(model, x)
+    calls, out_shape, joins = _trace(model, as_batch(x[:PROBE_BATCH]))
     convs = _conv_names(calls)
     if target_layer is None:
         if not convs:
@@ -206,14 +205,13 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
             # The float cast (the library's activation/gradient hook) lets it read bf16 autocast tensors.
             cam = GradCAM(model, [dict(model.named_modules())[layer]], reshape_transform=lambda t: t.float())
             try:
-                for i in range(0, n, max(batch_size, PROBE_BATCH)):
-                    xb, tb = x[i:i + max(batch_size, PROBE_BATCH)], targets[i:i + max(batch_size, PROBE_BATCH)]
-                    single = len(xb) == 1  # a lone image runs as a batch of two, as every probe does
-                    if single:
-                        xb, tb = xb.repeat(PROBE_BATCH, 1, 1, 1), tb * PROBE_BATCH
-                    with autocast(device, amp_dtype):
-                        out = cam(xb, [ClassifierOutputTarget(t) for t in tb])
-                    maps.append(out[:1] if single else out)
+                step = max(batch_size, PROBE_BATCH)
+                for i in range(0, n, step):
+                    xb, tb = x[i:i + step], targets[i:i + step]
+                    tb = tb * PROBE_BATCH if len(tb) == 1 else tb  # a lone image runs as a batch of two, as every
+                    with autocast(device, amp_dtype):               # probe does (`as_batch`); its first map is kept
+                        out = cam(as_batch(xb), [ClassifierOutputTarget(t) for t in tb])
+                    maps.append(out[:len(xb)])
             finally:
                 cam.activations_and_grads.release()
     return torch.from_numpy(np.concatenate(maps)).clamp_(0, 1)

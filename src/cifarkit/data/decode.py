@@ -4,19 +4,22 @@ Used for the training images (which must be 32x32) and for `predict` (any size).
 ``convert("RGB")`` gets wrong is handled here: 16-bit and 32-bit grayscale ("I;16", "I") are scaled to
 8 bits instead of clipped to white, float images ("F") are scaled from [0, 1], transparency is laid over
 white (as a viewer on a white page shows it), and EXIF orientation is applied (a phone photo stands up).
-Decoding is bounded: a file or archive member larger than MAX_FILE_BYTES, or an image of more than
+Decoding is bounded: a file larger than MAX_FILE_BYTES (an archive member: `imagefiles` checks its header
+size before reading it), or an image of more than
 MAX_PIXELS, is refused before its pixels are decoded (a decompression bomb never reaches memory), and PIL's
 own bomb warnings never reach stderr.
 """
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
 
+from ..base import show_path
 from .dataset import DataError
 
 MAX_FILE_BYTES = 256 * 2**20  # one image file; CIFAR-10's are ~2 KB, a phone photo ~5-20 MB
@@ -39,6 +42,8 @@ def open_rgb(source: Source, name: str, *, size: tuple[int, int] | None = None, 
     for anything that is not a readable image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if isinstance(source, (str, os.PathLike)) and os.path.getsize(source) > MAX_FILE_BYTES:
+        raise too_large(show_path(name), os.path.getsize(source))  # before a byte of it is read
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     notes: list[str] = []
@@ -48,27 +53,28 @@ def open_rgb(source: Source, name: str, *, size: tuple[int, int] | None = None, 
             with Image.open(source) as im:
                 w, h = im.size
                 if size is not None and (w, h) != size:
-                    raise DataError(f"image {_show(name)} is {w}x{h}, expected {size[0]}x{size[1]}")
+                    raise DataError(f"image {show_path(name)} is {w}x{h}, expected {size[0]}x{size[1]}")
                 if w * h > MAX_PIXELS:
-                    raise DataError(f"image {_show(name)} is {w}x{h} pixels: too large to decode "
+                    raise DataError(f"image {show_path(name)} is {w}x{h} pixels: too large to decode "
                                     f"(limit {MAX_PIXELS / 1e6:.0f} megapixels)")
                 if getattr(im, "n_frames", 1) > 1:
                     notes.append(f"first of {im.n_frames} frames")
                 if draft and im.format == "JPEG":
                     im.draft("RGB", (draft, draft))
                 im.load()
-                if _orientation(im) not in (None, 1):
+                turn = _orientation(im)
+                if turn not in (None, 1):
                     notes.append("EXIF orientation applied")
                 rgb = _to_rgb(ImageOps.exif_transpose(im), notes)
-                rgb.info["source_size"] = (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)  # before any draft
+                rgb.info["source_size"] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # upright, before any draft
                 return rgb, notes
     except DataError:
         raise
     except Image.DecompressionBombError:
-        raise DataError(f"image {_show(name)} is too large to decode (a decompression bomb?)") from None
+        raise DataError(f"image {show_path(name)} is too large to decode (a decompression bomb?)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot read image {_show(name)}: {first}") from None
+        raise DataError(f"cannot read image {show_path(name)}: {first}") from None
 
 
 def _orientation(im) -> int | None:
@@ -104,8 +110,3 @@ def _to_rgb(im, notes: list[str]):
         return im.convert("RGB")
     except (ValueError, OSError) as e:
         raise DataError(f"image mode {mode} cannot be shown as RGB ({e})") from None
-
-
-def _show(name: str) -> str:
-    """A file name on one line, whatever characters it holds."""
-    return name if name.isprintable() else repr(name)

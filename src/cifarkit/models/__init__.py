@@ -5,11 +5,11 @@
 "seed" and "compact" when this package is imported (so every user of the registry sees them).
 """
 from . import compact, seed  # noqa: F401 (registers the built-in networks)
-from .check import NetworkError, checked_forward, probe
+from .check import NetworkError, as_batch, checked_forward, probe
 from .registry import (MODELS, build_model, check_model_spec, count_parameters, normalize_spec, register,
                        spec_string)
 from .seed import SeedNet
 from .compact import CompactNet
 
-__all__ = ["MODELS", "CompactNet", "NetworkError", "SeedNet", "build_model", "checked_forward", "probe", "check_model_spec", "count_parameters",
+__all__ = ["MODELS", "CompactNet", "NetworkError", "SeedNet", "as_batch", "build_model", "checked_forward", "probe", "check_model_spec", "count_parameters",
            "normalize_spec", "register", "spec_string"]

@@ -52,6 +52,12 @@ def checked_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def as_batch(t: torch.Tensor) -> torch.Tensor:
+    """`t` as it is, or a lone image (label, ...) repeated to PROBE_BATCH: a network trained on batches is run
+    on one. Callers keep the first row of what comes back."""
+    return t.repeat(PROBE_BATCH, *([1] * (t.dim() - 1))) if len(t) == 1 else t
+
+
 @torch.no_grad()
 def probe(model: nn.Module, x: torch.Tensor) -> None:
     """One checked forward of `x` (normalised images on the model's device) in eval mode; the model's

@@ -10,7 +10,7 @@ import errno
 import os
 from pathlib import Path
 
-from ..base import CifarkitError
+from ..base import CifarkitError, show_path
 from .files import LOCK
 
 try:
@@ -54,19 +54,13 @@ def _folder_error(run_dir: Path, e: OSError) -> RunDirError:
     if e.errno in (errno.ENOTDIR, errno.EEXIST):
         link = next((p for p in (run_dir, *run_dir.parents) if p.is_symlink() and not p.exists()), None)
         if link is not None:
-            return RunDirError(f"--out {_show(run_dir)}: {_show(link)} is a symbolic link to "
-                               f"{_show(os.readlink(link))}, which does not exist; create that folder or choose "
+            return RunDirError(f"--out {show_path(run_dir)}: {show_path(link)} is a symbolic link to "
+                               f"{show_path(os.readlink(link))}, which does not exist; create that folder or choose "
                                "another --out")
-        return RunDirError(f"--out {_show(run_dir)} is a file, not a folder (or lies under one)")
+        return RunDirError(f"--out {show_path(run_dir)} is a file, not a folder (or lies under one)")
     if e.errno == errno.ENOSPC:
         return RunDirError(f"no space left on device in {run_dir}")
     return RunDirError(f"cannot write in {run_dir}: {e.strerror or e}")
-
-
-def _show(path) -> str:
-    """A path on one line, whatever characters it holds."""
-    text = str(path)
-    return text if text.isprintable() else repr(text)
 
 
 def _make_dirs(path: Path) -> list[Path]:
