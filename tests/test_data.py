@@ -1,5 +1,6 @@
 """load_cifar10 on tiny datasets written in every supported format, the cache, and every bad input."""
 import gzip
+import os
 import re
 import shutil
 import tarfile
@@ -303,3 +304,28 @@ def test_split_train_val_is_disjoint_and_complete():
     assert torch.equal(ids, torch.arange(500, dtype=torch.int32))
     with pytest.raises(DataError, match="val_split"):
         split_train_val(images, labels, 500)
+
+
+# ---------------------------------------------------------------- odd names and links in a tree (issue 28)
+def test_a_file_name_that_is_not_utf8_loads(tree):
+    from cifarkit.data.sources import load_cifar10
+
+    before = len(load_cifar10(str(tree), progress=False).train_labels)
+    src = next((tree / "train" / "cat").iterdir())
+    (tree / "train" / "cat").joinpath(os.fsdecode(b"\xff\xfe-odd.png")).write_bytes(src.read_bytes())
+    assert len(load_cifar10(str(tree), progress=False).train_labels) == before + 1
+
+
+@pytest.mark.parametrize("link, target, needle", [
+    ("loop", "..", "a symbolic link to a folder above it"),
+    ("self", "self", "loops back on itself"),
+    ("self.png", "self.png", "loops back on itself"),
+    ("gone.png", "/nonexistent/gone.png", "which does not exist"),
+])
+def test_a_link_that_loops_or_leads_nowhere_is_one_line(tree, link, target, needle):
+    from cifarkit.data.sources import load_cifar10
+
+    os.symlink(target, tree / "train" / "cat" / link)
+    with pytest.raises(DataError) as e:
+        load_cifar10(str(tree), progress=False)
+    assert needle in str(e.value) and link in str(e.value) and "\n" not in str(e.value)

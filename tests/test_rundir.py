@@ -160,10 +160,12 @@ def test_run_state(tmp_path):
     run.mkdir()
     assert run_state(run) == "empty"
     (run / "config.json").write_text("{}")  # killed or diverged before the first checkpoint
+    assert run_state(run) == "empty"  # a config.json alone holds nothing a new run would not write again
     (run / "history.json").write_text("[]")
-    assert run_state(run) == "empty"
-    (run / "last.pt").write_bytes(os.urandom(100))  # not loadable: nothing to resume
-    assert run_state(run) == "empty" and checkpoint_epoch(run / "last.pt") is None
+    assert run_state(run) == "damaged"  # any other run file without a loadable last.pt: never "empty"
+    (run / "history.json").unlink()
+    (run / "last.pt").write_bytes(os.urandom(100))  # not loadable: nothing to resume, and not to be deleted
+    assert run_state(run) == "damaged" and checkpoint_epoch(run / "last.pt") is None
     write_ckpt(run / "last.pt", 3)
     assert run_state(run) == "unfinished" and checkpoint_epoch(run / "last.pt") == 3
     (run / "results.json").write_text("{}")
@@ -319,9 +321,34 @@ def test_later_signals_are_ignored_while_the_run_unwinds():
         with pytest.raises(RunInterrupted):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
+        stop.delivered()  # what fit does first when it catches the interrupt
         os.kill(os.getpid(), signal.SIGTERM)  # e.g. Ctrl-C pressed twice: the cleanup is not cut short
         time.sleep(0.05)
+        stop.check()  # nothing to raise: the caller has it
     assert stop.received == signal.SIGINT
+
+
+def test_a_swallowed_interrupt_is_raised_again_on_the_next_signal_and_at_the_next_check():
+    with StopSignals() as stop:
+        try:  # a network's forward with a bare except
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except BaseException:
+            pass
+        with pytest.raises(RunInterrupted):  # the loop's check between batches (outside the network's code)
+            stop.check()
+        with pytest.raises(RunInterrupted) as e:  # a second Ctrl-C raises again, as in plain Python
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert e.value.exit_code == 130
+        written = False
+        with pytest.raises(RunInterrupted):  # but never inside a checkpoint write: raised when it ends
+            with stop.critical():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                stop.check()
+                written = True
+        assert written
 
 
 def test_stop_signals_in_another_thread_do_nothing():

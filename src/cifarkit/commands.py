@@ -10,7 +10,7 @@ import dataclasses
 import os
 import shlex
 
-from .base import CifarkitError
+from .base import CifarkitError, show_path
 
 
 def summary(args) -> int:
@@ -90,8 +90,11 @@ def evaluate(args) -> int:
 def export(args) -> int:
     from .runfolder.checkpoint import CheckpointError, export_checkpoint
 
-    if os.path.exists(args.out) and not args.overwrite:
-        raise CheckpointError(f"{args.out} exists; pass --overwrite to replace it")
+    if os.path.isdir(args.out):  # --overwrite replaces a file, never a folder
+        raise CheckpointError(f"--out {show_path(args.out)} is a folder; give the path of the .pt file to write, "
+                              f"e.g. {show_path(os.path.join(args.out, 'model.pt'))}")
+    if os.path.lexists(args.out) and not args.overwrite:
+        raise CheckpointError(f"{show_path(args.out)} exists; pass --overwrite to replace it")
     slim = export_checkpoint(args.checkpoint, args.out)
     size = os.path.getsize(args.out) / 2**20
     print(f"wrote {args.out} ({size:.1f} MiB): {slim['config']['model']} weights after epoch {slim['epoch']}; "

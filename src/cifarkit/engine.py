@@ -22,6 +22,7 @@ from .compiled import guarded
 from .data.loader import DeviceLoader, normalize
 from .models import as_batch, build_model, checked_forward, probe
 from .models.check import PROBE_BATCH
+from .models.identity import materialize
 from .hardware import autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
 from .optim import Averager, make_grad_scaler
 
@@ -95,14 +96,16 @@ def _divergence(value: float, epoch: int, first: int, last: int, lrs: list[float
                            "Lower --lr (or use --precision fp32) and start again")
 
 
-def train_one_epoch(step: TrainStep, loader, *, epoch: int = 0, progress: bool = True, check_every: int = 50) -> dict:
+def train_one_epoch(step: TrainStep, loader, *, epoch: int = 0, progress: bool = True, check_every: int = 50,
+                    between_batches: Callable[[], None] | None = None) -> dict:
     """One pass over `loader` with `step`. Returns loss (mean per image), accuracy (%), counts, seconds, LRs.
 
     The bar reads like the seed's log: ``Loss=... Batch_id=... Accuracy=...``. Loss and correct counts are
     summed on the device; the host reads them only at check points: every `check_every` steps and at the
     last step on a GPU (each read drains the GPU's queue of launched work), every step on a CPU (free
     there). A NaN / Inf loss raises DivergenceError at the check, before that step's optimiser update
-    (on a GPU the steps since the previous check were already applied).
+    (on a GPU the steps since the previous check were already applied). `between_batches()` is called after
+    every step, outside the network's code (`fit` passes its signal check there).
     """
     from tqdm import tqdm  # plain text bars: they read well in a terminal, a saved notebook and on GitHub
 
@@ -131,6 +134,8 @@ def train_one_epoch(step: TrainStep, loader, *, epoch: int = 0, progress: bool =
                 bar.set_description(f"Loss={current:.4f} Batch_id={i} Accuracy={100.0 * right / seen:.2f}",
                                     refresh=False)
         step.update()
+        if between_batches is not None:
+            between_batches()
     total, right = torch.stack([loss_sum, correct.float()]).tolist()  # waits for the queued last step
     seconds = time.perf_counter() - start
     return {"loss": total / seen, "accuracy": 100.0 * right / seen, "correct": int(right), "total": seen,
@@ -203,18 +208,24 @@ def predict_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, model: nn.Module | None = None,
-                     from_data: bool = True, verbose: bool = False) -> nn.Module:
+                     from_data: bool = True, verbose: bool = False, layout: bool | None = None) -> nn.Module:
     """The network of `cfg` (or the object `model`, when one was passed beside the config) on `device`, in
     the memory layout the config's `channels_last` picks (on a CPU, "auto" measures both layouts with this
     network: `hardware.choose_channels_last`; `verbose` prints the choice). With `from_data`, a network
     that initialises itself from data (CompactNet's whitening conv) sees the first 5,000 training images
-    (a resumed run loads those weights instead)."""
+    (a resumed run loads those weights instead). `layout` (True: NHWC) is the layout a resumed run chose
+    when it started: kept, so it computes as it did, whatever a new measurement would say."""
     net = model if model is not None else build_model(cfg.model, cfg.dropout)
+    materialize(net)  # lazy modules get their parameters before anything counts, moves or measures them
     if from_data and hasattr(net, "init_from_data"):
         net.init_from_data(normalize(train_images[:5000]))
     net = net.to(device)
     amp_dtype = choose_precision(cfg.precision, device)[0]
-    nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=net, batch=min(cfg.batch_size, 64))
+    if layout is not None:
+        nhwc, why = bool(layout), f"{'channels_last' if layout else 'NCHW'} (as the run chose when it started)"
+    else:
+        nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=net,
+                                         batch=min(cfg.batch_size, 64))
     if verbose:
         print(f"layout: {why}")
     net = net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)

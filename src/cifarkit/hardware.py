@@ -121,7 +121,7 @@ def choose_channels_last(setting: str | bool, device: torch.device, amp_dtype: t
         return setting == "yes", f"{'channels_last' if setting == 'yes' else 'NCHW'} (requested)"
     if device.type == "cuda":
         if amp_dtype is not None:
-            return True, f"channels_last: {_NAME[amp_dtype]} tensor-core convolutions want NHWC"
+            return True, f"channels_last: {PRECISION_NAME[amp_dtype]} tensor-core convolutions want NHWC"
         return False, "NCHW: fp32 convolutions gain nothing from NHWC on a GPU"
     if device.type != "cpu":
         return False, f"NCHW on {device.type}"
@@ -130,7 +130,7 @@ def choose_channels_last(setting: str | bool, device: torch.device, amp_dtype: t
     return _probe_layout(model, device, amp_dtype, batch)
 
 
-_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+PRECISION_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}  # the names config.json uses
 PROBE_STEPS = 3  # timed forward + backward passes per layout (after one untimed pass each)
 
 
@@ -142,7 +142,7 @@ def probe_cache_path() -> Path:
 def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[bool, str]:
     n_params = sum(p.numel() for p in model.parameters())
     key = (f"{cpu_name()}|{cpu_kind()}|{torch.get_num_threads()} threads|torch {torch.__version__}|"
-           f"{type(model).__module__}.{type(model).__qualname__}|{n_params}|{_NAME[amp_dtype]}|batch {batch}")
+           f"{type(model).__module__}.{type(model).__qualname__}|{n_params}|{PRECISION_NAME[amp_dtype]}|batch {batch}")
     path = probe_cache_path()
     try:
         cached = json.loads(path.read_text())
@@ -172,7 +172,7 @@ def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int)
             pass  # a read-only cache only costs the probe next time
     use = nhwc > nchw
     return use, (f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f} img/s "
-                 f"({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {_NAME[amp_dtype]}; {how})")
+                 f"({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {PRECISION_NAME[amp_dtype]}; {how})")
 
 
 def _time_layouts(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from .models import build_model, count_parameters
 from .report import epoch_line, final_line
 from .runfolder.checkpoint import config_from_checkpoint, load_checkpoint, load_weights, reported_weights
 from .runfolder.files import LAST, RESULTS
-from .runfolder.lock import advice
+from .runfolder.lock import RunDirError, advice
 
 
 @dataclass
@@ -76,7 +76,14 @@ def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
     run_dir = Path(cfg.out)
     ckpt = load_checkpoint(run_dir / LAST)
     saved = config_from_checkpoint(ckpt, run_dir / LAST)
-    final = json.loads((run_dir / RESULTS).read_text())
+    try:
+        final = json.loads((run_dir / RESULTS).read_text())
+        if not isinstance(final, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunDirError(f"{run_dir / RESULTS} cannot be read ({type(e).__name__}: truncated or corrupt?); the "
+                          f"run's checkpoints are intact: {advice('python', 'overwrite')} to train again, or "
+                          f"{advice('python', 'out')}") from None
     history = list(ckpt.get("history", []))
     run_cfg = dataclasses.replace(saved, out=cfg.out, progress=cfg.progress, device=cfg.device,
                                   data=cfg.data if cfg.data is not None else saved.data)
@@ -84,7 +91,8 @@ def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
     device = resolve_device(run_cfg.device)
     if model is not None and not isinstance(model, nn.Module):
         model = build_model(model, run_cfg.dropout)
-    model = model_for_config(run_cfg, data.train_images, device, model=model, from_data=False)
+    model = model_for_config(run_cfg, data.train_images, device, model=model, from_data=False,
+                             layout=(ckpt.get("choices") or {}).get("channels_last"))
     load_weights(model, reported_weights(ckpt), run_dir / LAST, run_cfg.model)
     print(f"{run_dir} holds a finished run with these settings: loaded, not trained again "
           f"({advice('python', 'overwrite')} to train it again)")
@@ -126,7 +134,6 @@ def compare_runs(*folders: str | Path) -> RunsTable:
     from .analysis.rules import check_rules, final_receptive_field
     from .base import CifarkitError
     from .runfolder.files import CONFIG, HISTORY_JSON
-    from .runfolder.lock import RunDirError
 
     table = RunsTable()
     for folder in map(Path, folders):

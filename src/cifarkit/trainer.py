@@ -23,8 +23,9 @@ from .data.dataset import Cifar10
 from .data.loader import DeviceLoader
 from .data.splits import Splits, make_splits
 from .engine import BatchFn, TrainStep, evaluate, model_for_config, train_one_epoch
-from .hardware import choose_precision, hardware_string, model_is_nhwc, peak_rss_mb, resolve_device
+from .hardware import PRECISION_NAME, choose_precision, hardware_string, model_is_nhwc, peak_rss_mb, resolve_device
 from .models import build_model, count_parameters, spec_string
+from .models.identity import network_identity
 from .optim import Averager, make_averager, make_optimizer, make_scheduler
 from .report import epoch_line, result_line
 from .runfolder.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_weights,
@@ -32,7 +33,7 @@ from .runfolder.checkpoint import (CheckpointError, config_from_checkpoint, load
 from .runfolder.files import BEST, CONFIG, LAST, RESULTS, atomic_write_json, write_history
 from .runfolder.lock import RunDirError, RunLock
 from .runs import FitResult, load_finished, load_run_data
-from .runfolder.resume import auto_resume, resume_config
+from .runfolder.resume import auto_resume, check_same_network, network_now, resume_config
 from .runfolder.signals import StopSignals
 from .runfolder.state import check_run_dir, clear_run_dir, ensure_writable, interrupt_message, remove_temp_files, \
     run_state
@@ -58,15 +59,23 @@ class _Run:
     start_epoch: int = 0
     current_epoch: int = 0  # 0-based epoch in progress (for the interrupt message)
     seeded_init: bool = True  # False: a network object came with weights drawn before fit seeded anything
+    identity: dict = field(default_factory=dict)  # the network's code (models.identity), saved in every checkpoint
+    nhwc: bool = False        # the memory layout chosen when the run started; a resumed run keeps it
 
     @property
     def eval_model(self) -> nn.Module:
         return self.averager.eval_model(self.model) if self.averager is not None else self.model
 
+    @property
+    def choices(self) -> dict:
+        """What "auto" chose that changes the numerics: kept in the checkpoint, reused on resume."""
+        return {"precision": PRECISION_NAME[self.amp_dtype], "channels_last": self.nhwc}
+
     def state(self, epoch: int) -> dict:
         """What last.pt / best.pt hold (the "ema" / "lookahead" entry is the averager's, None without one)."""
         step, kind = self.step, self.averager.key if self.averager is not None else None
-        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "epoch": epoch,
+        return {"config": self.cfg.to_dict(), "network": self.identity, "choices": self.choices,
+                "model": self.model.state_dict(), "epoch": epoch,
                 "history": self.history, "optimizer": step.optimizer.state_dict(),
                 "scheduler": step.scheduler.state_dict(),
                 **{key: self.averager.state_dict() if key == kind else None for key in ("ema", "lookahead")},
@@ -76,7 +85,11 @@ class _Run:
 def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.Module | None, factory,
            batch_fn: BatchFn | None) -> _Run:
     device = resolve_device(cfg.device)
-    amp_dtype, reason = choose_precision(cfg.precision, device)
+    kept = (ckpt or {}).get("choices") or {}  # a resumed run computes as it started, whatever "auto" says now
+    amp_dtype, reason = choose_precision(kept.get("precision", cfg.precision), device)
+    if "precision" in kept:
+        head, _, why = reason.partition(": ")
+        reason = f"{head.replace(' (requested)', '')} (as the run chose when it started): {why}"
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data, found = load_run_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "",
@@ -98,7 +111,8 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.
               "fit build it from the seed")
     if factory is not None:
         model = build_model(factory, cfg.dropout)  # after seeding: its initial weights follow cfg.seed
-    net = model_for_config(cfg, splits.train[0], device, model=model, from_data=ckpt is None, verbose=True)
+    net = model_for_config(cfg, splits.train[0], device, model=model, from_data=ckpt is None, verbose=True,
+                           layout=kept.get("channels_last"))
     print(f"model: {cfg.model}, {count_parameters(net):,} parameters")
     nhwc = model_is_nhwc(net)  # the batches follow the model's layout
     loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device, channels_last=nhwc)
@@ -109,7 +123,8 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.
                      optimizer, amp_dtype, cfg.label_smoothing, make_scheduler(optimizer, cfg, len(loader)),
                      averager, batch_fn)
     return _Run(cfg, Path(cfg.out), device, amp_dtype, reason, data, splits, net, loader, eval_loader, step, averager,
-                seeded_init=factory is not None or model is None or ckpt is not None)
+                seeded_init=factory is not None or model is None or ckpt is not None,
+                identity=network_identity(net, cfg.model), nhwc=nhwc)
 
 
 def _restore(run: _Run, ckpt: dict, path) -> None:
@@ -139,11 +154,13 @@ def _train_loop(run: _Run, stop: StopSignals) -> None:
         run.loader.set_epoch(epoch)
         if cfg.progress:
             print(f"EPOCH: {epoch + 1}")
-        tr = train_one_epoch(run.step, run.loader, epoch=epoch, progress=cfg.progress, check_every=cfg.check_every)
+        tr = train_one_epoch(run.step, run.loader, epoch=epoch, progress=cfg.progress, check_every=cfg.check_every,
+                             between_batches=stop.check)
         if run.averager is not None:
             run.averager.end_epoch(run.model)
         ev = evaluate(run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta="none", verbose=cfg.progress,
                       label=run.splits.eval_name)
+        stop.check()  # a Ctrl-C the network's own code swallowed (a bare except in its forward) stops here
         row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "eval_correct": ev["correct"],
                "eval_total": ev["total"], "eval_tta": "none", "lr": tr["lr"], "train_seconds": tr["seconds"],
@@ -182,6 +199,7 @@ def _final_results(run: _Run, wall_start: float) -> dict:
         "best_eval_epoch": max(history, key=lambda h: h["eval_accuracy"])["epoch"],
         "eval_set": run.splits.eval_name.lower(),
         "weights": "ema" if run.averager is not None and run.averager.key == "ema" else "model",
+        "layout": "channels_last" if run.nhwc else "NCHW",
         "seeded_init": run.seeded_init}
     if cfg.tta != "none" and run.splits.eval_name == "Validation":  # what recipe sweeps compare, TTA included
         v = evaluate(run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False)
@@ -208,7 +226,8 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
     resume="auto" (for notebooks: "Run all" again, or after a disconnect) looks at `cfg.out` first: an empty
     folder starts a run; an unfinished run with the same settings resumes from its last.pt; a finished one
     with the same settings is loaded and reported without training (FitResult.loaded); a run with other
-    settings is refused in one line (pass overwrite=True, or set cfg.out to another folder).
+    settings is refused in one line (pass overwrite=True, or set cfg.out to another folder), and so is a run
+    trained by other network code (`models.identity`: what counts as a change), here and on `resume=PATH`.
     `model`: a network object (trained in place; its weights were drawn before `fit` seeded anything, so
     results.json records seeded_init false) or a zero-argument factory such as the class itself (called
     after seeding: reproducible from cfg.seed), used instead of `cfg.model`; the config records it as
@@ -226,8 +245,9 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
         if not isinstance(model, nn.Module):
             factory, model = model, None  # called in _setup, after seeding
     speak = "cli" if cli else "python"
+    explicit_resume = resume is not None and resume != "auto"
     if resume == "auto":
-        resume = auto_resume(cfg, overwrite)
+        resume = auto_resume(cfg, overwrite, lambda: network_now(cfg, model if model is not None else factory))
         if resume == "finished":
             if lock is not None:
                 lock.release()
@@ -239,6 +259,8 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
             raise CheckpointError(f"{resume} is an exported checkpoint (weights only): it can be evaluated, "
                                   f"not resumed; resume from the run folder's last.pt")
         cfg = resume_config(config_from_checkpoint(ckpt, resume), cfg, explicit, resume)
+        if explicit_resume:  # resume="auto" compared it already
+            check_same_network(ckpt.get("network"), network_now(cfg, model if model is not None else factory), Path(resume).parent, speak)
     run_dir = Path(cfg.out)
     if lock is not None and lock.run_dir.resolve() != run_dir.resolve():
         raise RunDirError(f"the lock given to fit is on {lock.run_dir}, but the run writes {run_dir}")
@@ -263,9 +285,11 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
                 with stop.critical():
                     final = _final_results(run, wall_start)
             except KeyboardInterrupt:  # the signal waited for results.json: the run is complete, report it so
+                stop.delivered()
                 print("(interrupt received while the final results were written; the run is complete)",
                       file=sys.stderr)
         except KeyboardInterrupt as e:  # RunInterrupted (SIGINT / SIGTERM), or a plain one
+            stop.delivered()  # from here on the run is stopping: later signals are not raised again
             epoch = run.current_epoch + 1 if run is not None else None  # None: during the setup, no epoch yet
             print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch, speak), file=sys.stderr)
             if run is None:

@@ -17,6 +17,7 @@ members), and image files in a nested folder inside a class folder, which are sk
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..base import CLASSES, cache_dir
+from ..base import CLASSES, cache_dir, show_path
 from .dataset import Cifar10, DataError, data_warnings, to_tensors
 from .imagefiles import archive_kind, decode_archive, decode_tree, find_tree
 
@@ -126,15 +127,40 @@ def _archive_key(path: Path) -> str:
 
 
 def _tree_key(tree: Path) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}:tree:{tree.resolve()}".encode())
+    """A hash of every file's path, size and time under train/ and test/. Paths go in as the bytes the file
+    system holds (a name need not be valid UTF-8). A symbolic link that loops or leads nowhere is refused
+    in one line, naming it."""
+    h = hashlib.sha256(os.fsencode(f"v{CACHE_VERSION}:tree:{tree.resolve()}"))
     for split in ("train", "test"):
         # followlinks: a class folder may be a symbolic link; what it holds is what decode_tree reads
-        for root, dirs, files in sorted(os.walk(tree / split, followlinks=True)):
+        for root, dirs, files in os.walk(tree / split, followlinks=True, onerror=_walk_error):
+            if os.path.islink(root):  # a link to a folder above it would be walked forever
+                real, parent = os.path.realpath(root), os.path.realpath(os.path.dirname(root))
+                if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
+                    raise DataError(f"{show_path(root)} is a symbolic link to a folder above it (a loop): remove it")
             dirs.sort()
             for name in sorted(files):
-                st = os.stat(os.path.join(root, name))
-                h.update(f"{root}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                except OSError as e:
+                    raise _link_error(path, e) from None
+                h.update(os.fsencode(f"{path}:{st.st_size}:{st.st_mtime_ns}\n"))
     return h.hexdigest()
+
+
+def _link_error(path: str, e: OSError) -> DataError:
+    if e.errno == errno.ELOOP:
+        return DataError(f"{show_path(path)} is a symbolic link that loops back on itself: remove it")
+    if e.errno == errno.ENOENT and os.path.islink(path):
+        return DataError(f"{show_path(path)} is a symbolic link to {show_path(os.readlink(path))}, which does not "
+                         "exist: remove it or restore its target")
+    return DataError(f"cannot read {show_path(path)}: {e.strerror or e}")
+
+
+def _walk_error(e: OSError) -> None:
+    if e.errno == errno.ELOOP:  # other unreadable folders are skipped, as decode_tree skips them
+        raise _link_error(e.filename or "?", e)
 
 
 def _cached(path: Path, key: str, build) -> Cifar10:

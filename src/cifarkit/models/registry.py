@@ -17,6 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..base import ConfigError, parse_call
+from .identity import materialize
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -181,9 +182,11 @@ def build_model(model: Any, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
         raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{spec_string(model)} returned {type(net).__name__}, not an nn.Module")
-    return net
+    return materialize(net)  # a network of lazy modules is whole from here on, as after plain PyTorch's first forward
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """All parameters (frozen ones count towards a size budget too), or only the trainable ones."""
+    """All parameters (frozen ones count towards a size budget too), or only the trainable ones. Lazy
+    modules are given their parameters first (`identity.materialize`), as a first forward would."""
+    materialize(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -103,6 +103,13 @@ def _os_error_behind(e: BaseException) -> OSError | None:
     return None
 
 
+def temp_stem(name: str, limit: int = 200) -> str:
+    """`name`, cut to at most `limit` bytes, for a temp file's name beside it: mkstemp adds 14 bytes
+    (".", ".", 8 random characters, ".tmp"), and a file name may hold 255 bytes at most."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= limit else os.fsdecode(raw[:limit]).encode("utf-8", "ignore").decode() or "file"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     """Call write(file_object) on a temp file in the same folder, fsync it, then rename over `path`.
 
@@ -114,7 +121,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     tmp: str | None = None
     recorder: _Recorder | None = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{temp_stem(path.name)}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             recorder = _Recorder(f)
             write(recorder)

@@ -1,16 +1,24 @@
-"""Which run a call continues: the config a resumed run trains with, and what resume="auto" finds in a folder."""
+"""Which run a call continues: the config a resumed run trains with, what resume="auto" finds in a folder,
+and whether the network passed now is the one that trained it (`check_same_network`)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
 
 from ..base import ConfigError
 from ..config import BOOKKEEPING_FIELDS, RUNTIME_FIELDS, TrainConfig, config_differences, explicit_fields
-from .checkpoint import config_from_checkpoint, load_checkpoint
+from ..models import build_model
+from ..models.identity import describe_changes, identity_changes, network_identity
+from .checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 from .files import CONFIG, LAST
 from .lock import RunDirError, advice
-from .state import run_state
+from .state import damaged_message, run_state
 
 
 def resume_config(saved: TrainConfig, requested: TrainConfig, explicit: set[str] | None, path) -> TrainConfig:
@@ -35,25 +43,61 @@ def resume_config(saved: TrainConfig, requested: TrainConfig, explicit: set[str]
     return dataclasses.replace(saved, **keep, out=str(Path(path).parent))
 
 
-def auto_resume(cfg: TrainConfig, overwrite: bool) -> str | Path | None:
+def network_now(cfg: TrainConfig, model=None) -> dict:
+    """The identity (`models.identity`) of the network a call would train: `model` when it is a network
+    object, else a throwaway built from it (a factory) or from `cfg.model`, with the random state put back."""
+    if not isinstance(model, nn.Module):
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(model if model is not None else cfg.model, cfg.dropout)
+        random.setstate(state)
+    return network_identity(model, cfg.model)
+
+
+def check_same_network(saved: dict | None, now: dict, run_dir: str | Path, speak: str = "python") -> None:
+    """Refuse in one line (RunDirError) to continue or load the run in `run_dir` with a network whose code
+    differs from the one it recorded (`models.identity`: code, layers, forward, parameter shapes). A run an
+    older cifarkit wrote records none: a line says it cannot be checked."""
+    if not saved:
+        print(f"note: {run_dir} was trained by an older cifarkit that did not record the network's code, so "
+              "cifarkit cannot check that the network passed now is the one that trained it")
+        return
+    changed = identity_changes(saved, now)
+    if changed:
+        raise RunDirError(f"the network's {describe_changes(changed)} changed since {run_dir} was trained "
+                          f"({saved.get('name', 'a network')}): {advice(speak, 'overwrite')} to train it again, "
+                          f"or {advice(speak, 'out')} to keep both")
+
+
+def auto_resume(cfg: TrainConfig, overwrite: bool, network_now: Callable[[], dict]) -> str | Path | None:
     """What fit(cfg, resume="auto") does with `cfg.out`: None (start afresh: empty, or `overwrite`), the last.pt
-    to resume (an unfinished run with the same settings), or "finished" (a finished one: load it). A run with
-    other settings is refused in one line."""
+    to resume (an unfinished run with the same settings and network), or "finished" (a finished one: load it).
+    A run with other settings, one made by other network code (`network_now()` gives the identity of the
+    network passed now) and a damaged folder (a best.pt or history without a loadable last.pt) are refused
+    in one line, and nothing is written."""
     run_dir = Path(cfg.out)
     state = run_state(run_dir)
     if overwrite or state == "empty":
         return None
+    if state == "damaged":
+        raise RunDirError(damaged_message(run_dir, "python"))
     if state == "finished":
         try:
             saved = TrainConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
         except (OSError, ValueError, TypeError) as e:
             raise RunDirError(f"{run_dir} holds a finished run whose {CONFIG} cannot be read ({e}); "
                               f"{advice('python', 'overwrite')} to train again, or {advice('python', 'out')}") from None
-    else:
-        saved = config_from_checkpoint(load_checkpoint(run_dir / LAST), run_dir / LAST)
+    try:
+        ckpt = load_checkpoint(run_dir / LAST, mmap=True)
+    except CheckpointError as e:  # a finished run whose last.pt went missing: its weights cannot be loaded
+        raise RunDirError(f"{e}; {run_dir} holds a finished run, but without its {LAST} it cannot be loaded: "
+                          f"{advice('python', 'overwrite')} to train again, or {advice('python', 'out')}") from None
+    if state == "unfinished":
+        saved = config_from_checkpoint(ckpt, run_dir / LAST)
     diff = config_differences(saved, cfg)
     if diff:
         raise RunDirError(f"{run_dir} holds a{'n' if state == 'unfinished' else ''} {state} run with other settings "
                           f"({'; '.join(diff[:3])}); {advice('python', 'overwrite')} to replace it, or "
                           f"{advice('python', 'out')}")
+    check_same_network(ckpt.get("network"), network_now(), run_dir)
     return "finished" if state == "finished" else run_dir / LAST

@@ -28,9 +28,14 @@ class StopSignals:
     inside ``with stop.critical():``, where the signal is remembered and raised when the section ends, so a
     checkpoint or history write is never cut short (a second signal there is deferred too).
 
+    A network's own code may swallow the RunInterrupted (a bare ``except:`` in its forward). Then the run
+    does not stop by itself, so: every later signal raises again, as plain Python does on a second Ctrl-C,
+    and `check()`, which the training and evaluation loops call between batches (outside the network's
+    code), raises it once more. Only after the caller has received it (`delivered()`) are later signals
+    ignored while the run unwinds (SIGKILL still works, and atomic writes make it safe).
+
     Only the main thread can own signal handlers: elsewhere this does nothing. The previous handlers are
-    restored on exit. Once a RunInterrupted was raised, later signals are ignored while the run unwinds
-    (SIGKILL still works, and atomic writes make it safe).
+    restored on exit.
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, exiting: bool = False):
@@ -38,6 +43,7 @@ class StopSignals:
         self.exiting = exiting  # the process ends after the run (the CLI): once stopped, stay deaf to signals
         self.pending: int | None = None    # a signal deferred by a critical section
         self.received: int | None = None   # the first signal, once one arrived
+        self.reached_caller = False        # the caller caught the RunInterrupted: the run is stopping
         self._depth = 0
         self._previous: dict[int, object] = {}
 
@@ -58,12 +64,20 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        first = self.received is None
         self.received = self.received or signum
         if self._depth > 0:
             self.pending = self.pending or signum
-        elif first:
-            raise RunInterrupted(signum)
+        elif not self.reached_caller:  # the first signal, or one after user code swallowed the first
+            raise RunInterrupted(self.received)
+
+    def check(self) -> None:
+        """Raise RunInterrupted if a signal arrived and did not reach the caller (user code swallowed it)."""
+        if self.received is not None and not self.reached_caller and self._depth == 0:
+            raise RunInterrupted(self.received)
+
+    def delivered(self) -> None:
+        """The caller caught the RunInterrupted and is stopping: ignore later signals while it unwinds."""
+        self.reached_caller = True
 
     @contextmanager
     def critical(self) -> Iterator[None]:

@@ -1,24 +1,25 @@
 """What a run folder holds and whether it may be written:
 
-- `run_state` / `check_run_dir` / `clear_run_dir`: "empty", "unfinished" or "finished", and refusing to
-  clobber a run unless asked to.
+- `run_state` / `check_run_dir` / `clear_run_dir`: "empty", "unfinished", "finished" or "damaged", and
+  refusing to clobber a run (or what is left of one) unless asked to.
 - `ensure_writable`: a read-only or forbidden ``--out`` fails before any training, in one line.
 - `interrupt_message`: after Ctrl-C / SIGTERM (see `signals`), what was saved and how to resume.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .files import LAST, RESULTS, RUN_FILES
+from .files import BEST, CONFIG, HISTORY_CSV, HISTORY_JSON, LAST, RESULTS, RUN_FILES
 from .lock import RunDirError, _folder_error, _make_dirs, _remove_empty, advice
 from .signals import SIGNAL_NAMES
 
-RunState = Literal["empty", "unfinished", "finished"]
+RunState = Literal["empty", "unfinished", "finished", "damaged"]
 
 
 # ---------------------------------------------------------------------------------------- folder state
@@ -31,17 +32,41 @@ def checkpoint_epoch(path: str | os.PathLike) -> int | None:
 
 
 def run_state(run_dir: str | os.PathLike) -> RunState:
-    """"finished" (results.json), "unfinished" (a loadable last.pt) or "empty".
-
-    A folder whose last.pt is missing or unloadable holds nothing to resume: a stale config.json or
-    history from a run stopped before its first checkpoint does not make it a run.
+    """"finished" (results.json), "unfinished" (a loadable last.pt), "empty" (no run file at all, or only the
+    config.json a run stopped during its first epoch leaves, which holds nothing a new run would not write
+    again), or "damaged": a best.pt or history without a loadable last.pt (deleted, or half-synced from a
+    drive). A damaged folder is never taken for an empty one: starting over would delete what can be read.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file, not a folder")
     if (run_dir / RESULTS).is_file():  # checked first: deleting checkpoints must not expose results
         return "finished"
-    return "unfinished" if checkpoint_epoch(run_dir / LAST) is not None else "empty"
+    if checkpoint_epoch(run_dir / LAST) is not None:
+        return "unfinished"
+    present = [n for n in RUN_FILES if n != CONFIG and os.path.lexists(run_dir / n)]
+    return "damaged" if present else "empty"
+
+
+def damaged_message(run_dir: str | os.PathLike, speak: str = "cli") -> str:
+    """Why a "damaged" folder is refused, what it still holds and how to go on (worded for `speak`)."""
+    run_dir = Path(run_dir)
+    last = run_dir / LAST
+    why = "is missing" if not os.path.lexists(last) else "cannot be read (truncated, or still syncing?)"
+    kept = []
+    best = checkpoint_epoch(run_dir / BEST)
+    if best is not None:
+        kept.append(f"{BEST} (after epoch {best})")
+    kept += [n for n in (HISTORY_CSV, HISTORY_JSON) if (run_dir / n).exists()]
+    if not kept:
+        kept = [n for n in RUN_FILES if n != LAST and os.path.lexists(run_dir / n)]
+    steps = [f"{advice(speak, 'overwrite')} to delete them and start again", advice(speak, "out")]
+    if best is not None:  # best.pt is a full checkpoint: a run can go on from it
+        where = os.path.abspath(run_dir / BEST)
+        steps.insert(0, "continue from best.pt with " + (f"python -m cifarkit train --resume {shlex.quote(where)}"
+                                                         if speak == "cli" else f"fit(cfg, resume={where!r})"))
+    return (f"{run_dir}'s {LAST} {why}, but the folder holds {', '.join(kept)}: nothing was changed; "
+            f"{', '.join(steps[:-1])} or {steps[-1]}")
 
 
 def check_run_dir(run_dir: str | os.PathLike, overwrite: bool, speak: str = "cli") -> RunState:
@@ -57,6 +82,8 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool, speak: str = "cli
     if state == "finished" and not overwrite:
         raise RunDirError(f"{run_dir} already holds a finished run; {advice(speak, 'overwrite')} or "
                           f"{advice(speak, 'out')}")
+    if state == "damaged" and not overwrite:
+        raise RunDirError(damaged_message(run_dir, speak))
     return state
 
 

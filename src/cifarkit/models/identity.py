@@ -1,0 +1,185 @@
+"""What identifies a network's code, so a run folder can tell whether the network passed now is the one
+that trained it: a notebook cell edited and run again must never be handed the old run's weights or results.
+
+`network_identity(net)` records four parts, each as a short hash (plus a readable `name`):
+
+  - ``code``: the source of every method of every network class in the model (the class itself and each
+    submodule class that is not torch's), parsed, so comments, blank lines, indentation and docstrings do
+    not count; any other edit (an operator, a constant, a renamed variable) does;
+  - ``layers``: every layer and its settings as ``repr(net)`` prints them (channels, kernel, stride,
+    dilation, groups, padding mode, dropout rate...): what the constructor's arguments built;
+  - ``forward``: the sequence of torch operations one forward pass of two blank images runs, with their
+    output shapes (another pool, another activation, a changed view);
+  - ``parameters``: the names and shapes of every parameter and buffer (what a state_dict must fit).
+
+The forward pass runs on a CPU copy in eval mode without gradients and with the random state forked, so
+it changes neither the network, nor its BatchNorm statistics, nor the random numbers the run draws.
+Lazy modules (`nn.LazyConv2d`...) are materialised first, on the copy as on the network (`materialize`).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import hashlib
+import inspect
+import random
+import textwrap
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+PARTS = ("parameters", "layers", "forward", "code")  # in the order a difference is named: the most telling first
+WHAT_CHANGED = {"parameters": "parameter shapes", "layers": "layers", "forward": "forward", "code": "code"}
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _own_classes(net: nn.Module) -> list[type]:
+    """The network classes written outside torch: the model's own and its submodules', once each."""
+    seen: dict[str, type] = {}
+    for m in net.modules():
+        for cls in type(m).__mro__:
+            module = getattr(cls, "__module__", "") or ""
+            if cls in (nn.Module, object) or module.startswith(("torch.", "torchvision.")) or module == "torch":
+                continue
+            seen.setdefault(f"{module}.{cls.__qualname__}", cls)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_fingerprint(obj: Any) -> str | None:
+    """The parsed source of a function (or method) as text, without comments, layout or docstrings; None
+    when Python cannot find it (a function built by exec, a C function)."""
+    fn = inspect.unwrap(getattr(obj, "__func__", obj))
+    try:
+        src = textwrap.dedent(inspect.getsource(fn))
+        return ast.dump(_strip_docstrings(ast.parse(src)), annotate_fields=False, include_attributes=False)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+
+
+def _class_code(cls: type) -> str:
+    """Each function defined in the class body, by name. Methods are read one by one (not the class):
+    Python before 3.13 cannot find the source of a class defined in a notebook cell, but can its methods'."""
+    parts = [f"class {cls.__qualname__}({', '.join(b.__qualname__ for b in cls.__bases__)})"]
+    for name, attr in sorted(vars(cls).items()):
+        fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+        if inspect.isfunction(fn):
+            parts.append(f"{name}: {source_fingerprint(fn) or '<source not found>'}")
+    return "\n".join(parts)
+
+
+class _OpRecorder(TorchFunctionMode):
+    """Records each torch function a forward pass calls, with the shapes of the tensors it returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        if not name.startswith(("Tensor.__get__", "_TensorBase.__get__")) and not name.endswith("__get__"):
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            shapes = [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
+            self.ops.append(f"{name}{shapes}")
+        return out
+
+
+def blank_batch(n: int = 2) -> torch.Tensor:
+    """n blank CIFAR-sized images (zeros, i.e. the mean colour after normalisation), on the CPU."""
+    return torch.zeros(n, 3, 32, 32)
+
+
+@contextlib.contextmanager
+def _forked_rng():
+    """The torch (CPU and CUDA) and Python random states, put back afterwards."""
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        random.setstate(state)
+
+
+def has_lazy_parameters(net: nn.Module) -> bool:
+    """True while some parameter or buffer of `net` is still uninitialised (nn.Lazy* before its first forward)."""
+    from torch.nn.parameter import UninitializedTensorMixin
+    return any(isinstance(t, UninitializedTensorMixin) for t in (*net.parameters(), *net.buffers()))
+
+
+def materialize(net: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+    """Give a network built from lazy modules its parameters, as plain PyTorch does on the first forward: one
+    eval-mode forward of two blank images on `device` (default: where its parameters are), without gradients.
+    The weights drawn for them come from the current random state, which is then put back as it was, so the
+    run draws the same numbers as with any other network (and a seeded run reproduces them). Returns `net`."""
+    if not has_lazy_parameters(net):
+        return net
+    from .check import NetworkError, checked_forward  # the one-line refusal of a forward that fails
+    if device is None:
+        device = next((p.device for p in net.parameters() if not _is_lazy(p)), torch.device("cpu"))
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        with _forked_rng(), torch.no_grad():
+            checked_forward(net, blank_batch().to(device))
+    except NetworkError as e:
+        raise NetworkError(f"{e} (while giving its lazy modules their parameters)") from e.__cause__
+    finally:
+        for m, training in modes:
+            m.training = training
+    return net
+
+
+def _is_lazy(t) -> bool:
+    from torch.nn.parameter import UninitializedTensorMixin
+    return isinstance(t, UninitializedTensorMixin)
+
+
+def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
+    """The identity of `net`'s code (see the module docstring): {"name", "spec", "code", "layers", "forward",
+    "parameters"}, each part a 16-hex-digit hash ("forward" is None when the forward pass fails)."""
+    probe = copy.deepcopy(net).cpu().float()
+    if has_lazy_parameters(probe):
+        materialize(probe, "cpu")
+    probe.eval()
+    recorder = _OpRecorder()
+    try:
+        with _forked_rng(), torch.no_grad(), recorder:
+            probe(blank_batch())
+        forward = _hash("\n".join(recorder.ops))
+    except Exception:  # noqa: BLE001 - a failing forward is refused elsewhere (models.check), in one line
+        forward = None
+    shapes = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in probe.state_dict().items())
+    cls = type(net)
+    return {"name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
+            "code": _hash("\n\n".join(_class_code(c) for c in _own_classes(probe))),
+            "layers": _hash(repr(probe)), "forward": forward, "parameters": _hash(shapes)}
+
+
+def identity_changes(saved: dict | None, now: dict) -> list[str]:
+    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`; parts the
+    saved record lacks (an older cifarkit's run) are not compared."""
+    if not saved:
+        return []
+    return [p for p in PARTS if p in saved and saved[p] != now.get(p)]
+
+
+def describe_changes(changed: list[str]) -> str:
+    """E.g. "forward and code" for ["forward", "code"]."""
+    words = [WHAT_CHANGED[p] for p in changed]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
