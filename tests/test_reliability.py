@@ -359,6 +359,54 @@ def test_ctrl_c_twice_is_still_one_line(tmp_path, data_tree, env, gap):
     assert error_line(err).startswith("Interrupted during epoch ")
 
 
+SWALLOWING_NET = """
+import time
+import torch.nn as nn
+import torch.nn.functional as F
+
+class Swallow(nn.Module):
+    def __init__(self, marker="", dropout=0.0):
+        super().__init__()
+        self.marker = marker
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        try:
+            if self.training:
+                time.sleep(1.0)  # where the Ctrl-C lands: almost all of a step's time
+        except:  # noqa: E722 - the student's bare except, which catches KeyboardInterrupt too
+            open(self.marker, "a").write("swallowed\\n")
+        return self.fc(F.relu(self.c(x)).mean((2, 3)))
+"""
+
+
+@posix_only
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_a_network_that_swallows_it(tmp_path, data_tree, env, presses):
+    """A forward with a bare except catches the Ctrl-C: the run still stops (at the next batch, outside the
+    network's code; a second Ctrl-C raises again), saves what it finished and exits 130 with one line."""
+    (tmp_path / "net.py").write_text(SWALLOWING_NET)
+    marker = tmp_path / "swallowed.txt"
+    p = subprocess.Popen(train_cmd(tmp_path / "run", data_tree, "--epochs", "50", "--model",
+                                   f"{tmp_path / 'net.py'}:Swallow(marker={str(marker)!r})"),
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = wait_for_epoch_line(read_lines(p), p)
+        time.sleep(0.5)  # past the checkpoint writes, into the next step's forward
+        for _ in range(presses):
+            p.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        p.wait(timeout=60)  # without the fix it trains on: 50 epochs of two 1 s steps
+        err = p.stderr.read()
+    finally:
+        stop(p)
+    assert marker.exists(), "the Ctrl-C did not land in the network's except (the test proves nothing)"
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert error_line(err).startswith("Interrupted during epoch ")
+    assert checkpoint_epoch(tmp_path / "run" / "last.pt") >= first  # what finished is saved
+
+
 # ---------------------------------------------------------------- two runs, one folder
 @posix_only
 def test_second_run_on_the_same_folder_fails_at_once(tmp_path, data_tree, env):
