@@ -75,7 +75,7 @@ WINGS = {
     "models": {"base"},
     "data": {"base", "config", "hardware"},
     "runfolder": {"base", "config", "hardware", "models"},
-    "analysis": {"base", "config", "hardware", "models", "data", "optim", "engine", "compiled", "report"},
+    "analysis": {"base", "config", "hardware", "models", "data", "optim", "engine", "compiled", "report", "runfolder"},
 }
 
 

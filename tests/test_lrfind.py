@@ -108,7 +108,7 @@ class NetWithInit(nn.Module):
 
 def test_lr_find_on_a_config(learnable_data, tmp_path):
     NetWithInit.seen = []
-    cfg = TrainConfig(batch_size=64, device="cpu", precision="bf16", progress=False, lr=0.4)
+    cfg = TrainConfig(batch_size=64, device="cpu", precision="bf16", progress=False, lr=0.4, out=str(tmp_path / "run"))
     result = lr_find(cfg, learnable_data, model=NetWithInit, num_iter=6, start_lr=1e-4, end_lr=1.0,
                      path=tmp_path / "lr.png")
     assert NetWithInit.seen == [(200, 3, 32, 32)]  # normalised training images, as fit gives them
@@ -146,7 +146,39 @@ def test_a_plot_that_cannot_be_saved_is_one_line(learnable_data, tmp_path, monke
     def read_only(self, *a, **k):  # what a read-only folder does (root ignores a chmod)
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(Figure, "savefig", read_only)
-    cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False)
+    cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run"))
     with pytest.raises(CifarkitError) as e:
         lr_find(cfg, learnable_data, num_iter=3, start_lr=1e-3, end_lr=1e-1, path=tmp_path / "ro" / "lr.png")
     assert str(e.value) == f"cannot save the figure {tmp_path / 'ro' / 'lr.png'}: Permission denied"
+
+
+def test_a_second_call_shows_the_kept_result_and_a_change_runs_it_again(learnable_data, tmp_path, monkeypatch,
+                                                                         capsys):
+    import cifarkit.analysis.lrfind as lrfind_mod
+
+    cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run"))
+    first = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)
+    assert len(list((tmp_path / "run").glob("lr-range-*.json"))) == 1
+    real, calls = lrfind_mod.lr_range_test, []
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(lrfind_mod, "lr_range_test", counted)
+    capsys.readouterr()
+    again = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)
+    assert not calls and again.to_dict() == first.to_dict()  # a second "Run all": shown, not trained again
+    assert "the result kept in run/lr-range-" in capsys.readouterr().out
+    lr_find(TrainConfig(**{**cfg.to_dict(), "epochs": 5, "lr": 0.1}), learnable_data, model=small_net, num_iter=6,
+            start_lr=1e-4, end_lr=1.0)
+    assert not calls  # fields the test never reads do not matter
+
+    def wider():
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for changed in (dict(model=wider), dict(cfg=TrainConfig(**{**cfg.to_dict(), "weight_decay": 0.0})),
+                    dict(num_iter=7), dict(keep=False)):
+        args = {**dict(cfg=cfg, model=small_net, num_iter=6), **changed}
+        lr_find(args.pop("cfg"), learnable_data, start_lr=1e-4, end_lr=1.0, **args)
+    assert len(calls) == 4
+    assert len(list((tmp_path / "run").glob("lr-range-*.json"))) == 4  # keep=False wrote nothing

@@ -17,6 +17,8 @@ batch hook) and keeps every group's ratio to the first group's LR.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -29,14 +31,17 @@ from torch import nn
 
 from ..base import ConfigError
 from ..config import TrainConfig
+from ..data.dataset import fingerprint
 from ..data.loader import DeviceLoader
 from ..data.sources import load_cifar10
 from ..data.splits import make_splits
 from ..engine import BatchFn, DivergenceError, TrainStep, model_for_config
-from ..hardware import choose_precision, model_is_nhwc, resolve_device
+from ..hardware import choose_precision, hardware_string, model_is_nhwc, resolve_device
 from ..models import build_model
+from ..models.identity import network_identity, source_fingerprint
 from ..optim import make_optimizer
-from .plots import finish
+from ..runfolder.files import WriteError, atomic_write_json
+from .lrplot import describe, plot_lr_find
 
 OptimizerSpec = Union[torch.optim.Optimizer, Callable[[nn.Module], torch.optim.Optimizer], TrainConfig]
 
@@ -190,13 +195,46 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
                         seconds=time.perf_counter() - start)
 
 
+# Fields the range test never reads (it trains num_iter steps at its own LRs, without schedule or averaging):
+# changing them does not change its result, so they are left out of the key it is kept under.
+_NOT_READ = ("out", "progress", "data", "data_root", "data_fingerprint", "check_every", "eval_batch_size", "tta",
+             "epochs", "lr", "schedule", "warmup", "lr_start", "lr_end", "step_size", "milestones", "gamma", "ema",
+             "lookahead", "compile", "cuda_graphs", "limit_test")
+
+
+def kept_result_path(cfg: TrainConfig, data, model: nn.Module, batch_fn, device, amp_dtype,
+                     limits: tuple[int, float, float]) -> Path:
+    """Where the range test of exactly this setting is kept: RUN/lr-range-<key>.json in the run folder
+    `cfg.out`, the key a hash of every config field the test reads, the data's fingerprint, the network's
+    code (`models.identity`), the batch hook's source, the range, the device, precision and layout."""
+    key = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_READ},
+           "data": fingerprint(data), "network": network_identity(model, cfg.model),
+           "batch_fn": None if batch_fn is None else (source_fingerprint(batch_fn) or repr(batch_fn)),
+           "range": list(limits), "device": hardware_string(device), "precision": str(amp_dtype),
+           "layout": model_is_nhwc(model), "torch": torch.__version__}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(cfg.out) / f"lr-range-{digest}.json"
+
+
+def _load_kept(path: Path) -> LRFindResult | None:
+    try:
+        return LRFindResult(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):  # absent, truncated or from another version: run the test
+        return None
+
+
 def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.Module] | None = None, batch_fn: BatchFn | None = None,
             num_iter: int = 100, start_lr: float = 1e-5, end_lr: float = 10.0,
-            path: str | Path | None = None) -> LRFindResult:
+            path: str | Path | None = None, keep: bool = True) -> LRFindResult:
     """The range test for a config: its network (initialised as `fit` does; or `model`, an object passed
     beside the config, whose weights the test restores afterwards), training split, batch size,
     augmentation, optimiser, label smoothing, device and precision. Loads the data when `data` is None;
-    saves the plot to `path` if given. (Runs eagerly: `compile` and `cuda_graphs` do not apply.)"""
+    saves the plot to `path` if given. (Runs eagerly: `compile` and `cuda_graphs` do not apply.)
+
+    `keep`: the result is kept in the run folder (`kept_result_path`: keyed by everything the test reads,
+    the network's code included), and a call with the same settings, network and data shows it again
+    instead of training (a second "Run all"); any change runs the test again. keep=False always runs it
+    and writes nothing."""
     _check_range(num_iter, start_lr, end_lr)  # before the data loads: a typo fails at once
     device = resolve_device(cfg.device)
     amp_dtype = choose_precision(cfg.precision, device)[0]
@@ -211,63 +249,30 @@ def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.M
         if model is not None and not isinstance(model, nn.Module):
             model = build_model(model, cfg.dropout)  # a factory (the class): built from the seed, as in `fit`
         model = model_for_config(cfg, images, device, model=model)  # built and initialised as in `fit`
-    loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device,  # the run's augmentation
-                                      channels_last=model_is_nhwc(model))
-    result = lr_range_test(model, loader, cfg, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter,
-                           amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing, progress=cfg.progress,
-                           batch_fn=batch_fn)
-    result.recipe_lr = cfg.lr
+    kept = kept_result_path(cfg, data, model, batch_fn, device, amp_dtype, (num_iter, start_lr, end_lr))
+    result = _load_kept(kept) if keep else None
+    if result is not None:
+        print(f"LR range test: the result kept in {Path(cfg.out).name}/{kept.name} (same settings, network and "
+              f"data, measured in {result.seconds:.0f} s; not run again: pass keep=False or delete the file)")
+    else:
+        result = _run_and_keep(cfg, images, labels, model, device, amp_dtype, batch_fn, kept if keep else None,
+                               num_iter=num_iter, start_lr=start_lr, end_lr=end_lr)
     if path is not None:
         import matplotlib.pyplot as plt
         plt.close(plot_lr_find(result, cfg.lr, path=path))  # saved, not also shown by a notebook
     return result
 
 
-def _lr_text(lr: float) -> str:
-    return f"{lr:.2g}" if lr >= 0.01 else f"{lr:.1e}"
-
-
-def describe(result: LRFindResult, recipe_lr: float | None = None) -> str:
-    """Two lines: the suggestion and its rule, the other readings and the recipe's peak against it; then
-    how the test ended. E.g. "suggested peak LR 0.43 (minimum of the smoothed loss; steepest descent at
-    0.013, minimum / 10 = 0.043); the recipe uses 0.4 (0.93x the suggestion)"."""
-    recipe_lr = recipe_lr if recipe_lr is not None else result.recipe_lr
-    text = (f"suggested peak LR {_lr_text(result.suggestion)} ({result.rule}; steepest descent at "
-            f"{_lr_text(result.steepest_lr)}, minimum / 10 = {_lr_text(result.min_loss_lr_over_10)})")
-    if recipe_lr is not None:
-        text += f"; the recipe uses {_lr_text(recipe_lr)} ({recipe_lr / result.suggestion:.2g}x the suggestion)"
-    if result.diverged:
-        stop = f"stopped at LR {_lr_text(result.lrs[-1])}: the loss diverged"
-    elif result.suggestion == result.lrs[-1]:
-        stop = f"the loss still fell at the last LR {_lr_text(result.lrs[-1])}: raise the end LR"
-    else:
-        stop = f"ran to LR {_lr_text(result.lrs[-1])} without diverging"
-    return text + f"\n{len(result.lrs)} steps from {_lr_text(result.start_lr)}, {stop}, {result.seconds:.0f} s"
-
-
-def plot_lr_find(result: LRFindResult, recipe_lr: float | None = None, path: str | Path | None = None):
-    """Loss against learning rate (log axis): raw and smoothed, the suggested peak and the recipe's peak."""
-    import matplotlib.pyplot as plt
-
-    recipe_lr = recipe_lr if recipe_lr is not None else result.recipe_lr
-    fig, ax = plt.subplots(figsize=(9.5, 4))
-    ax.plot(result.lrs, result.raw_losses, color="0.75", lw=0.8, label="loss per batch")
-    ax.plot(result.lrs, result.losses, color="tab:blue", label="smoothed")
-    ax.axvline(result.suggestion, color="tab:red", ls="--",
-               label=f"suggested peak {_lr_text(result.suggestion)} ({result.rule})")
-    ax.axvline(result.steepest_lr, color="tab:orange", ls=":",
-               label=f"steepest descent {_lr_text(result.steepest_lr)}")
-    if recipe_lr is not None:
-        ax.axvline(recipe_lr, color="tab:green", ls="-.", label=f"recipe peak {_lr_text(recipe_lr)}")
-    # Frame the useful part: from the lowest loss up to a little above the starting loss, so a
-    # divergence shows as a line leaving the top rather than squashing the descent.
-    low, first = min(result.losses + result.raw_losses), result.losses[0]
-    ax.set_ylim(low - 0.1 * (first - low + 1e-3), first + 0.4 * (first - low + 1e-3))
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"LR range test: {len(result.lrs)} steps, {result.start_lr:g} -> {result.lrs[-1]:.3g}"
-                 f"{' (diverged)' if result.diverged else ''}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over the curve
-    return finish(fig, path)
+def _run_and_keep(cfg, images, labels, model, device, amp_dtype, batch_fn, kept: Path | None, **limits):
+    loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device,  # the run's augmentation
+                                      channels_last=model_is_nhwc(model))
+    result = lr_range_test(model, loader, cfg, **limits, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing,
+                           progress=cfg.progress, batch_fn=batch_fn)
+    result.recipe_lr = cfg.lr
+    if kept is not None:
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(kept, result.to_dict())
+        except (OSError, WriteError):
+            pass  # a read-only run folder only costs the next call the test's time
+    return result

@@ -1,0 +1,57 @@
+"""How an LR range test reads for people: its two-line description and its loss-against-LR figure (the
+result itself and the test that measures it are in `lrfind`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .plots import finish
+
+
+def _lr_text(lr: float) -> str:
+    return f"{lr:.2g}" if lr >= 0.01 else f"{lr:.1e}"
+
+
+def describe(result: LRFindResult, recipe_lr: float | None = None) -> str:
+    """Two lines: the suggestion and its rule, the other readings and the recipe's peak against it; then
+    how the test ended. E.g. "suggested peak LR 0.43 (minimum of the smoothed loss; steepest descent at
+    0.013, minimum / 10 = 0.043); the recipe uses 0.4 (0.93x the suggestion)"."""
+    recipe_lr = recipe_lr if recipe_lr is not None else result.recipe_lr
+    text = (f"suggested peak LR {_lr_text(result.suggestion)} ({result.rule}; steepest descent at "
+            f"{_lr_text(result.steepest_lr)}, minimum / 10 = {_lr_text(result.min_loss_lr_over_10)})")
+    if recipe_lr is not None:
+        text += f"; the recipe uses {_lr_text(recipe_lr)} ({recipe_lr / result.suggestion:.2g}x the suggestion)"
+    if result.diverged:
+        stop = f"stopped at LR {_lr_text(result.lrs[-1])}: the loss diverged"
+    elif result.suggestion == result.lrs[-1]:
+        stop = f"the loss still fell at the last LR {_lr_text(result.lrs[-1])}: raise the end LR"
+    else:
+        stop = f"ran to LR {_lr_text(result.lrs[-1])} without diverging"
+    return text + f"\n{len(result.lrs)} steps from {_lr_text(result.start_lr)}, {stop}, {result.seconds:.0f} s"
+
+
+def plot_lr_find(result: LRFindResult, recipe_lr: float | None = None, path: str | Path | None = None):
+    """Loss against learning rate (log axis): raw and smoothed, the suggested peak and the recipe's peak."""
+    import matplotlib.pyplot as plt
+
+    recipe_lr = recipe_lr if recipe_lr is not None else result.recipe_lr
+    fig, ax = plt.subplots(figsize=(9.5, 4))
+    ax.plot(result.lrs, result.raw_losses, color="0.75", lw=0.8, label="loss per batch")
+    ax.plot(result.lrs, result.losses, color="tab:blue", label="smoothed")
+    ax.axvline(result.suggestion, color="tab:red", ls="--",
+               label=f"suggested peak {_lr_text(result.suggestion)} ({result.rule})")
+    ax.axvline(result.steepest_lr, color="tab:orange", ls=":",
+               label=f"steepest descent {_lr_text(result.steepest_lr)}")
+    if recipe_lr is not None:
+        ax.axvline(recipe_lr, color="tab:green", ls="-.", label=f"recipe peak {_lr_text(recipe_lr)}")
+    # Frame the useful part: from the lowest loss up to a little above the starting loss, so a
+    # divergence shows as a line leaving the top rather than squashing the descent.
+    low, first = min(result.losses + result.raw_losses), result.losses[0]
+    ax.set_ylim(low - 0.1 * (first - low + 1e-3), first + 0.4 * (first - low + 1e-3))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test: {len(result.lrs)} steps, {result.start_lr:g} -> {result.lrs[-1]:.3g}"
+                 f"{' (diverged)' if result.diverged else ''}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over the curve
+    return finish(fig, path)
