@@ -56,7 +56,7 @@ def test_a_real_probe_times_both_layouts_and_leaves_the_model_alone(tmp_path, mo
     assert not model_is_nhwc(model)
 
 
-def test_a_network_the_probe_cannot_run_gets_the_default_with_a_note(tmp_path, monkeypatch):
+def test_a_network_that_fails_in_both_layouts_is_reported_as_its_own_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
 
     class NeedsOtherInput(nn.Module):
@@ -67,7 +67,43 @@ def test_a_network_the_probe_cannot_run_gets_the_default_with_a_note(tmp_path, m
         def forward(self, x):
             return self.fc(x)
     use, why = choose_channels_last("auto", CPU, None, model=NeedsOtherInput())
-    assert use is True and "probe failed" in why
+    assert use is False and "fails in both layouts: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in why
+    assert "test_hardware.py, line " in why and "return self.fc(x)" in why  # the network's own line
+    assert not (tmp_path / "layout.json").exists()  # a failure is not a measurement: nothing kept
+
+
+class ViewHead(nn.Module):
+    """Correct in NCHW; its .view needs a contiguous tensor, so it fails on channels_last activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc(self.c(x).view(len(x), -1))
+
+
+class InfInNHWC(nn.Module):
+    """Finite in NCHW, not in NHWC (as a layout-dependent kernel bug would be)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 10, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x).mean((2, 3))
+        return y * float("inf") if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+            and not x.is_contiguous() else y
+
+
+@pytest.mark.parametrize("net, needle", [(ViewHead, "RuntimeError: view size is not compatible"),
+                                         (InfInNHWC, "its output is not finite")])
+def test_the_layout_is_chosen_among_those_the_network_runs_correctly(tmp_path, monkeypatch, net, needle):
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
+    use, why = choose_channels_last("auto", CPU, None, model=net())
+    assert use is False and why.startswith("NCHW: your network fails in channels_last (") and needle in why, why
+    assert why.endswith(", so NCHW")
 
 
 def test_model_is_nhwc_and_the_cpu_description():

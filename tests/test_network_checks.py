@@ -46,7 +46,8 @@ BAD = {
     "5 outputs": (Head(5), "returned shape (2, 5) for a batch of 2 images; a CIFAR-10 network returns (2, 10) "
                            "class scores; CIFAR-10 has 10 classes, so the last layer needs 10 outputs"),
     "100 outputs": (Head(100), "returned shape (2, 100)"),
-    "a tuple": (Head(kind="tuple"), "returned a tuple, not a tensor"),
+    "a tuple": (Head(kind="tuple"), "returned a tuple of 2: tensor (2, 10), tensor (2, 8) in eval mode, not the class "
+                                    "scores"),
     "class indices": (Head(kind="int"), "returned torch.int64 values; class scores must be floats"),
     "a failing forward": (Head(kind="raises"), "Head's forward fails on a batch of shape (2, 3, 32, 32): "
                                                "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),

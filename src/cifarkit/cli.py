@@ -59,6 +59,20 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
+LOSS_FN_HELP = ("loss_fn(out, y) -> loss instead of label-smoothed cross-entropy, for a network whose forward returns "
+                "more than the logits in training mode (an auxiliary head); pass it again with --resume")
+
+
+def _loss_fn(args):
+    """The --loss-fn function (an import path, like --model's), or None."""
+    if not getattr(args, "loss_fn", None):
+        return None
+    from .models.registry import load_attr
+    if ":" not in args.loss_fn:
+        raise CifarkitError(f"--loss-fn {args.loss_fn!r}: give an import path, file.py:function or package.module:function")
+    return load_attr(args.loss_fn, "--loss-fn")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cifarkit", description="Train and inspect compact CIFAR-10 networks.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -68,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset to start from: 'default' (recommended), 'compact' or 'seed' (the original recipe)")
     add_config_options(t)
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its last.pt (its own settings)")
+    t.add_argument("--loss-fn", metavar="FILE.py:FUNCTION", help=LOSS_FN_HELP)
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--dry-run", action="store_true",
                    help="1 epoch on 512 / 256 images in a throwaway folder (or an empty --out): checks the path")
@@ -105,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("lr-find", help="learning-rate range test for the configured network and recipe")
     f.add_argument("--recipe", choices=list(RECIPES), default=None)
     add_config_options(f)
+    f.add_argument("--loss-fn", metavar="FILE.py:FUNCTION", help=LOSS_FN_HELP)
     f.add_argument("--num-iter", type=int, default=100, help="optimiser steps of the range test (default 100)")
     f.add_argument("--start-lr", type=float, default=1e-5, help="first learning rate (default 1e-5)")
     f.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
@@ -164,7 +180,7 @@ def _train(args) -> int:
         from .report import final_line
         from .trainer import fit
         result = fit(cfg, resume=args.resume, overwrite=args.overwrite, explicit=explicit if args.resume else None,
-                     lock=lock, cli=True)
+                     lock=lock, cli=True, loss_fn=_loss_fn(args))
     finally:
         if lock is not None:
             lock.release()  # fit released it already unless it failed before taking it over
@@ -179,7 +195,7 @@ def _lr_find(args) -> int:
     from .analysis.lrfind import describe, lr_find
 
     cfg = config_from_args(args)
-    result = lr_find(cfg, num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr, path=args.plot)
+    result = lr_find(cfg, loss_fn=_loss_fn(args), num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr, path=args.plot)
     print(describe(result, cfg.lr))
     print(f"plot: {args.plot}")
     return 0

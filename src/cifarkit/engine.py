@@ -21,12 +21,14 @@ from .base import CifarkitError
 from .compiled import guarded
 from .data.loader import DeviceLoader, normalize
 from .models import as_batch, build_model, checked_forward, probe
-from .models.check import PROBE_BATCH
+from .models.check import (PROBE_BATCH, NetworkError, describe_output, failure_text, logits_of,
+                           network_name)
 from .models.identity import materialize
 from .hardware import autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
 from .optim import Averager, make_grad_scaler
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+LossFn = Callable[[object, torch.Tensor], torch.Tensor]  # (what the network returned in training mode, labels) -> loss
 
 
 class DivergenceError(CifarkitError):
@@ -39,8 +41,11 @@ class TrainStep:
     ``hits, loss = step.backward(x, y)`` then ``step.update()``.
 
     `batch_fn(x, y) -> (x, y)` (optional) changes each batch before the forward pass, e.g. MixUp / CutMix;
-    it may return soft labels (N, classes), which the loss takes as probabilities. The scaler multiplies
-    the loss only in fp16 (`make_grad_scaler`); otherwise it passes everything through unchanged.
+    it may return soft labels (N, classes), which the loss takes as probabilities. `loss_fn(out, y) -> loss`
+    (optional) replaces the label-smoothed cross-entropy; `out` is whatever the network's forward returned
+    in training mode (a tuple or dict with auxiliary outputs too), and the training accuracy is counted from
+    its first (N, 10) tensor (`models.check.logits_of`). The scaler multiplies the loss only in fp16
+    (`make_grad_scaler`); otherwise it passes everything through unchanged.
     """
 
     model: nn.Module                      # the module to run: the network or a compiled wrapper of it
@@ -50,6 +55,7 @@ class TrainStep:
     scheduler: object = None              # stepped once per optimiser step (every schedule here is per batch)
     averager: Optional[Averager] = None   # EMA or Lookahead: updated after every optimiser step
     batch_fn: Optional[BatchFn] = None
+    loss_fn: Optional[LossFn] = None
     scaler: torch.amp.GradScaler = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,12 +71,28 @@ class TrainStep:
         def work() -> tuple[torch.Tensor, torch.Tensor]:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp_dtype):
-                out = checked_forward(self.model, x)  # (N, 10) float scores, or one line saying what it gave
-                loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+                if self.loss_fn is None:
+                    out = checked_forward(self.model, x)  # (N, 10) float scores, or one line saying what it gave
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+                else:
+                    out, loss = self._own_loss(x, y)
             hits = (out.argmax(1) == labels).sum()  # before backward: a CUDA graph may reuse `out` afterwards
             self.scaler.scale(loss).backward()
             return hits, loss
         return guarded(self.model, work)  # a compiled model that fails here falls back to eager
+
+    def _own_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the logits, loss_fn's loss) of a forward whose output may hold more than the logits."""
+        out = checked_forward(self.model, x, any_output=True)
+        try:
+            loss = self.loss_fn(out, y)
+        except Exception as e:  # noqa: BLE001 - the student's loss function: one line, naming its line
+            raise NetworkError(f"loss_fn fails on what {network_name(self.model)} returned "
+                               f"({describe_output(out)}): {failure_text(e)}") from e
+        if not (isinstance(loss, torch.Tensor) and loss.is_floating_point() and loss.numel() == 1):
+            got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else describe_output(loss)
+            raise NetworkError(f"loss_fn returned {got}; it must return the loss, one float (a scalar tensor)")
+        return logits_of(out, self.model, len(x)), loss.float().reshape(())
 
     def update(self) -> None:
         """The optimiser step (skipped by the fp16 scaler when gradients overflowed), then schedule and averager."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .base import CHANNELS_LAST_MODES, CifarkitError, ConfigError, cache_dir
+from .models.check import failure_text, output_sum
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -148,55 +149,74 @@ def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int)
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if isinstance(cached, dict) and isinstance(cached.get(key), list) and len(cached[key]) == 2:
+    cached = cached if isinstance(cached, dict) else {}
+    if isinstance(cached.get(key), list) and len(cached[key]) == 2:
         nchw, nhwc = cached[key]
         how = "measured earlier on this machine"
     else:
-        try:
-            nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)
-        except Exception as e:  # noqa: BLE001 - an odd network must not stop the run: take the default
-            return True, f"channels_last (CPU default; the layout probe failed: {type(e).__name__})"
+        nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)  # img/s, or why the layout failed
         how = f"measured now, {PROBE_STEPS} passes of {batch} images each"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # a fresh temp file (O_EXCL: never an existing file or a planted link), renamed over the cache
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps({**(cached if isinstance(cached, dict) else {}), key: [nchw, nhwc]}))
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError:
-            pass  # a read-only cache only costs the probe next time
+        if isinstance(nchw, float) and isinstance(nhwc, float):  # only a real measurement is kept
+            _write_cache(path, {**cached, key: [nchw, nhwc]})
+    if isinstance(nchw, str) or isinstance(nhwc, str):  # chosen among the layouts the network runs correctly
+        if isinstance(nchw, str) and isinstance(nhwc, str):  # the network's own failure: the probe after says it
+            return False, f"NCHW (the network fails in both layouts: {nchw})"
+        use = isinstance(nchw, str)
+        return use, (f"{'channels_last' if use else 'NCHW'}: your network fails in "
+                     f"{'NCHW' if use else 'channels_last'} ({nchw if use else nhwc}), so {'NHWC' if use else 'NCHW'}")
     use = nhwc > nchw
     return use, (f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f} img/s "
                  f"({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {PRECISION_NAME[amp_dtype]}; {how})")
 
 
-def _time_layouts(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[float, float]:
-    """img/s of forward + backward of a copy of `model` in NCHW and in NHWC (best of PROBE_STEPS, alternating)."""
-    with torch.random.fork_rng(devices=[]):  # the run's random stream is the same with or without a probe
-        return _time_copy(copy.deepcopy(model).to(device).train(), device, amp_dtype, batch)
+def _write_cache(path: Path, entries: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a fresh temp file (O_EXCL: never an existing file or a planted link), renamed over the cache
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(entries))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass  # a read-only cache only costs the probe next time
 
 
-def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[float, float]:
+def _time_layouts(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple:
+    """img/s of forward + backward of a copy of `model` in NCHW and in NHWC (best of PROBE_STEPS, alternating);
+    for a layout in which the network fails or gives a non-finite result, the reason (a str) instead."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's random stream
+        return _time_copy(copy.deepcopy(model).to(device).train(), device, amp_dtype, batch)  # is left alone
+
+
+def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple:
     x = torch.randn(batch, 3, 32, 32, device=device)
-    best = {False: 0.0, True: 0.0}
+    result: dict[bool, float | str] = {False: 0.0, True: 0.0}
     for i in range(PROBE_STEPS + 1):
         for nhwc in (False, True) if i % 2 == 0 else (True, False):
+            if isinstance(result[nhwc], str):
+                continue  # this layout failed already
             fmt = torch.channels_last if nhwc else torch.contiguous_format
-            probe = probe.to(memory_format=fmt)
-            xi = x.contiguous(memory_format=fmt)
-            start = time.perf_counter()
-            with autocast(device, amp_dtype):
-                out = probe(xi)
-            out.float().sum().backward()
-            probe.zero_grad(set_to_none=True)
+            try:
+                probe = probe.to(memory_format=fmt)
+                xi = x.contiguous(memory_format=fmt)
+                start = time.perf_counter()
+                with autocast(device, amp_dtype):
+                    total = output_sum(probe(xi))
+                if not torch.isfinite(total):
+                    raise FloatingPointError("its output is not finite")
+                total.backward()
+            except Exception as e:  # noqa: BLE001 - the network's own error, kept as the reason for this layout
+                result[nhwc] = failure_text(e)
+                continue
+            finally:
+                probe.zero_grad(set_to_none=True)
             if i > 0:  # the first pass of each layout warms oneDNN's kernel cache
-                best[nhwc] = max(best[nhwc], batch / (time.perf_counter() - start))
-    return round(best[False], 1), round(best[True], 1)
+                result[nhwc] = max(result[nhwc], batch / (time.perf_counter() - start))
+    return tuple(round(v, 1) if isinstance(v, float) else v for v in (result[False], result[True]))
 
 
 def is_nhwc(t: torch.Tensor) -> bool:

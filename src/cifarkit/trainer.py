@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data.dataset import Cifar10
 from .data.loader import DeviceLoader
 from .data.splits import Splits, make_splits
-from .engine import BatchFn, TrainStep, evaluate, model_for_config, train_one_epoch
+from .engine import BatchFn, LossFn, TrainStep, evaluate, model_for_config, train_one_epoch
 from .hardware import PRECISION_NAME, choose_precision, hardware_string, model_is_nhwc, peak_rss_mb, resolve_device
 from .models import build_model, count_parameters, spec_string
 from .models.identity import network_identity
@@ -66,24 +66,20 @@ class _Run:
     def eval_model(self) -> nn.Module:
         return self.averager.eval_model(self.model) if self.averager is not None else self.model
 
-    @property
-    def choices(self) -> dict:
-        """What "auto" chose that changes the numerics: kept in the checkpoint, reused on resume."""
-        return {"precision": PRECISION_NAME[self.amp_dtype], "channels_last": self.nhwc}
-
     def state(self, epoch: int) -> dict:
         """What last.pt / best.pt hold (the "ema" / "lookahead" entry is the averager's, None without one)."""
         step, kind = self.step, self.averager.key if self.averager is not None else None
-        return {"config": self.cfg.to_dict(), "network": self.identity, "choices": self.choices,
-                "model": self.model.state_dict(), "epoch": epoch,
-                "history": self.history, "optimizer": step.optimizer.state_dict(),
+        choices = {"precision": PRECISION_NAME[self.amp_dtype], "channels_last": self.nhwc}  # what "auto" chose
+        return {"config": self.cfg.to_dict(), "network": self.identity, "choices": choices,
+                "model": self.model.state_dict(), "epoch": epoch, "history": self.history,
+                "optimizer": step.optimizer.state_dict(),
                 "scheduler": step.scheduler.state_dict(),
                 **{key: self.averager.state_dict() if key == kind else None for key in ("ema", "lookahead")},
                 "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None, "rng": rng_state()}
 
 
 def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.Module | None, factory,
-           batch_fn: BatchFn | None) -> _Run:
+           batch_fn: BatchFn | None, loss_fn: LossFn | None) -> _Run:
     device = resolve_device(cfg.device)
     kept = (ckpt or {}).get("choices") or {}  # a resumed run computes as it started, whatever "auto" says now
     amp_dtype, reason = choose_precision(kept.get("precision", cfg.precision), device)
@@ -121,7 +117,7 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.
     averager = make_averager(cfg, net, cfg.epochs * len(loader))
     step = TrainStep(prepare_train_model(net, device=device, cuda_graphs=cfg.cuda_graphs, compile=cfg.compile),
                      optimizer, amp_dtype, cfg.label_smoothing, make_scheduler(optimizer, cfg, len(loader)),
-                     averager, batch_fn)
+                     averager, batch_fn, loss_fn)
     return _Run(cfg, Path(cfg.out), device, amp_dtype, reason, data, splits, net, loader, eval_loader, step, averager,
                 seeded_init=factory is not None or model is None or ckpt is not None,
                 identity=network_identity(net, cfg.model), nhwc=nhwc)
@@ -220,7 +216,8 @@ def _final_results(run: _Run, wall_start: float) -> dict:
 
 def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
         overwrite: bool = False, model: nn.Module | object | None = None, batch_fn: BatchFn | None = None,
-        explicit: set[str] | None = None, lock: RunLock | None = None, cli: bool = False) -> FitResult:
+        loss_fn: LossFn | None = None, explicit: set[str] | None = None, lock: RunLock | None = None,
+        cli: bool = False) -> FitResult:
     """Train the configured network for `cfg.epochs`, writing the run folder; resume from a checkpoint if given.
 
     resume="auto" (for notebooks: "Run all" again, or after a disconnect) looks at `cfg.out` first: an empty
@@ -232,7 +229,9 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
     results.json records seeded_init false) or a zero-argument factory such as the class itself (called
     after seeding: reproducible from cfg.seed), used instead of `cfg.model`; the config records it as
     `models.spec_string` names it. `batch_fn(x, y) -> (x, y)` changes every training batch (MixUp, CutMix);
-    it is not recorded, so pass it again when resuming. On resume, `explicit` names the options the
+    `loss_fn(out, y) -> loss` replaces the label-smoothed cross-entropy and receives whatever the network
+    returns in training mode (auxiliary outputs too: evaluation uses the eval-mode logits). Neither hook is
+    recorded, so pass them again when resuming. On resume, `explicit` names the options the
     caller set on purpose (the CLI passes the ones given on its command line); see `resume_config`.
     `lock`: a RunLock already held on the run folder (the CLI takes it before importing torch); `fit`
     releases it when it returns. `cli`: word the messages with command-line flags, not fit's arguments.
@@ -272,7 +271,7 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
         ensure_writable(run_dir)  # a read-only --out fails now, with one line, not after an epoch
         run = None
         try:
-            run = _setup(cfg, data, ckpt, model, factory, batch_fn)  # nothing is written until the setup succeeded
+            run = _setup(cfg, data, ckpt, model, factory, batch_fn, loss_fn)  # nothing is written until the setup succeeded
             remove_temp_files(run_dir)
             if ckpt is not None:
                 _restore(run, ckpt, resume)

@@ -35,7 +35,7 @@ from ..data.dataset import fingerprint
 from ..data.loader import DeviceLoader
 from ..data.sources import load_cifar10
 from ..data.splits import make_splits
-from ..engine import BatchFn, DivergenceError, TrainStep, model_for_config
+from ..engine import BatchFn, DivergenceError, LossFn, TrainStep, model_for_config
 from ..hardware import choose_precision, hardware_string, model_is_nhwc, resolve_device
 from ..models import build_model
 from ..models.identity import network_identity, source_fingerprint
@@ -114,14 +114,16 @@ def _check_range(num_iter: int, start_lr: float, end_lr: float) -> None:
 def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_lr: float = 1e-5,
                   end_lr: float = 10.0, num_iter: int = 100, amp_dtype: torch.dtype | None = None,
                   label_smoothing: float | None = None, smooth: float = 0.05, diverge_th: float = 5.0,
-                  progress: bool = False, batch_fn: BatchFn | None = None) -> LRFindResult:
+                  progress: bool = False, batch_fn: BatchFn | None = None,
+                  loss_fn: LossFn | None = None) -> LRFindResult:
     """Exponential LR range test of `model` on `loader` (cycled if shorter than `num_iter`).
 
     `optimizer` is the optimiser to test (its parameter groups keep their LR ratios to group 0), a
     TrainConfig (`make_optimizer(model, cfg)`: the training optimiser) or a function model -> optimiser.
     The model's weights, buffers, train/eval flags and gradients, the optimiser's state, the loader's
     epoch and the global RNG states are restored afterwards: the test leaves no trace. Each step is
-    training's own (`engine.TrainStep`, with `batch_fn` if given), without schedule or weight averaging.
+    training's own (`engine.TrainStep`, with `batch_fn` and `loss_fn` if given), without schedule or weight
+    averaging.
     """
     _check_range(num_iter, start_lr, end_lr)
     if not 0 <= smooth < 1 or diverge_th <= 1:
@@ -138,7 +140,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
     loader_epoch = getattr(loader, "epoch", None)
     base = opt.param_groups[0]["lr"]
     ratios = [g["lr"] / base if base else 1.0 for g in opt.param_groups]  # e.g. bias_lr_scale
-    step = TrainStep(model, opt, amp_dtype, label_smoothing, batch_fn=batch_fn)
+    step = TrainStep(model, opt, amp_dtype, label_smoothing, batch_fn=batch_fn, loss_fn=loss_fn)
     lrs, raw, smoothed, diverged = [], [], [], False
     start = time.perf_counter()
     bar = None
@@ -202,14 +204,15 @@ _NOT_READ = ("out", "progress", "data", "data_root", "data_fingerprint", "check_
              "lookahead", "compile", "cuda_graphs", "limit_test")
 
 
-def kept_result_path(cfg: TrainConfig, data, model: nn.Module, batch_fn, device, amp_dtype,
+def kept_result_path(cfg: TrainConfig, data, model: nn.Module, hooks: tuple, device, amp_dtype,
                      limits: tuple[int, float, float]) -> Path:
     """Where the range test of exactly this setting is kept: RUN/lr-range-<key>.json in the run folder
     `cfg.out`, the key a hash of every config field the test reads, the data's fingerprint, the network's
-    code (`models.identity`), the batch hook's source, the range, the device, precision and layout."""
+    code (`models.identity`), the source of the hooks (batch_fn, loss_fn), the range, the device, precision
+    and layout."""
     key = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_READ},
            "data": fingerprint(data), "network": network_identity(model, cfg.model),
-           "batch_fn": None if batch_fn is None else (source_fingerprint(batch_fn) or repr(batch_fn)),
+           "hooks": [None if h is None else (source_fingerprint(h) or repr(h)) for h in hooks],
            "range": list(limits), "device": hardware_string(device), "precision": str(amp_dtype),
            "layout": model_is_nhwc(model), "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -223,9 +226,10 @@ def _load_kept(path: Path) -> LRFindResult | None:
         return None
 
 
-def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.Module] | None = None, batch_fn: BatchFn | None = None,
-            num_iter: int = 100, start_lr: float = 1e-5, end_lr: float = 10.0,
-            path: str | Path | None = None, keep: bool = True) -> LRFindResult:
+def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.Module] | None = None,
+            batch_fn: BatchFn | None = None, loss_fn: LossFn | None = None, num_iter: int = 100,
+            start_lr: float = 1e-5, end_lr: float = 10.0, path: str | Path | None = None,
+            keep: bool = True) -> LRFindResult:
     """The range test for a config: its network (initialised as `fit` does; or `model`, an object passed
     beside the config, whose weights the test restores afterwards), training split, batch size,
     augmentation, optimiser, label smoothing, device and precision. Loads the data when `data` is None;
@@ -249,25 +253,26 @@ def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.M
         if model is not None and not isinstance(model, nn.Module):
             model = build_model(model, cfg.dropout)  # a factory (the class): built from the seed, as in `fit`
         model = model_for_config(cfg, images, device, model=model)  # built and initialised as in `fit`
-    kept = kept_result_path(cfg, data, model, batch_fn, device, amp_dtype, (num_iter, start_lr, end_lr))
+    limits = dict(num_iter=num_iter, start_lr=start_lr, end_lr=end_lr)
+    kept = kept_result_path(cfg, data, model, (batch_fn, loss_fn), device, amp_dtype, tuple(limits.values()))
     result = _load_kept(kept) if keep else None
     if result is not None:
         print(f"LR range test: the result kept in {Path(cfg.out).name}/{kept.name} (same settings, network and "
               f"data, measured in {result.seconds:.0f} s; not run again: pass keep=False or delete the file)")
     else:
-        result = _run_and_keep(cfg, images, labels, model, device, amp_dtype, batch_fn, kept if keep else None,
-                               num_iter=num_iter, start_lr=start_lr, end_lr=end_lr)
+        result = _run_and_keep(cfg, images, labels, model, device, amp_dtype, (batch_fn, loss_fn),
+                               kept if keep else None, **limits)
     if path is not None:
         import matplotlib.pyplot as plt
         plt.close(plot_lr_find(result, cfg.lr, path=path))  # saved, not also shown by a notebook
     return result
 
 
-def _run_and_keep(cfg, images, labels, model, device, amp_dtype, batch_fn, kept: Path | None, **limits):
+def _run_and_keep(cfg, images, labels, model, device, amp_dtype, hooks, kept: Path | None, **limits):
     loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device,  # the run's augmentation
                                       channels_last=model_is_nhwc(model))
     result = lr_range_test(model, loader, cfg, **limits, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing,
-                           progress=cfg.progress, batch_fn=batch_fn)
+                           progress=cfg.progress, batch_fn=hooks[0], loss_fn=hooks[1])
     result.recipe_lr = cfg.lr
     if kept is not None:
         try:

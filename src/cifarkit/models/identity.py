@@ -14,7 +14,7 @@ that trained it: a notebook cell edited and run again must never be handed the o
 
 The forward pass runs on a CPU copy in eval mode without gradients and with the random state forked, so
 it changes neither the network, nor its BatchNorm statistics, nor the random numbers the run draws.
-Lazy modules (`nn.LazyConv2d`...) are materialised first, on the copy as on the network (`materialize`).
+Lazy modules (`nn.LazyConv2d`...) are materialised first (`materialize`), as training would do anyway.
 """
 from __future__ import annotations
 
@@ -153,10 +153,8 @@ def _is_lazy(t) -> bool:
 def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     """The identity of `net`'s code (see the module docstring): {"name", "spec", "code", "layers", "forward",
     "parameters"}, each part a 16-hex-digit hash ("forward" is None when the forward pass fails)."""
-    probe = copy.deepcopy(net).cpu().float()
-    if has_lazy_parameters(probe):
-        materialize(probe, "cpu")
-    probe.eval()
+    materialize(net)  # as fit would first (uninitialised parameters cannot be copied); the random state is kept
+    probe = copy.deepcopy(net).cpu().float().eval()
     recorder = _OpRecorder()
     try:
         with _forked_rng(), torch.no_grad(), recorder:

@@ -39,8 +39,9 @@ def register(name: str, constructor: Callable[..., nn.Module] | None = None):
     return wrap(constructor) if constructor is not None else wrap
 
 
-def _load_attr(path: str) -> Callable[..., nn.Module]:
-    """'file.py:Class' (relative to the working directory) or 'package.module:Class' -> the object."""
+def load_attr(path: str, option: str = "--model") -> Callable[..., nn.Module]:
+    """'file.py:Class' (relative to the working directory) or 'package.module:Class' -> the object (a class or
+    function; `option` names where the path was given, for the messages)."""
     where, _, attr = path.rpartition(":")
     if where.endswith(".py"):
         file = Path(where).expanduser()
@@ -66,15 +67,15 @@ def _load_attr(path: str) -> Callable[..., nn.Module]:
             raise ConfigError(f"importing module {where!r} called sys.exit({e.code!r}): move the script part under "
                               "if __name__ == '__main__':") from None
         except Exception as e:
-            raise ConfigError(f"cannot import module {where!r} for --model {path!r}: {type(e).__name__}: "
+            raise ConfigError(f"cannot import module {where!r} for {option} {path!r}: {type(e).__name__}: "
                               f"{_first_line(e)}") from None
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise ConfigError(f"{where} has no {attr!r} (from --model {path!r})")
+            raise ConfigError(f"{where} has no {attr!r} (from {option} {path!r})")
     if not callable(obj):
-        raise ConfigError(f"{path} is not a class or function that builds a network")
+        raise ConfigError(f"{path} is not a class or function" + (" that builds a network" if option == "--model" else ""))
     return obj
 
 
@@ -156,7 +157,7 @@ def build_model(model: Any, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
             kwargs.update(given)
             if any(k.startswith("_") for k in kwargs):
                 raise ConfigError(f"model arguments must be keywords, e.g. {name}(width=32); got {call!r}")
-            ctor = _load_attr(f"{where}:{name}")
+            ctor = load_attr(f"{where}:{name}")
         else:
             check_model_spec(model)
             ctor = MODELS[model]

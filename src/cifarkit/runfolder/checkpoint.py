@@ -102,7 +102,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[st
     dst = Path(dst)
     if dst.is_dir():
         raise CheckpointError(f"{dst} is a folder; give the path of the .pt file to write")
-    slim = {"config": ckpt["config"], "model": reported_weights(ckpt), "epoch": ckpt["epoch"],
+    slim = {"config": ckpt["config"], "network": ckpt.get("network"), "choices": ckpt.get("choices"),
+            "model": reported_weights(ckpt), "epoch": ckpt["epoch"],
             "history": ckpt.get("history", []), "exported_from": str(src), "resumable": False}
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, slim)
@@ -145,7 +146,11 @@ def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = 
     except CifarkitError as e:
         raise CheckpointError(f"{path}: {e}") from None
     load_weights(model, reported_weights(ckpt), path, cfg.model)
+    device = torch.device(device)
     model = model.to(device)
-    if channels_last_for(cfg, torch.device(device)):
+    nhwc = (ckpt.get("choices") or {}).get("channels_last")  # the layout the run trained in: the network runs in it
+    if nhwc is None:  # a run an older cifarkit wrote: evaluated as that cifarkit evaluated it
+        nhwc = channels_last_for(cfg, device)
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     return model.eval(), cfg, ckpt
