@@ -83,8 +83,84 @@ def test_a_returned_figure_is_not_shown_twice_in_a_notebook():
              "ck.plot_lr(h)",            # the cell's value
              "ck.plot_lr(h);",           # shown by the end-of-cell flush
              "fig = ck.plot_lr(h)\nfig",  # kept in a variable, then the value
-             "ck.plot_lr(h)\nck.plot_history(h)"]  # two figures, each once
+             "ck.plot_lr(h)\nck.plot_history(h)",  # two figures, each once
+             "ck.plot_history(h)\nck.plot_lr(h)"]  # ...in the order the code draws them
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     counts = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells]
-    assert counts == [0, 1, 1, 1, 2]
+    assert counts == [0, 1, 1, 1, 2, 2]
+
+    def widths(cell) -> list[int]:
+        import base64
+        import struct
+        pngs = [base64.b64decode(o["data"]["image/png"]) for o in cell.outputs if "image/png" in o.get("data", {})]
+        return [struct.unpack(">I", png[16:20])[0] for png in pngs]  # the IHDR width
+    lr_first, history_first = widths(nb.cells[4]), widths(nb.cells[5])
+    assert lr_first[0] < lr_first[1] and history_first[0] > history_first[1]  # plot_lr is the narrower one
+
+
+# ---------------------------------------------------------------- readable where a notebook shows it
+def _fake_lr_result():
+    from cifarkit.analysis.lrfind import LRFindResult
+
+    lrs = [1e-4 * 10 ** (i / 20) for i in range(80)]
+    losses = [2.3 - 0.01 * i if i < 60 else 1.7 + 0.05 * (i - 60) for i in range(80)]
+    return LRFindResult(lrs, losses, losses, lrs[59], lrs[30], lrs[59], True, 1e-4, 10.0, 100, recipe_lr=0.4)
+
+
+def _gradcam_figure():
+    from cifarkit.analysis.gradcam import plot_gradcam
+
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    probs = torch.softmax(torch.randn(20, 10), 1)
+    cams = torch.rand(8, 32, 32)
+    return plot_gradcam(images, torch.randint(0, 10, (20,)), probs, torch.arange(8), cams, cams, CLASSES,
+                        layer="c4.1.1 (a 1x1 Conv2d 128 -> 256, output 4x4)", note="predictions with flip-translate TTA")
+
+
+def _images(n):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+
+
+FIGURES = {
+    "history": lambda: plot_history(fake_history(20), final={"tta": "flip-translate", "tta_accuracy": 88.0},
+                                    label_smoothing=0.2, title="seed network, 20 epochs"),
+    "compare": lambda: plot_compare({"a reconstruction of the write-up's recipe": fake_history(20),
+                                     "this run": fake_history(20)}, reference=("write-up", 83.61, 20)),
+    "lr": lambda: plot_lr(fake_history(20, steps=50)),
+    "samples": lambda: __import__("cifarkit").show_images(_images(24), [CLASSES[i % 10] for i in range(24)],
+                                                          title="as epoch 1 of training sees them: 4-px reflect-"
+                                                                "padded random crop, alternate flip, and more"),
+    "mistakes": lambda: plot_misclassified(_images(40), torch.arange(40) % 10,
+                                           torch.softmax(torch.randn(40, 10), 1), torch.arange(32), CLASSES,
+                                           note="predictions with flip-translate TTA"),
+    "confusion": lambda: plot_confusion(torch.randint(0, 999, (10, 10)), CLASSES, note="single view"),
+    "gradcam": _gradcam_figure,
+    "lr_find": lambda: __import__("cifarkit.analysis.lrplot", fromlist=["x"]).plot_lr_find(_fake_lr_result()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_figure_is_readable_at_notebook_width(name):
+    """Rendered as a notebook shows it (DISPLAY_DPI, tight box, scaled down to NOTEBOOK_PX if wider): every
+    text at least 9 pt, every image panel at least 100 px wide, no rainbow / jet colour map."""
+    import io
+    import struct
+
+    from matplotlib.image import AxesImage
+    from matplotlib.text import Text
+
+    from cifarkit.analysis.plots import DISPLAY_DPI, NOTEBOOK_PX
+
+    fig = FIGURES[name]()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DISPLAY_DPI, bbox_inches="tight")
+    width = struct.unpack(">I", buf.getvalue()[16:20])[0]
+    scale = min(1.0, NOTEBOOK_PX / width)
+    small = sorted({(round(t.get_fontsize() * scale, 1), t.get_text()[:40]) for t in fig.findobj(Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() * scale < 9})
+    assert not small, f"{name}: {width} px wide, text under 9 pt as shown: {small[:5]}"
+    for im in fig.findobj(AxesImage):
+        assert im.get_cmap().name not in ("jet", "rainbow", "hsv", "gist_rainbow", "nipy_spectral"), name
+        shown = im.axes.get_position().width * fig.get_figwidth() * DISPLAY_DPI * scale
+        assert shown >= 100, f"{name}: an image panel is {shown:.0f} px wide as shown"

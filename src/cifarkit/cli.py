@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folders (default: every folder in ./runs that holds a config.json)")
     r.add_argument("--plot", help="also save the accuracy curves of all runs in one figure here (PNG)")
 
+    n = sub.add_parser("check-notebook", help="the hand-in check of an executed notebook and its run folder")
+    n.add_argument("notebook", metavar="NOTEBOOK", help="the executed .ipynb, e.g. Assignment7.ipynb")
+    n.add_argument("--run", help="its run folder (default: the out folder the notebook's fit printed)")
+
     f = sub.add_parser("lr-find", help="learning-rate range test for the configured network and recipe")
     f.add_argument("--recipe", choices=list(RECIPES), default=None)
     add_config_options(f)
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": _train, "summary": commands.summary, "evaluate": commands.evaluate,
                 "export": commands.export, "predict": commands.predict, "runs": commands.runs,
+                "check-notebook": commands.check_notebook,
                 "lr-find": _lr_find}[args.command](args)
     except CifarkitError as e:
         from .engine import DivergenceError

@@ -132,3 +132,12 @@ def runs(args) -> int:
         table.plot(path=args.plot)
         print(f"plot: {args.plot}")
     return 0
+
+
+def check_notebook(args) -> int:
+    """The hand-in check (`handin.check_notebook`): one line per check; exit 0 only when all hold."""
+    from .handin import check_notebook as check
+
+    report = check(args.notebook, args.run)
+    print(report)
+    return 0 if report.ok else 1

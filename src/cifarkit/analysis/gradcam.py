@@ -219,13 +219,18 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
 
 def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor,
                  cams_pred: torch.Tensor, cams_true: torch.Tensor, classes: Sequence[str],
-                 path: str | Path | None = None, ncols: int = 4, layer: str | None = None):
+                 path: str | Path | None = None, ncols: int = 2, layer: str | None = None, note: str = ""):
     """Misclassified images, each as a group of three panels: the image, the Grad-CAM map of the PREDICTED
     class ("pred: cat 91%") over it, and the map of the TRUE class ("true: dog"); groups are set apart by a
     gap, with one colour scale. `images`, `labels`, `probs` cover the whole set; `indices` picks the
     images; `cams_pred` / `cams_true` hold one map per picked image, in order; `layer` names where the maps
-    were read."""
+    were read; `note` says how the predictions were made (e.g. with TTA). Two images per row by default,
+    so each panel shows ~130 px wide in a notebook; the maps use viridis (readable without colour vision)."""
+    import textwrap
+
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     conf, pred = probs.max(1)
     idx = indices.tolist()
@@ -233,29 +238,31 @@ def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
     widths = ([1, 1, 1, 0.35] * ncols)[:-1]  # three panels per image, then a gap before the next image
-    fig = plt.figure(figsize=(1.3 * sum(widths) + 0.8, 1.55 * nrows + 0.5))
-    grid = fig.add_gridspec(nrows, len(widths), width_ratios=widths, wspace=0.05, hspace=0.35)
+    fig = plt.figure(figsize=(1.3 * sum(widths) + 0.9, 1.75 * nrows + 0.8))
+    grid = fig.add_gridspec(nrows, len(widths), width_ratios=widths, wspace=0.06, hspace=0.4)
     shown = None
     for k, i in enumerate(idx):
         img = images[i].detach().cpu()
         img = (img.float() / 255 if img.dtype == torch.uint8 else img.float()).permute(1, 2, 0).clamp(0, 1).numpy()
-        panels = ((None, f"{classes[labels[i]]}", "black"),
-                  (cams_pred[k], f"pred: {classes[pred[i]]} {100 * conf[i]:.0f}%", "darkred"),
-                  (cams_true[k], f"true: {classes[labels[i]]}", "darkgreen"))
+        panels = ((None, f"{classes[labels[i]]}", "black"),  # the words say which map is which, not colours
+                  (cams_pred[k], f"pred: {classes[pred[i]]} {100 * conf[i]:.0f}%", "black"),
+                  (cams_true[k], f"true: {classes[labels[i]]}", "black"))
         for j, (cam, title, color) in enumerate(panels):
             ax = fig.add_subplot(grid[k // ncols, 4 * (k % ncols) + j])
             ax.axis("off")
             ax.imshow(img, interpolation="nearest")
             if cam is not None:
-                shown = ax.imshow(cam.detach().cpu().float().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1,
+                shown = ax.imshow(cam.detach().cpu().float().numpy(), cmap="viridis", alpha=0.55, vmin=0, vmax=1,
                                   interpolation="bilinear")
-            ax.set_title(title, fontsize=7.5, color=color)
-    if shown is not None:
-        bar = fig.colorbar(shown, ax=fig.axes, fraction=0.015, pad=0.01)
-        bar.set_label("Grad-CAM (each map / its max)", fontsize=8)
+            ax.set_title(title, fontsize=9.5, color=color)
+    if shown is not None:  # the bar shows the map's colours at full strength, not washed out by the overlay
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "viridis"), ax=fig.axes, fraction=0.02, pad=0.02)
+        bar.set_label("evidence (each map / its max)", fontsize=9.5)
+        bar.ax.tick_params(labelsize=9)
     where = f" at {layer}" if layer else ""
-    fig.suptitle(f"Grad-CAM{where}: {n} misclassified test images; per image: the image, the evidence for the "
-                 "predicted class, the evidence for the true class", fontsize=9)
+    how = f" ({note})" if note else ""
+    fig.suptitle(textwrap.fill(f"Grad-CAM{where}: {n} misclassified test images{how}. Per image: the image, the "
+                               "evidence for the predicted class, the evidence for the true class", 90), fontsize=10.5)
     return finish(fig, path, tight=False)  # the gridspec places the panels and the colour bar itself
 
 
@@ -281,11 +288,12 @@ def describe_layer(model: nn.Module, layer: str, images: torch.Tensor) -> str:
 
 def gradcam_misclassified(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
                           indices: torch.Tensor, classes: Sequence[str], *, target_layer: str | None = None,
-                          precision: str = "fp32", path: str | Path | None = None, ncols: int = 4):
+                          precision: str = "fp32", path: str | Path | None = None, ncols: int = 2,
+                          note: str = ""):
     """`gradcam` for the predicted and the true class of the images at `indices`, then `plot_gradcam`."""
     picked = images[indices]
     layer = find_target_layer(model, picked, target_layer)
     cams_pred = gradcam(model, picked, probs[indices].argmax(1), layer, precision=precision)
     cams_true = gradcam(model, picked, labels[indices], layer, precision=precision)
     return plot_gradcam(images, labels, probs, indices, cams_pred, cams_true, classes, path=path, ncols=ncols,
-                        layer=describe_layer(model, layer, picked))
+                        layer=describe_layer(model, layer, picked), note=note)
