@@ -2,9 +2,7 @@
 the same command refuse, in one line and touching nothing, a network whose code changed, a damaged folder
 (best.pt or history without a readable last.pt) and unreadable results; a resumed run keeps the layout
 and precision it started with."""
-import json
 import linecache
-import os
 
 import pytest
 import torch

@@ -25,7 +25,7 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["compare_runs"], "runs"),
     **dict.fromkeys(["TrainStep", "train_one_epoch", "evaluate"], "engine"),
     **dict.fromkeys(["resolve_device", "choose_precision", "hardware_string"], "hardware"),
-    **dict.fromkeys(["epoch_estimate"], "speed"),
+    **dict.fromkeys(["epoch_estimate", "timing_report"], "speed"),
     **dict.fromkeys(["model_from_checkpoint"], "runfolder.checkpoint"),
     # looking at a network and its results
     **dict.fromkeys(["summary_text"], "analysis.summary"),
@@ -34,6 +34,8 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["predict_image"], "inference"),
     **dict.fromkeys(["lr_find"], "analysis.lrfind"),
     **dict.fromkeys(["gradcam_misclassified"], "analysis.gradcam"),
+    **dict.fromkeys(["findings"], "analysis.findings"),
+    **dict.fromkeys(["check_notebook", "check_this_notebook"], "handin"),
     **dict.fromkeys(["plot_history", "plot_compare", "plot_lr", "plot_confusion", "plot_misclassified",
                      "show_images", "load_baseline"], "analysis.plots"),
 }

@@ -77,3 +77,33 @@ def epoch_estimate(device: torch.device, epochs: int, *, model: str = "seed", th
     caution = f" ({'; '.join(notes)})" if notes else ""
     return (f"time per epoch: about {m.seconds:.0f} s on a {m.device} ({m.precision}), so {epochs} epochs take "
             f"about {when}{caution}; source: {m.source}")
+
+
+def timing_report(history: list[dict], final: dict, device: torch.device) -> str:
+    """How long the run's epochs took (training + test pass, from its history), why they varied when they
+    did, and how that compares with the estimate `epoch_estimate` printed before training."""
+    secs = [h["train_seconds"] + h["eval_seconds"] for h in history]
+    later = sorted(secs[1:]) or secs
+    median = later[len(later) // 2]
+    lines = [f"epochs: {min(secs):.1f}-{max(secs):.1f} s, median {median:.1f} s; all {len(secs)} epochs "
+             f"{sum(secs) / 60:.1f} min; the whole run incl. the final test {final['wall_seconds'] / 60:.1f} min on "
+             f"{final['hardware']}"]
+    if len(secs) > 1 and secs[0] > 1.3 * median:
+        lines.append(f"epoch 1 took {secs[0]:.1f} s, {secs[0] / median:.1f}x the median: it includes the one-time "
+                     "set-up of the first steps (kernel selection, memory allocation)")
+    if len(later) > 1 and later[-1] > 1.3 * later[0]:
+        lines.append(f"epochs 2-{len(secs)} took {later[0]:.1f} to {later[-1]:.1f} s ({later[-1] / later[0]:.1f}x) for "
+                     "the same work: the slower ones were slowed by something outside the run (other processes on "
+                     f"the same cores, or a shared or throttled machine); the quickest, {later[0]:.1f} s, is nearest "
+                     "this machine's own speed")
+    m = measured_for(device)
+    images = history[-1].get("images_per_second", 0) * history[-1].get("train_seconds", 0)  # per epoch
+    if m is None:
+        lines.append("no estimate was printed before training: this device was never measured")
+    elif images < 0.9 * 50000:
+        lines.append(f"the estimate before training ({m.seconds:.1f} s per epoch) is for 50,000 training images; "
+                     f"this run trained on {images:,.0f} per epoch, so the two do not compare")
+    else:
+        lines.append(f"the estimate before training: {m.seconds:.1f} s per epoch ({m.device}); the median epoch "
+                     f"here took {median / m.seconds:.2f}x that")
+    return "\n".join(lines)

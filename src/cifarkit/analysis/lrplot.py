@@ -6,12 +6,14 @@ from pathlib import Path
 
 from .plots import COLORS, finish
 
+# `result` below is an lrfind.LRFindResult; it is not imported here, since lrfind imports this module.
+
 
 def _lr_text(lr: float) -> str:
     return f"{lr:.2g}" if lr >= 0.01 else f"{lr:.1e}"
 
 
-def describe(result: LRFindResult, recipe_lr: float | None = None) -> str:
+def describe(result: "LRFindResult", recipe_lr: float | None = None) -> str:  # noqa: F821
     """Two lines: the suggestion and its rule, the other readings and the recipe's peak against it; then
     how the test ended. E.g. "suggested peak LR 0.43 (minimum of the smoothed loss; steepest descent at
     0.013, minimum / 10 = 0.043); the recipe uses 0.4 (0.93x the suggestion)"."""
@@ -29,7 +31,8 @@ def describe(result: LRFindResult, recipe_lr: float | None = None) -> str:
     return text + f"\n{len(result.lrs)} steps from {_lr_text(result.start_lr)}, {stop}, {result.seconds:.0f} s"
 
 
-def plot_lr_find(result, recipe_lr: float | None = None, path: str | Path | None = None):
+def plot_lr_find(result: "LRFindResult", recipe_lr: float | None = None,  # noqa: F821
+                 path: str | Path | None = None):
     """Loss against learning rate (log axis): raw and smoothed, and why the suggestion is what it is: the
     smoothed loss's minimum is marked on the curve, with the steepest descent and the recipe's peak beside it.
     The legend sits below the axes, so it covers no data and takes none of the plot's width."""
