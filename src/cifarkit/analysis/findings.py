@@ -100,7 +100,8 @@ def findings(model: nn.Module, results: dict, history: Sequence[dict], images: t
     rules = check_rules(model, accuracy=sv, test_images=total)
     failed = sum(r.passed is False for r in rules)
     open_ = sum(r.passed is None for r in rules)
-    verdicts = "; ".join(f"{r.rule}: {r.value} ({r.verdict.strip() or 'undecided'})" for r in rules)
+    verdicts = "; ".join(f"{r.rule}: {r.value} ({({True: 'pass', False: 'fail', None: 'undecided'})[r.passed]})"
+                         for r in rules)
     head = ("All six course rules pass" if not failed and not open_ else
             f"{failed} of the six course rules fail" + (f", {open_} undecided" if open_ else "") if failed else
             f"No course rule fails; {open_} undecided")
