@@ -67,3 +67,29 @@ def test_the_saved_run_is_the_full_one_and_matches_the_committed_run():
 @pytest.mark.parametrize("name", ["config.json", "history.csv", "history.json", "results.json"])
 def test_the_committed_run_folder_is_complete(name):
     assert (RUN / name).is_file() and (ROOT / "checkpoints" / "notebook.pt").is_file()
+
+
+def test_the_committed_notebook_passes_the_hand_in_check():
+    from cifarkit.handin import check_notebook
+
+    report = check_notebook(ROOT / "Assignment7.ipynb", run=RUN)
+    assert report.ok, str(report)
+    assert [c.what for c in report if c.ok is None] == ["the run is this code's", "your own words"]
+
+
+def test_the_findings_are_the_runs_own_numbers():
+    res = json.loads((RUN / "results.json").read_text())
+    (cell,) = [c for _, c in code_cells() if source(c).startswith("ck.findings(")]
+    md = "".join("".join(o["data"]["text/markdown"]) for o in cell["outputs"] if "text/markdown" in o.get("data", {}))
+    assert f"{res['single_view_accuracy']:.2f}% single view ({res['single_view_correct']}/10000" in md
+    assert f"{res['tta_accuracy']:.2f}% with {res['tta']} TTA" in md and "All six course rules pass" in md
+    assert "**Confusions**" in md and "**Grad-CAM on the 8 most confident mistakes**" in md
+
+
+def test_nothing_of_the_executing_machine_shows():
+    leak = re.compile(r"(?<![\w.~/-])/(tmp|work|root|home|Users)/")
+    for i, c in code_cells():
+        assert not leak.search(text(c)), f"cell {i}: {leak.search(text(c)).group(0)}"
+    assert "accelerator" not in NB["metadata"]  # the run used the CPU; nothing claims a GPU
+    for name in ("config.json", "results.json"):
+        assert not leak.search((RUN / name).read_text()), name

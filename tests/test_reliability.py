@@ -385,7 +385,7 @@ class Swallow(nn.Module):
 def test_ctrl_c_stops_a_network_that_swallows_it(tmp_path, data_tree, env):
     """A forward with a bare except catches the Ctrl-C: the run still stops (at the next batch, outside the
     network's code), saves what it finished and exits 130 with one line. (That a second Ctrl-C raises
-    again is tested in this process: tests/test_rundir.py.)"""
+    again is tested in this process: tests/test_runfolder.py.)"""
     (tmp_path / "net.py").write_text(SWALLOWING_NET)
     marker = tmp_path / "swallowed.txt"
     p = subprocess.Popen(train_cmd(tmp_path / "run", data_tree, "--epochs", "50", "--model",

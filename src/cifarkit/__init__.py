@@ -54,4 +54,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    """The public names and the module's own dunders (not the helpers this file imports)."""
+    return sorted({n for n in globals() if n.startswith("__")} | set(_PUBLIC))

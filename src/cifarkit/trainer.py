@@ -35,8 +35,8 @@ from .runfolder.lock import RunDirError, RunLock
 from .runs import FitResult, load_finished, load_run_data
 from .runfolder.resume import auto_resume, check_same_network, network_now, resume_config
 from .runfolder.signals import StopSignals
-from .runfolder.state import check_run_dir, clear_run_dir, ensure_writable, interrupt_message, remove_temp_files, \
-    run_state
+from .runfolder.state import (check_run_dir, clear_run_dir, ensure_writable, interrupt_message,
+                               remove_temp_files, run_state)
 
 
 @dataclass

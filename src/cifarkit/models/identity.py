@@ -154,14 +154,23 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     """The identity of `net`'s code (see the module docstring): {"name", "spec", "code", "layers", "forward",
     "parameters"}, each part a 16-hex-digit hash ("forward" is None when the forward pass fails)."""
     materialize(net)  # as fit would first (uninitialised parameters cannot be copied); the random state is kept
-    probe = copy.deepcopy(net).cpu().float().eval()
+    try:
+        probe = copy.deepcopy(net).cpu().float()
+    except Exception:  # noqa: BLE001 - an attribute that cannot be copied (an open file...): read the network itself
+        probe = net
+    modes = [(m, m.training) for m in probe.modules()]
+    probe.eval()  # eval mode: BatchNorm statistics stay as they are
     recorder = _OpRecorder()
     try:
+        device = next((p.device for p in probe.parameters()), torch.device("cpu"))
         with _forked_rng(), torch.no_grad(), recorder:
-            probe(blank_batch())
+            probe(blank_batch().to(device))
         forward = _hash("\n".join(recorder.ops))
     except Exception:  # noqa: BLE001 - a failing forward is refused elsewhere (models.check), in one line
         forward = None
+    finally:
+        for m, training in modes:
+            m.training = training
     shapes = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in probe.state_dict().items())
     cls = type(net)
     return {"name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
