@@ -111,6 +111,20 @@ def learnable_data():
                    torch.from_numpy(a["test"][1]), CLASSES, "synthetic")
 
 
+def interrupt_in_epoch_2(monkeypatch):
+    """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch 2 starts; returns the real loop."""
+    import cifarkit.trainer as trainer_mod
+
+    real = trainer_mod.train_one_epoch
+
+    def interrupted(*a, **k):
+        if k["epoch"] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted)
+    return real
+
+
 def png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")

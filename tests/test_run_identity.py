@@ -14,6 +14,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.models.identity import identity_changes, network_identity
 from cifarkit.runfolder.checkpoint import load_checkpoint
 from cifarkit.trainer import fit
+from conftest import interrupt_in_epoch_2
 
 NET = '''
 import torch.nn as nn
@@ -188,13 +189,7 @@ def test_a_resumed_run_keeps_the_layout_it_started_with(tmp_path, learnable_data
         return cfg_for(tmp_path / name, epochs=2, channels_last="auto", dropout=0.0)
     monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (100.0, 200.0))  # NHWC measured faster
     straight = fit(cfg("straight"), data=learnable_data)
-    real = trainer_mod.train_one_epoch
-
-    def interrupted(*a, **k):
-        if k["epoch"] == 1:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted)
+    real = interrupt_in_epoch_2(monkeypatch)
     assert fit(cfg("cut"), data=learnable_data).interrupted
     assert load_checkpoint(tmp_path / "cut" / "run" / "last.pt")["choices"] == {"precision": "fp32",
                                                                                 "channels_last": True}

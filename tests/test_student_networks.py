@@ -14,6 +14,7 @@ from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models import build_model, count_parameters
 from cifarkit.trainer import fit
+from conftest import interrupt_in_epoch_2
 
 NETS = '''
 import torch
@@ -107,13 +108,7 @@ def test_a_lazy_network_trains_resumes_evaluates_exports_and_predicts(nets, tree
     run_dir = tmp_path / "run"
     train = ["train", "--model", f"{nets}:LazyNet", "--data", tree, "--out", run_dir, "--epochs", "2",
              "--batch-size", "10", "--no-progress", "--precision", "fp32"]
-    real = trainer_mod.train_one_epoch
-
-    def ctrl_c_in_epoch_2(*a, **k):
-        if k["epoch"] == 1:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", ctrl_c_in_epoch_2)
+    real = interrupt_in_epoch_2(monkeypatch)
     assert run(train, capsys)[0] == 130
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
     code, out, err = run(["train", "--resume", run_dir / "last.pt", "--no-progress"], capsys)

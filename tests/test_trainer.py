@@ -11,24 +11,13 @@ from cifarkit.engine import DivergenceError
 from cifarkit.config import TrainConfig
 from cifarkit.trainer import fit
 from cifarkit.runfolder.checkpoint import load_checkpoint
+from conftest import interrupt_in_epoch_2
 
 
 def cfg_for(tmp_path, **kw):
     base = dict(epochs=2, batch_size=50, lr=0.05, progress=False, out=str(tmp_path / "run"), precision="fp32",
                 eval_batch_size=50)
     return TrainConfig(**{**base, **kw})
-
-
-def interrupt_in_epoch_2(monkeypatch):
-    """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch 2 starts; returns the real step."""
-    real = trainer_mod.train_one_epoch
-
-    def interrupted(*a, **k):
-        if k["epoch"] == 1:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted)
-    return real
 
 
 def test_fit_writes_the_run_folder(tmp_path, learnable_data):

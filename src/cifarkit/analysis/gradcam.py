@@ -238,8 +238,8 @@ def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
     widths = ([1, 1, 1, 0.35] * ncols)[:-1]  # three panels per image, then a gap before the next image
-    fig = plt.figure(figsize=(1.3 * sum(widths) + 0.9, 1.75 * nrows + 0.8))
-    grid = fig.add_gridspec(nrows, len(widths), width_ratios=widths, wspace=0.06, hspace=0.4)
+    fig = plt.figure(figsize=(1.3 * sum(widths) + 0.9, 1.6 * nrows + 0.8))
+    grid = fig.add_gridspec(nrows, len(widths), width_ratios=widths, wspace=0.06, hspace=0.3)
     shown = None
     for k, i in enumerate(idx):
         img = images[i].detach().cpu()
