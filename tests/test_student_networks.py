@@ -177,3 +177,30 @@ def test_a_bug_in_the_forward_names_the_students_line(nets, learnable_data, tmp_
     line = NETS.splitlines().index("        return self.fc(x)  # the bug: 8 features into a 16-input layer") + 1
     assert f"student_nets.py, line {line}: return self.fc(x)" in msg, msg
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_auto_precision_is_chosen_among_those_the_network_runs_in(learnable_data, tmp_path, capsys, monkeypatch):
+    """A network that gives non-finite output under bf16 autocast (but not in fp32) trains in fp32, and the
+    precision line says why; asked for explicitly, bf16 is honoured."""
+    import cifarkit.engine as engine
+    import cifarkit.trainer as trainer_mod
+    from torch import nn
+
+    class BreaksInBf16(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.fc(self.c(x).mean((2, 3)))
+            return y * float("inf") if torch.is_autocast_enabled("cpu") and self.training else y
+
+    monkeypatch.setattr(trainer_mod, "choose_precision", lambda p, d, kept=None: (torch.bfloat16, "bf16: native"))
+    result = fit(cfg_for(tmp_path, epochs=1, precision="auto"), data=learnable_data, model=BreaksInBf16)
+    out = capsys.readouterr().out
+    assert "precision: fp32: your network fails in bf16 (FloatingPointError: its output is not finite" in out
+    assert result.final["precision"] == "fp32"
+    amp, why = engine.precision_that_works(BreaksInBf16().eval(), torch.randn(4, 3, 32, 32), torch.device("cpu"),
+                                           None, "fp32")
+    assert amp is None and why == "fp32"  # fp32 asked: nothing to probe

@@ -7,6 +7,7 @@ notebook) keeps the history; nothing here writes files. Loops print a progress b
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -22,9 +23,9 @@ from .compiled import guarded
 from .data.loader import DeviceLoader, normalize
 from .models import as_batch, build_model, checked_forward, probe
 from .models.check import (PROBE_BATCH, NetworkError, describe_output, failure_text, logits_of,
-                           network_name)
+                           network_name, output_sum)
 from .models.identity import materialize
-from .hardware import autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
+from .hardware import PRECISION_NAME, autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
 from .optim import Averager, make_grad_scaler
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
@@ -253,3 +254,35 @@ def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, m
     net = net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     probe(net, normalize(train_images[:2].to(device), nhwc))  # refuse a network that cannot classify, before training
     return net
+
+
+def precision_that_works(model: nn.Module, x: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None,
+                         reason: str) -> tuple[torch.dtype | None, str]:
+    """(`amp_dtype`, `reason`) when one forward + backward of `x` through a copy of `model` runs in that
+    precision with a finite result; (None, why) when it does not but fp32 does, so "auto" never picks a
+    precision the network cannot train in. A network that fails in fp32 too keeps `amp_dtype`: the checks
+    that follow report its own error. The copy runs with the random state forked; `model` is not touched."""
+    if amp_dtype is None:
+        return amp_dtype, reason
+
+    def step(dtype) -> None:
+        with autocast(device, dtype):
+            total = output_sum(probe(x))
+        if not torch.isfinite(total):
+            raise FloatingPointError("its output is not finite")
+        total.backward()
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe = copy.deepcopy(model).train()
+        try:
+            step(amp_dtype)
+            return amp_dtype, reason
+        except Exception as e:  # noqa: BLE001 - the network's own failure in this precision
+            why = failure_text(e)
+        try:
+            step(None)
+        except Exception:  # noqa: BLE001 - fails in fp32 as well: not the precision's fault
+            return amp_dtype, reason
+    new = f"fp32: your network fails in {PRECISION_NAME[amp_dtype]} ({why}), so fp32"
+    print(f"precision: {new}")
+    return None, new

@@ -52,7 +52,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 _LABEL = {torch.bfloat16: "bf16", torch.float16: "fp16 + gradient scaler", None: "fp32"}
 
 
-def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+def choose_precision(precision: str, device: torch.device, kept: str | None = None) -> tuple[torch.dtype | None, str]:
     """The autocast dtype for `precision` on `device` (None: plain fp32) and a one-line reason to print.
 
     "auto" picks what the hardware runs natively:
@@ -64,7 +64,13 @@ def choose_precision(precision: str, device: torch.device) -> tuple[torch.dtype 
       CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is slower).
       MPS: fp32 (autocast support varies with the macOS / torch version).
     An explicit "bf16" / "fp16" / "fp32" is always honoured; the reason says when the device only emulates it.
+    `kept`: the precision a resumed run chose when it started ("bf16", "fp16", "fp32"), used whatever
+    `precision` would choose now, so the run computes as it did.
     """
+    if kept is not None:
+        dtype, reason = choose_precision(kept, device)
+        head, _, why = reason.partition(": ")
+        return dtype, f"{head.replace(' (requested)', '')} (as the run chose when it started): {why}"
     if precision not in ("auto", *_DTYPES):
         raise ConfigError(f"precision must be one of auto, {', '.join(_DTYPES)}, got {precision!r}")
     asked = "" if precision == "auto" else " (requested)"

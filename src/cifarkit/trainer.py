@@ -20,11 +20,13 @@ from torch import nn
 from .compiled import prepare_train_model
 from .config import TrainConfig
 from .data.dataset import Cifar10
-from .data.loader import DeviceLoader
+from .data.loader import DeviceLoader, normalize
 from .data.splits import Splits, make_splits
-from .engine import BatchFn, LossFn, TrainStep, evaluate, model_for_config, train_one_epoch
+from .engine import (BatchFn, LossFn, TrainStep, evaluate, model_for_config, precision_that_works,
+                     train_one_epoch)
 from .hardware import PRECISION_NAME, choose_precision, hardware_string, model_is_nhwc, peak_rss_mb, resolve_device
 from .models import build_model, count_parameters, spec_string
+from .models.registry import passed_object_notes
 from .models.identity import network_identity
 from .optim import Averager, make_averager, make_optimizer, make_scheduler
 from .report import epoch_line, result_line
@@ -82,10 +84,7 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.
            batch_fn: BatchFn | None, loss_fn: LossFn | None) -> _Run:
     device = resolve_device(cfg.device)
     kept = (ckpt or {}).get("choices") or {}  # a resumed run computes as it started, whatever "auto" says now
-    amp_dtype, reason = choose_precision(kept.get("precision", cfg.precision), device)
-    if "precision" in kept:
-        head, _, why = reason.partition(": ")
-        reason = f"{head.replace(' (requested)', '')} (as the run chose when it started): {why}"
+    amp_dtype, reason = choose_precision(cfg.precision, device, kept=kept.get("precision"))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data, found = load_run_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "",
@@ -96,19 +95,15 @@ def _setup(cfg: TrainConfig, data: Cifar10 | None, ckpt: dict | None, model: nn.
     splits = make_splits(cfg, data)
     print(f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()} images "
           f"from {data.source or 'torchvision'}")
-    if model is not None or factory is not None:
-        print(f"note: the network was passed as an object and is recorded as {cfg.model!r}; a fresh process "
-              "(evaluate, export, --resume) can rebuild it only from an import path such as my_net.py:Net"
-              if cfg.model.startswith("object:") else
-              f"note: the network was passed as an object; a fresh process rebuilds it as {cfg.model}()")
-    if model is not None and ckpt is None:
-        print("note: this network object's weights were drawn before fit seeded anything, so cfg.seed does not "
-              "reproduce them (results.json: seeded_init false); pass the class instead (model=Net) to have "
-              "fit build it from the seed")
+    for line in passed_object_notes(cfg.model, model, factory, resumed=ckpt is not None):
+        print(line)
     if factory is not None:
         model = build_model(factory, cfg.dropout)  # after seeding: its initial weights follow cfg.seed
     net = model_for_config(cfg, splits.train[0], device, model=model, from_data=ckpt is None, verbose=True,
                            layout=kept.get("channels_last"))
+    if cfg.precision == "auto" and "precision" not in kept:  # only among the precisions the network runs in
+        amp_dtype, reason = precision_that_works(net, normalize(splits.train[0][:8].to(device), model_is_nhwc(net)),
+                                                 device, amp_dtype, reason)
     print(f"model: {cfg.model}, {count_parameters(net):,} parameters")
     nhwc = model_is_nhwc(net)  # the batches follow the model's layout
     loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device, channels_last=nhwc)

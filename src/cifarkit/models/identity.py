@@ -7,7 +7,9 @@ that trained it: a notebook cell edited and run again must never be handed the o
     submodule class that is not torch's), parsed, so comments, blank lines, indentation and docstrings do
     not count; any other edit (an operator, a constant, a renamed variable) does;
   - ``layers``: every layer and its settings as ``repr(net)`` prints them (channels, kernel, stride,
-    dilation, groups, padding mode, dropout rate...): what the constructor's arguments built;
+    dilation, groups, padding mode, dropout rate...): what the constructor's arguments built; and the flags
+    a network class of one's own keeps as attributes (bool, str or None values, e.g. ``self.aux = True``),
+    which no layer shows;
   - ``forward``: the sequence of torch operations one forward pass of two blank images runs, with their
     output shapes (another pool, another activation, a changed view);
   - ``parameters``: the names and shapes of every parameter and buffer (what a state_dict must fit).
@@ -175,7 +177,17 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     cls = type(net)
     return {"name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
             "code": _hash("\n\n".join(_class_code(c) for c in _own_classes(probe))),
-            "layers": _hash(repr(probe)), "forward": forward, "parameters": _hash(shapes)}
+            "layers": _hash(repr(probe) + "\n" + _flags(probe)), "forward": forward, "parameters": _hash(shapes)}
+
+
+def _flags(net: nn.Module) -> str:
+    """The bool / str / None attributes of the modules written outside torch (constructor options such as
+    ``self.as_dict = True``), which repr does not show. Numbers are left out: a counter a forward updates
+    would make the same network look changed."""
+    own = set(_own_classes(net))
+    return "\n".join(f"{name}.{k}={v!r}" for name, m in net.named_modules() if type(m) in own
+                     for k, v in sorted(vars(m).items())
+                     if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, str))))
 
 
 def identity_changes(saved: dict | None, now: dict) -> list[str]:

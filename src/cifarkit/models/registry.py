@@ -191,3 +191,19 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     modules are given their parameters first (`identity.materialize`), as a first forward would."""
     materialize(model)
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def passed_object_notes(spec: str, model: Any, factory: Any, resumed: bool) -> list[str]:
+    """What `fit` says about a network passed as an object or factory: how it is recorded (and whether a
+    fresh process can rebuild it), and that an object's weights were drawn before fit seeded anything."""
+    notes = []
+    if model is not None or factory is not None:
+        notes.append(f"note: the network was passed as an object and is recorded as {spec!r}; a fresh process "
+                     "(evaluate, export, --resume) can rebuild it only from an import path such as my_net.py:Net"
+                     if spec.startswith("object:") else
+                     f"note: the network was passed as an object; a fresh process rebuilds it as {spec}()")
+    if model is not None and not resumed:
+        notes.append("note: this network object's weights were drawn before fit seeded anything, so cfg.seed does "
+                     "not reproduce them (results.json: seeded_init false); pass the class instead (model=Net) to "
+                     "have fit build it from the seed")
+    return notes
