@@ -10,7 +10,12 @@ os.environ.setdefault("CIFARKIT_SMOKE", "1")
 _shared = Path(__file__).resolve().parent / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
 if _shared.exists():
     os.environ.setdefault("CIFARKIT_DATA", str(_shared.resolve()))
-os.environ.setdefault("MPLBACKEND", "Agg")  # plain tests draw off-screen; the notebook sets its own backend
+os.environ.setdefault("MPLBACKEND", "Agg")
+# The notebook re-executed by nbval writes its runs in a fresh folder, never in the checkout's runs/ (a run
+# left there by other code would be refused, rightly, by resume="auto").
+if "CIFARKIT_RUNS" not in os.environ:
+    import tempfile
+    os.environ["CIFARKIT_RUNS"] = tempfile.mkdtemp(prefix="cifarkit-notebook-runs-")  # plain tests draw off-screen; the notebook sets its own backend
 # One layout measurement per network for the whole session (fit measures NCHW vs NHWC on a CPU; each test's
 # private data cache would otherwise repeat it in every test).
 if "CIFARKIT_LAYOUT_CACHE" not in os.environ:

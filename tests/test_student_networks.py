@@ -204,3 +204,12 @@ def test_auto_precision_is_chosen_among_those_the_network_runs_in(learnable_data
     amp, why = engine.precision_that_works(BreaksInBf16().eval(), torch.randn(4, 3, 32, 32), torch.device("cpu"),
                                            None, "fp32")
     assert amp is None and why == "fp32"  # fp32 asked: nothing to probe
+
+
+def test_a_constructor_that_fails_names_the_students_line(tmp_path):
+    (tmp_path / "bad_init.py").write_text("import torch.nn as nn\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+                                          "        super().__init__()\n        self.c = nn.Conv2d(3, 8, 3, groups=5)\n")
+    with pytest.raises(CifarkitError) as e:
+        build_model(f"{tmp_path / 'bad_init.py'}:Net")
+    assert "building the network" in str(e.value) and "(bad_init.py, line 6: self.c = nn.Conv2d(3, 8, 3, groups=5))" \
+        in str(e.value) and "\n" not in str(e.value)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+VERSION = 2  # of the identity's definition: a run recorded under another version is not compared (a note says so)
 PARTS = ("parameters", "layers", "forward", "code")  # in the order a difference is named: the most telling first
 WHAT_CHANGED = {"parameters": "parameter shapes", "layers": "layers", "forward": "forward", "code": "code"}
 
@@ -164,9 +165,9 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     probe.eval()  # eval mode: BatchNorm statistics stay as they are
     recorder = _OpRecorder()
     try:
-        device = next((p.device for p in probe.parameters()), torch.device("cpu"))
-        with _forked_rng(), torch.no_grad(), recorder:
-            probe(blank_batch().to(device))
+        x = blank_batch().to(next((p.device for p in probe.parameters()), torch.device("cpu")))
+        with _forked_rng(), torch.no_grad(), recorder:  # only the network's own operations are recorded
+            probe(x)
         forward = _hash("\n".join(recorder.ops))
     except Exception:  # noqa: BLE001 - a failing forward is refused elsewhere (models.check), in one line
         forward = None
@@ -175,7 +176,7 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
             m.training = training
     shapes = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in probe.state_dict().items())
     cls = type(net)
-    return {"name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
+    return {"version": VERSION, "name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
             "code": _hash("\n\n".join(_class_code(c) for c in _own_classes(probe))),
             "layers": _hash(repr(probe) + "\n" + _flags(probe)), "forward": forward, "parameters": _hash(shapes)}
 
@@ -190,10 +191,15 @@ def _flags(net: nn.Module) -> str:
                      if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, str))))
 
 
+def comparable(saved: dict | None) -> bool:
+    """True when `saved` was recorded under this VERSION of the identity (so a difference is the network's)."""
+    return bool(saved) and saved.get("version") == VERSION
+
+
 def identity_changes(saved: dict | None, now: dict) -> list[str]:
-    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`; parts the
-    saved record lacks (an older cifarkit's run) are not compared."""
-    if not saved:
+    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`; a record of
+    another version (an older cifarkit's run) is not compared: a change there may be cifarkit's, not yours."""
+    if not comparable(saved):
         return []
     return [p for p in PARTS if p in saved and saved[p] != now.get(p)]
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..base import ConfigError, parse_call
+from .check import user_frame
 from .identity import materialize
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -59,7 +60,7 @@ def load_attr(path: str, option: str = "--model") -> Callable[..., nn.Module]:
                               "under if __name__ == '__main__':") from None
         except Exception as e:
             del sys.modules[mod_name]
-            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {_first_line(e)}") from None
+            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {_first_line(e)}{user_frame(e)}") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -180,7 +181,8 @@ def build_model(model: Any, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
     except ConfigError:
         raise
     except Exception as e:
-        raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: {_first_line(e)}") from None
+        raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: "
+                          f"{_first_line(e)}{user_frame(e)}") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{spec_string(model)} returned {type(net).__name__}, not an nn.Module")
     return materialize(net)  # a network of lazy modules is whole from here on, as after plain PyTorch's first forward

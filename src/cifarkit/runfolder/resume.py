@@ -14,7 +14,7 @@ from torch import nn
 from ..base import ConfigError
 from ..config import BOOKKEEPING_FIELDS, RUNTIME_FIELDS, TrainConfig, config_differences, explicit_fields
 from ..models import build_model
-from ..models.identity import describe_changes, identity_changes, network_identity
+from ..models.identity import comparable, describe_changes, identity_changes, network_identity
 from .checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 from .files import CONFIG, LAST
 from .lock import RunDirError, advice
@@ -58,9 +58,10 @@ def check_same_network(saved: dict | None, now: dict, run_dir: str | Path, speak
     """Refuse in one line (RunDirError) to continue or load the run in `run_dir` with a network whose code
     differs from the one it recorded (`models.identity`: code, layers, forward, parameter shapes). A run an
     older cifarkit wrote records none: a line says it cannot be checked."""
-    if not saved:
-        print(f"note: {run_dir} was trained by an older cifarkit that did not record the network's code, so "
-              "cifarkit cannot check that the network passed now is the one that trained it")
+    if not comparable(saved):
+        print(f"note: {run_dir} was trained by {'another' if saved else 'an older'} cifarkit that recorded the "
+              f"network's code {'differently' if saved else 'not at all'}, so cifarkit cannot check that the "
+              "network passed now is the one that trained it")
         return
     changed = identity_changes(saved, now)
     if changed:
