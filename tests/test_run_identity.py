@@ -82,6 +82,33 @@ def test_what_counts_as_a_change():
     assert identity_changes(None, base) == []  # an older cifarkit's run records nothing to compare
 
 
+def test_a_helper_function_the_forward_calls_is_part_of_the_code():
+    helper = """
+import torch.nn as nn
+import torch.nn.functional as F
+
+def act(x):
+    return F.dropout(F.relu(x), 0.1, training=False)
+
+def pool(x):
+    return F.max_pool2d(act(x), 2)
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(pool(self.c1(x)).mean((2, 3)))
+"""
+    base = network_identity(cell(helper)())
+    # an edit two calls down that changes no op and no shape (eval-mode dropout): only the code shows it
+    assert identity_changes(base, network_identity(cell(helper.replace("0.1", "0.3"))())) == ["code"]
+    assert identity_changes(base, network_identity(cell(helper.replace("    return F.max_pool2d",
+                                                                       "    # pool\n    return F.max_pool2d"))())) == []
+
+
 def test_identity_leaves_the_network_and_the_random_stream_alone():
     net = cell(NET)()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -187,6 +214,7 @@ def test_a_resumed_run_keeps_the_layout_it_started_with(tmp_path, learnable_data
 
     def cfg(name):
         return cfg_for(tmp_path / name, epochs=2, channels_last="auto", dropout=0.0)
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))  # nothing measured earlier
     monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (100.0, 200.0))  # NHWC measured faster
     straight = fit(cfg("straight"), data=learnable_data)
     real = interrupt_in_epoch_2(monkeypatch)

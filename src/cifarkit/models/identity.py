@@ -4,8 +4,10 @@ that trained it: a notebook cell edited and run again must never be handed the o
 `network_identity(net)` records four parts, each as a short hash (plus a readable `name`):
 
   - ``code``: the source of every method of every network class in the model (the class itself and each
-    submodule class that is not torch's), parsed, so comments, blank lines, indentation and docstrings do
-    not count; any other edit (an operator, a constant, a renamed variable) does;
+    submodule class that is not torch's), and of the functions of the student's own that those methods
+    call by name (a `conv_bn` helper in the same file or notebook, and the ones it calls), parsed, so
+    comments, blank lines, indentation and docstrings do not count; any other edit (an operator, a
+    constant, a renamed variable) does;
   - ``layers``: every layer and its settings as ``repr(net)`` prints them (channels, kernel, stride,
     dilation, groups, padding mode, dropout rate...): what the constructor's arguments built; and the flags
     a network class of one's own keeps as attributes (bool, str or None values, e.g. ``self.aux = True``),
@@ -33,7 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-VERSION = 2  # of the identity's definition: a run recorded under another version is not compared (a note says so)
+VERSION = 3  # of the identity's definition: a run recorded under another version is not compared (a note says so)
 PARTS = ("parameters", "layers", "forward", "code")  # in the order a difference is named: the most telling first
 WHAT_CHANGED = {"parameters": "parameter shapes", "layers": "layers", "forward": "forward", "code": "code"}
 
@@ -75,15 +77,31 @@ def source_fingerprint(obj: Any) -> str | None:
         return None
 
 
-def _class_code(cls: type) -> str:
+def _class_code(cls: type, helpers: dict[str, str]) -> str:
     """Each function defined in the class body, by name. Methods are read one by one (not the class):
-    Python before 3.13 cannot find the source of a class defined in a notebook cell, but can its methods'."""
+    Python before 3.13 cannot find the source of a class defined in a notebook cell, but can its methods'.
+    The student's functions they call are added to `helpers` (`_collect_helpers`)."""
     parts = [f"class {cls.__qualname__}({', '.join(b.__qualname__ for b in cls.__bases__)})"]
     for name, attr in sorted(vars(cls).items()):
         fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
         if inspect.isfunction(fn):
             parts.append(f"{name}: {source_fingerprint(fn) or '<source not found>'}")
+            _collect_helpers(fn, helpers)
     return "\n".join(parts)
+
+
+def _collect_helpers(fn, helpers: dict[str, str], depth: int = 3) -> None:
+    """The plain functions `fn` names that live in the student's own module (or notebook), with the ones
+    they name in turn, `depth` levels down: name -> parsed source. Library functions (torch's, numpy's) are
+    not the student's code and are left out."""
+    if depth == 0:
+        return
+    for name in fn.__code__.co_names:
+        target = fn.__globals__.get(name)
+        if (inspect.isfunction(target) and target.__module__ == fn.__module__
+                and f"{target.__module__}.{target.__qualname__}" not in helpers):
+            helpers[f"{target.__module__}.{target.__qualname__}"] = source_fingerprint(target) or "<source not found>"
+            _collect_helpers(target, helpers, depth - 1)
 
 
 class _OpRecorder(TorchFunctionMode):
@@ -177,8 +195,14 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     shapes = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in probe.state_dict().items())
     cls = type(net)
     return {"version": VERSION, "name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
-            "code": _hash("\n\n".join(_class_code(c) for c in _own_classes(probe))),
+            "code": _code_hash(probe),
             "layers": _hash(repr(probe) + "\n" + _flags(probe)), "forward": forward, "parameters": _hash(shapes)}
+
+
+def _code_hash(net: nn.Module) -> str:
+    helpers: dict[str, str] = {}
+    classes = [_class_code(c, helpers) for c in _own_classes(net)]
+    return _hash("\n\n".join(classes + [f"def {k}: {v}" for k, v in sorted(helpers.items())]))
 
 
 def _flags(net: nn.Module) -> str:
