@@ -51,7 +51,7 @@ def main() -> int:
     from cifarkit.optim import make_optimizer
     from cifarkit.hardware import resolve_device
     from cifarkit.hardware import choose_precision
-    from cifarkit.engine import TrainStep, train_one_epoch
+    from cifarkit.training.step import TrainStep, train_one_epoch
     from cifarkit.hardware import hardware_string
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model, progress=False)

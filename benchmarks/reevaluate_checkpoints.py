@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cifarkit.runfolder.files import atomic_write_json
+from cifarkit.atomic import atomic_write_json
 from cifarkit.runfolder.checkpoint import model_from_checkpoint  # noqa: E402
 from cifarkit.data.sources import load_cifar10  # noqa: E402
 from cifarkit.hardware import resolve_device
-from cifarkit.engine import score  # noqa: E402
+from cifarkit.training.evaluate import score  # noqa: E402
 from cifarkit.hardware import hardware_string
-from cifarkit.engine import predict_images
+from cifarkit.training.evaluate import predict_images
 from cifarkit.runfolder.files import write_history  # noqa: E402
 
 

@@ -137,7 +137,8 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     from cifarkit.data.loader import DeviceLoader
     from cifarkit.models import build_model
     from cifarkit.compiled import prepare_train_model
-    from cifarkit.engine import TrainStep, evaluate, train_one_epoch
+    from cifarkit.training.evaluate import evaluate
+    from cifarkit.training.step import TrainStep, train_one_epoch
     from cifarkit.hardware import choose_channels_last, choose_precision
     from cifarkit.optim import Lookahead, make_optimizer, make_scheduler
 

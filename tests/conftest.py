@@ -113,7 +113,7 @@ def learnable_data():
 
 def interrupt_in_epoch_2(monkeypatch):
     """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch 2 starts; returns the real loop."""
-    import cifarkit.trainer as trainer_mod
+    import cifarkit.training.trainer as trainer_mod
 
     real = trainer_mod.train_one_epoch
 

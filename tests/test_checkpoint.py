@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cifarkit.runfolder.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from cifarkit.runfolder.files import WriteError, atomic_write, atomic_write_json, atomic_write_text
+from cifarkit.atomic import WriteError, atomic_write, atomic_write_json, atomic_write_text
 from cifarkit.base import CifarkitError
 
 
@@ -48,7 +48,7 @@ def fail_with(code: int):
 def test_fsync_failure_is_one_line_and_keeps_the_old_checkpoint(tmp_path, monkeypatch, code, needle):
     path = tmp_path / "last.pt"
     save_checkpoint(path, ckpt_state(1))
-    monkeypatch.setattr("cifarkit.runfolder.files.os.fsync", fail_with(code))
+    monkeypatch.setattr("cifarkit.atomic.os.fsync", fail_with(code))
     with pytest.raises(WriteError) as e:
         save_checkpoint(path, ckpt_state(2))
     one_line(e, needle.format(path=path))
@@ -88,7 +88,7 @@ def test_torch_save_on_a_full_disk_says_no_space(tmp_path, monkeypatch, room):
     path = tmp_path / "last.pt"
     save_checkpoint(path, ckpt_state(1))
     real_fdopen = os.fdopen
-    monkeypatch.setattr("cifarkit.runfolder.files.os.fdopen",
+    monkeypatch.setattr("cifarkit.atomic.os.fdopen",
                         lambda fd, mode: io.BufferedWriter(FillsUp(real_fdopen(fd, mode, buffering=0), room)))
     with pytest.raises(WriteError) as e:
         save_checkpoint(path, ckpt_state(2, numel=100_000))
@@ -105,7 +105,7 @@ def test_torch_writer_failure_without_errno(tmp_path, monkeypatch):
     with pytest.raises(WriteError) as e:
         atomic_write(tmp_path / "last.pt", torn)
     one_line(e, f"cannot write {tmp_path / 'last.pt'}: Input/output error")
-    monkeypatch.setattr("cifarkit.runfolder.files.shutil.disk_usage", lambda p: SimpleNamespace(free=0))
+    monkeypatch.setattr("cifarkit.atomic.shutil.disk_usage", lambda p: SimpleNamespace(free=0))
     with pytest.raises(WriteError) as e:
         atomic_write(tmp_path / "last.pt", torn)
     one_line(e, "no space left on device")
@@ -113,14 +113,14 @@ def test_torch_writer_failure_without_errno(tmp_path, monkeypatch):
 
 
 def test_text_files_say_previous_version_or_not_created(tmp_path, monkeypatch):
-    monkeypatch.setattr("cifarkit.runfolder.files.os.fsync", fail_with(errno.ENOSPC))
+    monkeypatch.setattr("cifarkit.atomic.os.fsync", fail_with(errno.ENOSPC))
     with pytest.raises(WriteError) as e:
         atomic_write_json(tmp_path / "results.json", {"a": 1})
     one_line(e, f"writing {tmp_path / 'results.json'}; it was not created")
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     atomic_write_text(tmp_path / "history.csv", "epoch\n1\n")
-    monkeypatch.setattr("cifarkit.runfolder.files.os.fsync", fail_with(errno.ENOSPC))
+    monkeypatch.setattr("cifarkit.atomic.os.fsync", fail_with(errno.ENOSPC))
     with pytest.raises(WriteError) as e:
         atomic_write_text(tmp_path / "history.csv", "epoch\n1\n2\n")
     one_line(e, "the previous version is intact")
@@ -130,12 +130,12 @@ def test_text_files_say_previous_version_or_not_created(tmp_path, monkeypatch):
 def test_failures_before_and_after_the_write(tmp_path, monkeypatch):
     path = tmp_path / "best.pt"
     save_checkpoint(path, ckpt_state(1))
-    monkeypatch.setattr("cifarkit.runfolder.files.tempfile.mkstemp", fail_with(errno.EACCES))  # cannot create the temp
+    monkeypatch.setattr("cifarkit.atomic.tempfile.mkstemp", fail_with(errno.EACCES))  # cannot create the temp
     with pytest.raises(WriteError) as e:
         save_checkpoint(path, ckpt_state(2))
     one_line(e, f"permission denied writing {path}")
     monkeypatch.undo()
-    monkeypatch.setattr("cifarkit.runfolder.files.os.replace", fail_with(errno.EIO))  # cannot rename it into place
+    monkeypatch.setattr("cifarkit.atomic.os.replace", fail_with(errno.EIO))  # cannot rename it into place
     with pytest.raises(WriteError):
         save_checkpoint(path, ckpt_state(2))
     monkeypatch.undo()

@@ -110,7 +110,7 @@ def test_a_truncated_cache_in_a_read_only_cache_folder_still_loads(tree, private
     def read_only(*a, **k):  # what a read-only cache folder does (root would ignore a chmod)
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(Path, "unlink", read_only)
-    monkeypatch.setattr("cifarkit.data.sources.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("cifarkit.atomic.tempfile.mkstemp", read_only)
     assert_exact(load_cifar10(tree, progress=False))
 
 

@@ -17,8 +17,10 @@ CPU = torch.device("cpu")
 def test_explicit_layouts_and_old_bools_are_honoured():
     assert choose_channels_last("yes", CPU, None) == (True, "channels_last (requested)")
     assert choose_channels_last("no", CPU, None) == (False, "NCHW (requested)")
-    assert choose_channels_last(True, CPU, None)[0] is True and choose_channels_last(False, CPU, None)[0] is False
-    assert TrainConfig(channels_last=True).channels_last == "yes"  # a config saved when it was a bool
+    assert TrainConfig.from_dict({"channels_last": True}).channels_last == "yes"  # saved when it was a bool
+    assert TrainConfig.from_dict({"channels_last": False, "flip": True}).flip == "random"
+    with pytest.raises(ConfigError, match="channels_last must be one of"):  # only saved configs are translated
+        TrainConfig(channels_last=True)
     with pytest.raises(ConfigError, match="channels_last must be one of auto, yes, no"):
         TrainConfig(channels_last="maybe")
 

@@ -1,6 +1,7 @@
 """The package's shape, as README.md's layout table draws it: no import circles (function-level imports
 count too), the ground floor and the torch-free modules stay so, and each wing imports only from below."""
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,11 @@ def test_there_are_no_import_circles():
 
 def test_the_ground_floor_imports_nothing_of_the_package():
     assert GRAPH["base"] == set()
+    assert GRAPH["atomic"] == {"base"}
 
 
-@pytest.mark.parametrize("module", ["base", "config", "report", "runfolder.lock", "runfolder.files", "cli", "commands"])
+@pytest.mark.parametrize("module", ["base", "atomic", "config", "report", "runfolder.lock", "runfolder.files", "cli",
+                                    "commands"])
 def test_what_the_command_line_needs_before_its_lock_imports_no_torch(module):
     # Module level only: the CLI parses options and takes the run lock before anything imports torch.
     tree = ast.parse(MODULES[module].read_text())
@@ -65,17 +68,20 @@ def test_what_the_command_line_needs_before_its_lock_imports_no_torch(module):
     top |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level}
     assert not top & {"torch", "torchvision", "numpy"}
     for t in imports(MODULES[module], top_level_only=True):
-        assert t in ("", "base", "config", "report", "commands", "runfolder", "runfolder.lock", "runfolder.files"), \
+        assert t in ("", "base", "atomic", "config", "report", "commands", "runfolder", "runfolder.lock",
+                     "runfolder.files"), \
             (module, t)
 
 
 # Each wing and what it may import from outside itself: only floors below it, never the top
-# (trainer, runs, cli) or another wing above it.
+# (inference, handin, cli, commands, speed) or another wing above it.
 WINGS = {
     "models": {"base"},
-    "data": {"base", "config", "hardware"},
-    "runfolder": {"base", "config", "hardware", "models"},
-    "analysis": {"base", "config", "hardware", "models", "data", "optim", "engine", "compiled", "report", "runfolder"},
+    "data": {"base", "atomic", "config", "hardware"},
+    "runfolder": {"base", "atomic", "config", "hardware", "models"},
+    "analysis": {"base", "atomic", "config", "hardware", "models", "data", "report", "runfolder"},
+    "training": {"base", "atomic", "config", "hardware", "models", "data", "optim", "compiled", "report",
+                 "runfolder", "analysis"},
 }
 
 
@@ -106,3 +112,32 @@ def test_every_module_is_tracked_by_git():
     ignored = subprocess.run(["git", "check-ignore", *map(str, MODULES.values())], cwd=root, capture_output=True,
                              text=True).stdout.split()
     assert not ignored, f"ignored by .gitignore: {ignored}"
+
+
+def readme_picture() -> list[list[str]]:
+    """The floors of README.md's layout picture, ground floor first: each a list of module names."""
+    text = (SRC.parents[1] / "README.md").read_text()
+    block = text.split("## Layout", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    floors, folder = [], ""
+    for line in block.splitlines()[1:]:  # the first line is src/cifarkit/ itself
+        head = line[:32]  # the picture's left column (names); the right one says what they are for
+        words = head.split() if line.startswith("  ") and not line.startswith("   ") else None
+        if words is not None:  # a new floor: a folder and its files, or top-level files
+            folder = words[0] if words[0].endswith("/") else ""
+            floors.append([])
+        names = re.findall(r"\b([a-z_]+)\.py\b", line if folder else head)
+        floors[-1] += [folder.replace("/", ".") + n for n in names] + ([folder.rstrip("/")] if folder else [])
+    return floors
+
+
+def test_the_readme_picture_is_the_package_floor_by_floor():
+    floors = readme_picture()
+    pictured = [m for floor in floors for m in floor]
+    package = {m for m in MODULES if m and not m.endswith("__main__")}
+    assert sorted(set(pictured) - package) == [], "in the picture, not in the package"
+    assert sorted(package - set(pictured)) == [], "in the package, not in the picture"
+    floor_of = {m: i for i, floor in enumerate(floors) for m in floor}
+    for m, targets in GRAPH.items():
+        for t in targets:
+            if m in floor_of and t in floor_of:
+                assert floor_of[t] <= floor_of[m], f"{m} (floor {floor_of[m]}) imports {t} from above (floor {floor_of[t]})"

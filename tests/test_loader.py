@@ -100,7 +100,7 @@ def test_augmentation_defaults_are_train_configs():
 
 def test_from_config_takes_every_setting():
     cfg = TrainConfig(batch_size=7, eval_batch_size=9, crop_padding=2, pad_mode="zeros", flip="random", cutout=5,
-                      transforms=[ROTATE], channels_last=True, seed=11)
+                      transforms=[ROTATE], channels_last="yes", seed=11)
     tr = DeviceLoader.from_config(images(20), torch.arange(20), cfg, train=True, device="cpu")
     assert (tr.batch_size, tr.crop_padding, tr.pad_mode, tr.flip, tr.cutout, tr.seed, tr.channels_last) == \
         (7, 2, "zeros", "random", 5, 11, True)
@@ -197,7 +197,7 @@ def test_preview_is_exactly_what_training_sees():
 
 def test_augment_is_the_training_augmentation():
     x = images(12)
-    assert torch.equal(augment(x, padding=0, flip=False), x)
+    assert torch.equal(augment(x, padding=0, flip="none"), x)
     loader = DeviceLoader(x, torch.arange(12), 5, train=True, cutout=4, seed=2)
     assert torch.equal(augment(x, cutout=4, seed=2, epoch=1), loader.preview(range(12), epoch=1))
 

@@ -12,7 +12,8 @@ from cifarkit.data.loader import DeviceLoader
 from cifarkit.config import TrainConfig
 from cifarkit.optim import make_optimizer
 from cifarkit.base import ConfigError
-from cifarkit.analysis.lrfind import LRFindResult, describe, lr_find, lr_range_test, plot_lr_find, suggest
+from cifarkit.analysis.lrplot import describe, plot_lr_find
+from cifarkit.training.lrfind import LRFindResult, lr_find, lr_range_test, suggest
 
 
 def small_net() -> nn.Module:
@@ -154,7 +155,7 @@ def test_a_plot_that_cannot_be_saved_is_one_line(learnable_data, tmp_path, monke
 
 def test_a_second_call_shows_the_kept_result_and_a_change_runs_it_again(learnable_data, tmp_path, monkeypatch,
                                                                          capsys):
-    import cifarkit.analysis.lrfind as lrfind_mod
+    import cifarkit.training.lrfind as lrfind_mod
 
     cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run"))
     first = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)

@@ -101,7 +101,7 @@ def test_a_returned_figure_is_not_shown_twice_in_a_notebook():
 
 # ---------------------------------------------------------------- readable where a notebook shows it
 def _fake_lr_result():
-    from cifarkit.analysis.lrfind import LRFindResult
+    from cifarkit.training.lrfind import LRFindResult
 
     lrs = [1e-4 * 10 ** (i / 20) for i in range(80)]
     losses = [2.3 - 0.01 * i if i < 60 else 1.7 + 0.05 * (i - 60) for i in range(80)]

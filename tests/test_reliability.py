@@ -154,7 +154,7 @@ def reference(tmp_path_factory, data_tree, env):
 def unfinished(tmp_path_factory, data_tree):
     """A run of 2 epochs stopped by Ctrl-C after epoch 1, made in this process: the SIGINT is sent from inside
     the first history write, so it waits for the critical section and stops the run right after it."""
-    import cifarkit.trainer as trainer
+    import cifarkit.training.trainer as trainer
 
     run = tmp_path_factory.mktemp("unfinished") / "run"
     real = trainer.write_history
@@ -527,7 +527,7 @@ def ctrl_c_then(real):
 def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, data_tree, monkeypatch):
     """Ctrl-C during epoch 1 (sent from inside this process as the epoch starts): exit 130, one line that
     promises no last.pt; the same command then just starts."""
-    import cifarkit.trainer as trainer
+    import cifarkit.training.trainer as trainer
     run = tmp_path / "run"
     argv = train_args(run, data_tree, "--epochs", "1")
     real = trainer.train_one_epoch
@@ -545,10 +545,10 @@ def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, data_tree
 @posix_only
 def test_ctrl_c_while_a_resume_loads_its_data(tmp_path, unfinished, monkeypatch):
     """Ctrl-C before the first epoch of a resumed run: one line (no "during epoch"), naming the epoch in last.pt."""
-    import cifarkit.trainer as trainer
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
-    monkeypatch.setattr(trainer, "load_run_data", ctrl_c_then(trainer.load_run_data))
+    import cifarkit.training.build as build
+    monkeypatch.setattr(build, "load_run_data", ctrl_c_then(build.load_run_data))
     code, _, err = cli("train", "--resume", str(run / "last.pt"), "--no-progress")
     last = run / "last.pt"
     assert code == 130 and err == (f"Interrupted by Ctrl-C (SIGINT): the checkpoint after epoch 1 is {last}; "

@@ -13,7 +13,7 @@ from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models.identity import identity_changes, network_identity
 from cifarkit.runfolder.checkpoint import load_checkpoint
-from cifarkit.trainer import fit
+from cifarkit.training.trainer import fit
 from conftest import interrupt_in_epoch_2
 
 NET = '''
@@ -210,7 +210,7 @@ def test_unreadable_results_of_a_finished_run_are_one_line(tmp_path, learnable_d
 
 
 def test_a_resumed_run_keeps_the_layout_it_started_with(tmp_path, learnable_data, monkeypatch):
-    import cifarkit.trainer as trainer_mod
+    import cifarkit.training.trainer as trainer_mod
 
     def cfg(name):
         return cfg_for(tmp_path / name, epochs=2, channels_last="auto", dropout=0.0)

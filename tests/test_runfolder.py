@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit.runfolder.files import atomic_write_text
+from cifarkit.atomic import atomic_write_text
 from cifarkit.runfolder.checkpoint import load_checkpoint, save_checkpoint
 from cifarkit.base import CifarkitError
 from cifarkit.runfolder.files import LOCK, RUN_FILES
@@ -383,7 +383,7 @@ def test_interrupt_message_names_the_saved_epoch(tmp_path):
 FAKE_FIT = """
 import sys, time, torch
 from cifarkit.runfolder.checkpoint import save_checkpoint
-from cifarkit.runfolder.files import atomic_write_json
+from cifarkit.atomic import atomic_write_json
 from cifarkit.runfolder.lock import RunLock
 from cifarkit.runfolder.signals import RunInterrupted, StopSignals
 from cifarkit.runfolder.state import check_run_dir, ensure_writable, interrupt_message

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cifarkit.trainer as trainer_mod
+import cifarkit.training.trainer as trainer_mod
 from cifarkit.base import CifarkitError
 from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models import build_model, count_parameters
-from cifarkit.trainer import fit
+from cifarkit.training.trainer import fit
 from conftest import interrupt_in_epoch_2
 
 NETS = '''
@@ -182,8 +182,7 @@ def test_a_bug_in_the_forward_names_the_students_line(nets, learnable_data, tmp_
 def test_auto_precision_is_chosen_among_those_the_network_runs_in(learnable_data, tmp_path, capsys, monkeypatch):
     """A network that gives non-finite output under bf16 autocast (but not in fp32) trains in fp32, and the
     precision line says why; asked for explicitly, bf16 is honoured."""
-    import cifarkit.engine as engine
-    import cifarkit.trainer as trainer_mod
+    import cifarkit.training.build as build
     from torch import nn
 
     class BreaksInBf16(nn.Module):
@@ -196,12 +195,12 @@ def test_auto_precision_is_chosen_among_those_the_network_runs_in(learnable_data
             y = self.fc(self.c(x).mean((2, 3)))
             return y * float("inf") if torch.is_autocast_enabled("cpu") and self.training else y
 
-    monkeypatch.setattr(trainer_mod, "choose_precision", lambda p, d, kept=None: (torch.bfloat16, "bf16: native"))
+    monkeypatch.setattr(build, "choose_precision", lambda p, d, kept=None: (torch.bfloat16, "bf16: native"))
     result = fit(cfg_for(tmp_path, epochs=1, precision="auto"), data=learnable_data, model=BreaksInBf16)
     out = capsys.readouterr().out
     assert "precision: fp32: your network fails in bf16 (FloatingPointError: its output is not finite" in out
     assert result.final["precision"] == "fp32"
-    amp, why = engine.precision_that_works(BreaksInBf16().eval(), torch.randn(4, 3, 32, 32), torch.device("cpu"),
+    amp, why = build.precision_that_works(BreaksInBf16().eval(), torch.randn(4, 3, 32, 32), torch.device("cpu"),
                                            None, "fp32")
     assert amp is None and why == "fp32"  # fp32 asked: nothing to probe
 

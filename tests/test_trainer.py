@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-import cifarkit.trainer as trainer_mod
+import cifarkit.training.trainer as trainer_mod
 from cifarkit.base import CifarkitError
-from cifarkit.engine import DivergenceError
+from cifarkit.training.step import DivergenceError
 from cifarkit.config import TrainConfig
-from cifarkit.trainer import fit
+from cifarkit.training.trainer import fit
 from cifarkit.runfolder.checkpoint import load_checkpoint
 from conftest import interrupt_in_epoch_2
 

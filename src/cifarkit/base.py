@@ -64,6 +64,12 @@ def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
     return f"{name}({', '.join(pos + kw)})" if kwargs else name
 
 
+def first_line(e: BaseException, limit: int = 300, default: str = "") -> str:
+    """The first line of an error's message (at most `limit` characters), or `default` when it has none:
+    what every one-line error here quotes of another error."""
+    return (str(e).strip().splitlines() or [default])[0][:limit]
+
+
 def show_path(path: str | os.PathLike) -> str:
     """A path for a one-line message: as it is, or quoted (repr) when it holds a newline or other
     unprintable characters."""

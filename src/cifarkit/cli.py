@@ -182,9 +182,9 @@ def _train(args) -> int:
         if args.recipe:
             explicit |= set(RECIPES[args.recipe])
         from .report import final_line
-        from .trainer import fit
-        result = fit(cfg, resume=args.resume, overwrite=args.overwrite, explicit=explicit if args.resume else None,
-                     lock=lock, cli=True, loss_fn=_loss_fn(args))
+        from .training.trainer import Caller, fit
+        caller = Caller("cli", explicit=explicit if args.resume else None, lock=lock)
+        result = fit(cfg, resume=args.resume, overwrite=args.overwrite, loss_fn=_loss_fn(args), caller=caller)
     finally:
         if lock is not None:
             lock.release()  # fit released it already unless it failed before taking it over
@@ -196,7 +196,8 @@ def _train(args) -> int:
 
 
 def _lr_find(args) -> int:
-    from .analysis.lrfind import describe, lr_find
+    from .analysis.lrplot import describe
+    from .training.lrfind import lr_find
 
     cfg = config_from_args(args)
     result = lr_find(cfg, loss_fn=_loss_fn(args), num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr, path=args.plot)
@@ -213,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 "check-notebook": commands.check_notebook,
                 "lr-find": _lr_find}[args.command](args)
     except CifarkitError as e:
-        from .engine import DivergenceError
-        from .runfolder.files import WriteError
+        from .training.step import DivergenceError
+        from .atomic import WriteError
         # one line whatever a path in it holds (a file name may contain a newline)
         print(f"cifarkit: error: {str(e).replace(chr(10), '[newline]').replace(chr(13), '[return]')}", file=sys.stderr)
         return 1 if isinstance(e, (DivergenceError, WriteError)) else 2  # 1: the run failed; 2: bad input

@@ -55,7 +55,7 @@ def evaluate(args) -> int:
     from .analysis.metrics import confusion_matrix, per_class_accuracy
     from .data.sources import load_cifar10
     from .data.splits import make_splits
-    from .engine import predict_images, score
+    from .training.evaluate import predict_images, score
     from .hardware import choose_precision, resolve_device
     from .report import result_line
     from .runfolder.checkpoint import model_from_checkpoint
@@ -118,7 +118,7 @@ def predict(args) -> int:
 def runs(args) -> int:
     from pathlib import Path
 
-    from .runs import compare_runs
+    from .analysis.compare import compare_runs
 
     folders = args.folders or sorted(str(p.parent) for p in Path("runs").glob("*/config.json"))
     if not folders:

@@ -2,7 +2,7 @@
 
 `prepare_train_model` returns the module to train with; `guarded(model, fn)` runs one step's work
 (forward, loss, backward) and, when a compiled model's code fails there, prints one line and runs it again
-eagerly. The training step (`engine.TrainStep`) calls it, so no loop needs to know about compiling.
+eagerly. The training step (`training.step.TrainStep`) calls it, so no loop needs to know about compiling.
 """
 from __future__ import annotations
 

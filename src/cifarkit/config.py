@@ -121,8 +121,6 @@ class TrainConfig:
             parse_call(t, "transform")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.tta in TTA_MODES, f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        if isinstance(self.channels_last, bool):  # before "auto" existed it was a bool: True = "yes"
-            self.channels_last = "yes" if self.channels_last else "no"
         need(self.channels_last in CHANNELS_LAST_MODES,
              f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {self.channels_last!r}")
         # Imported here, not at the top: the CLI builds configs and takes its run lock before torch loads.
@@ -144,8 +142,9 @@ class TrainConfig:
         an option existed gets that option's LEGACY_FIELDS value (how it was trained), otherwise defaults."""
         cls._check_names(d)
         d = {**LEGACY_FIELDS, **d}  # a field the saved config lacks keeps the value it was trained with
-        if isinstance(d.get("flip"), bool):  # flip was a bool before FLIP_MODES
-            d = {**d, "flip": "random" if d["flip"] else "none"}
+        for name, meaning in LEGACY_VALUES.items():  # a value saved in an older form: what it meant then
+            if isinstance(d.get(name), bool):
+                d = {**d, name: meaning[d[name]]}
         return cls(**d)
 
     @classmethod
@@ -216,6 +215,10 @@ def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
 # (so an old config.json or checkpoint still evaluates and resumes as it ran, whatever today's defaults).
 LEGACY_FIELDS: dict[str, Any] = dict(pad_mode="zeros", cutout=0, lr_start=0.0, lr_end=0.0, bias_lr_scale=1.0,
                                      lookahead=False, cuda_graphs=False)
+# Values a saved config may hold in an older form (both options were bools before their modes existed):
+# read back as what they meant then. Only `from_dict` (saved configs) translates them.
+LEGACY_VALUES: dict[str, dict[bool, str]] = {"channels_last": {True: "yes", False: "no"},
+                                             "flip": {True: "random", False: "none"}}
 
 
 # Named presets. "seed" reconstructs the original assignment's recipe: the write-up gives the network,

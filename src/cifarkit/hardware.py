@@ -13,13 +13,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import WriteError, atomic_write_text
 from .base import CHANNELS_LAST_MODES, CifarkitError, ConfigError, cache_dir
 from .models.check import failure_text, output_sum
 
@@ -108,10 +108,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def choose_channels_last(setting: str | bool, device: torch.device, amp_dtype: torch.dtype | None,
+def choose_channels_last(setting: str, device: torch.device, amp_dtype: torch.dtype | None,
                          model: nn.Module | None = None, batch: int = 64) -> tuple[bool, str]:
-    """(use channels_last, one-line reason) for the config's `channels_last` ("auto", "yes", "no"; a bool from
-    an old config means yes / no).
+    """(use channels_last, one-line reason) for the config's `channels_last` ("auto", "yes", "no").
 
     "auto" on a CPU with `model`: measured. A copy of `model` runs a few forward + backward passes of a
     `batch`-image batch in each layout, alternating, and the faster layout wins (the result is cached per
@@ -120,8 +119,6 @@ def choose_channels_last(setting: str | bool, device: torch.device, amp_dtype: t
     another; a rule would be wrong on one of them. "auto" on CUDA: NHWC with fp16 / bf16 autocast (the
     tensor cores' layout), NCHW in fp32; on a CPU without `model`: NHWC; elsewhere NCHW.
     """
-    if isinstance(setting, bool):
-        setting = "yes" if setting else "no"
     if setting not in CHANNELS_LAST_MODES:
         raise ConfigError(f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {setting!r}")
     if setting != "auto":
@@ -178,16 +175,8 @@ def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int)
 def _write_cache(path: Path, entries: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a fresh temp file (O_EXCL: never an existing file or a planted link), renamed over the cache
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(entries))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
+        atomic_write_text(path, json.dumps(entries))
+    except (OSError, WriteError):
         pass  # a read-only cache only costs the probe next time
 
 

@@ -16,7 +16,7 @@ from .base import CLASSES, CifarkitError, show_path
 from .config import TrainConfig
 from .data.dataset import DataError
 from .data.decode import open_rgb
-from .engine import predict_images
+from .training.evaluate import predict_images
 
 
 class ImageError(CifarkitError):

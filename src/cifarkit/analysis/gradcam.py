@@ -21,6 +21,7 @@ from ..base import PRECISIONS, ConfigError
 from ..data.loader import normalize
 from ..hardware import autocast, choose_precision
 from ..models.check import PROBE_BATCH, as_batch, checked_forward
+from ..models.keep import kept_modes
 from .plots import finish
 
 
@@ -28,14 +29,12 @@ from .plots import finish
 def preserved(model: nn.Module) -> Iterator[None]:
     """Restore, on exit, every module's train/eval flag, every parameter's requires_grad and .grad, and
     every buffer's value (BatchNorm statistics): whatever runs inside leaves the model as it found it."""
-    modes = [(m, m.training) for m in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        yield
+        with kept_modes(model):
+            yield
     finally:
-        for m, training in modes:
-            m.training = training
         for p, requires_grad, grad in params:
             p.requires_grad_(requires_grad)
             p.grad = grad

@@ -1,12 +1,12 @@
 """How an LR range test reads for people: its two-line description and its loss-against-LR figure (the
-result itself and the test that measures it are in `lrfind`)."""
+result itself and the test that measures it are in `training.lrfind`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .plots import COLORS, finish
 
-# `result` below is an lrfind.LRFindResult; it is not imported here, since lrfind imports this module.
+# `result` below is a training.lrfind.LRFindResult; not imported here: the analysis wing sits below training.
 
 
 def _lr_text(lr: float) -> str:

@@ -8,7 +8,7 @@ import io
 import torch
 from torch import nn
 
-from ..base import IMAGE_SHAPE
+from ..base import IMAGE_SHAPE, first_line
 from ..models.check import PROBE_BATCH
 from .tracer import trace
 
@@ -50,8 +50,7 @@ def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) ->
             summary(net, input_size, device="cpu")
         text = buf.getvalue()
     except Exception as e:  # e.g. a forward returning a tuple, or a network without parameters
-        first = (str(e).strip().splitlines() or [""])[0]
-        text = (f"(torchsummary cannot tabulate this network: {type(e).__name__}: {first}; "
+        text = (f"(torchsummary cannot tabulate this network: {type(e).__name__}: {first_line(e, 1000)}; "
                 "the receptive-field table lists its spatial layers)\n")
     hidden = [r for r in tr.rows if r.functional]
     if hidden:

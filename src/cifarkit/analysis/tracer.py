@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..base import IMAGE_SHAPE, CifarkitError
+from ..base import IMAGE_SHAPE, CifarkitError, first_line
 from ..models import count_parameters
 from ..models.check import PROBE_BATCH, check_output
 
@@ -513,9 +513,8 @@ def trace(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE, *, scores
         with torch.random.fork_rng(devices=[]), torch.no_grad(), tracer:  # the global RNG is left as it was
             out = net(x)
     except Exception as e:
-        first_line = (str(e).strip().splitlines() or [""])[0]
         raise AnalysisError(f"the network's forward pass fails on a {tuple(x.shape)} input: "
-                            f"{type(e).__name__}: {first_line}") from None
+                            f"{type(e).__name__}: {first_line(e, 1000)}") from None
     finally:
         for h in handles:
             h.remove()

@@ -59,7 +59,7 @@ def fingerprint(data: Cifar10) -> str:
     for t in (data.train_images, data.train_labels, data.test_images, data.test_labels):
         a = np.ascontiguousarray(t.detach().cpu().numpy())  # no copy for the usual contiguous CPU tensors
         h.update(f"{a.dtype}{a.shape}".encode())  # so re-shaped or re-typed arrays with equal bytes differ
-        h.update(memoryview(a).cast("B"))
+        h.update(memoryview(a).cast("B") if a.size else b"")  # an empty split has no bytes to cast
     return f"{len(data.train_labels)}+{len(data.test_labels)}:{h.hexdigest()[:16]}"
 
 

@@ -19,7 +19,7 @@ from typing import BinaryIO, Union
 
 import numpy as np
 
-from ..base import show_path
+from ..base import first_line, show_path
 from .dataset import DataError
 
 MAX_FILE_BYTES = 256 * 2**20  # one image file; CIFAR-10's are ~2 KB, a phone photo ~5-20 MB
@@ -73,8 +73,7 @@ def open_rgb(source: Source, name: str, *, size: tuple[int, int] | None = None, 
     except Image.DecompressionBombError:
         raise DataError(f"image {show_path(name)} is too large to decode (a decompression bomb?)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot read image {show_path(name)}: {first}") from None
+        raise DataError(f"cannot read image {show_path(name)}: {first_line(e, default=type(e).__name__)}") from None
 
 
 def _orientation(im) -> int | None:

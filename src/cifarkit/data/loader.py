@@ -41,17 +41,15 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() * std + mean).clamp(0, 1)
 
 
-def augment(images: torch.Tensor, padding: int = DEFAULTS["crop_padding"], flip: str | bool = DEFAULTS["flip"],
+def augment(images: torch.Tensor, padding: int = DEFAULTS["crop_padding"], flip: str = DEFAULTS["flip"],
             generator: torch.Generator | None = None, pad_mode: str = DEFAULTS["pad_mode"], *,
             cutout: int = DEFAULTS["cutout"], transforms: Sequence[str] = (), epoch: int = 0,
             seed: int = DEFAULTS["seed"]) -> torch.Tensor:
     """The training augmentation of a uint8 batch, exactly as a training loader over these images applies
     it in `epoch`: random crop after padding (reflection by default), flips ("alternate" by default: a
     fixed random half of the images mirrored on even epochs, the other half on odd ones), `transforms`,
-    then cutout. Defaults are TrainConfig's. flip=True / False mean "random" / "none"; a `generator`, if
-    given, replaces `seed` by a number drawn from it."""
-    if isinstance(flip, bool):
-        flip = "random" if flip else "none"
+    then cutout. Defaults are TrainConfig's. A `generator`, if given, replaces `seed` by a number drawn
+    from it."""
     if generator is not None:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     loader = DeviceLoader(images, torch.zeros(len(images), dtype=torch.long), len(images), train=True,

@@ -22,11 +22,11 @@ import hashlib
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import WriteError, atomic_write
 from ..base import CLASSES, cache_dir, show_path
 from .dataset import Cifar10, DataError, data_warnings, to_tensors
 from .imagefiles import archive_kind, decode_archive, decode_tree, find_tree
@@ -179,16 +179,9 @@ def _cached(path: Path, key: str, build) -> Cifar10:
     data = build()
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, train_x=data.train_images.numpy(), train_y=data.train_labels.numpy(),
-                         test_x=data.test_images.numpy(), test_y=data.test_labels.numpy(),
-                         notes=np.array(data.notes, dtype=str))  # so a cached load warns like the first
-            os.replace(tmp, file)  # atomic: readers see the old state or the whole new file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
+        atomic_write(file, lambda f: np.savez(f, train_x=data.train_images.numpy(), train_y=data.train_labels.numpy(),
+                                              test_x=data.test_images.numpy(), test_y=data.test_labels.numpy(),
+                                              notes=np.array(data.notes, dtype=str)))  # a cached load warns too
+    except (OSError, WriteError):
         pass  # a read-only home only costs the next load its decode time
     return data

@@ -9,7 +9,8 @@ import traceback
 import torch
 from torch import nn
 
-from ..base import CLASSES, CifarkitError
+from ..base import CLASSES, CifarkitError, first_line
+from .keep import kept_modes
 
 NUM_CLASSES = len(CLASSES)
 PROBE_BATCH = 2  # images per probe forward: a batch of one hides .squeeze() heads that fail on real batches
@@ -96,13 +97,8 @@ def as_batch(t: torch.Tensor) -> torch.Tensor:
 def probe(model: nn.Module, x: torch.Tensor) -> None:
     """One checked forward of `x` (normalised images on the model's device) in eval mode; the model's
     train / eval flags are put back, and eval mode leaves the BatchNorm statistics as they were."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        checked_forward(model, x[:max(PROBE_BATCH, 1)])
-    finally:
-        for m, training in modes:
-            m.training = training
+    with kept_modes(model):
+        checked_forward(model.eval(), x[:max(PROBE_BATCH, 1)])
 
 
 def output_sum(out) -> torch.Tensor:
@@ -118,8 +114,7 @@ def output_sum(out) -> torch.Tensor:
 def failure_text(e: BaseException) -> str:
     """'ErrorType: first line of the message (file.py, line N: the code)', naming the innermost line of the
     network's own code (outside torch and cifarkit) where there is one."""
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    return f"{type(e).__name__}: {first}{user_frame(e)}"
+    return f"{type(e).__name__}: {first_line(e, 200)}{user_frame(e)}"
 
 
 def user_frame(e: BaseException) -> str:

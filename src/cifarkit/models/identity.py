@@ -23,17 +23,19 @@ Lazy modules (`nn.LazyConv2d`...) are materialised first (`materialize`), as tra
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import hashlib
 import inspect
-import random
 import textwrap
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedTensorMixin
 from torch.overrides import TorchFunctionMode
+
+from .check import NetworkError, checked_forward
+from .keep import forked_rng, kept_modes
 
 VERSION = 3  # of the identity's definition: a run recorded under another version is not compared (a note says so)
 PARTS = ("parameters", "layers", "forward", "code")  # in the order a difference is named: the most telling first
@@ -126,21 +128,13 @@ def blank_batch(n: int = 2) -> torch.Tensor:
     return torch.zeros(n, 3, 32, 32)
 
 
-@contextlib.contextmanager
-def _forked_rng():
-    """The torch (CPU and CUDA) and Python random states, put back afterwards."""
-    state = random.getstate()
-    try:
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
-            yield
-    finally:
-        random.setstate(state)
+def _is_lazy(t: torch.Tensor) -> bool:
+    return isinstance(t, UninitializedTensorMixin)
 
 
 def has_lazy_parameters(net: nn.Module) -> bool:
     """True while some parameter or buffer of `net` is still uninitialised (nn.Lazy* before its first forward)."""
-    from torch.nn.parameter import UninitializedTensorMixin
-    return any(isinstance(t, UninitializedTensorMixin) for t in (*net.parameters(), *net.buffers()))
+    return any(_is_lazy(t) for t in (*net.parameters(), *net.buffers()))
 
 
 def materialize(net: nn.Module, device: torch.device | str | None = None) -> nn.Module:
@@ -150,25 +144,14 @@ def materialize(net: nn.Module, device: torch.device | str | None = None) -> nn.
     run draws the same numbers as with any other network (and a seeded run reproduces them). Returns `net`."""
     if not has_lazy_parameters(net):
         return net
-    from .check import NetworkError, checked_forward  # the one-line refusal of a forward that fails
     if device is None:
         device = next((p.device for p in net.parameters() if not _is_lazy(p)), torch.device("cpu"))
-    modes = [(m, m.training) for m in net.modules()]
-    net.eval()
     try:
-        with _forked_rng(), torch.no_grad():
-            checked_forward(net, blank_batch().to(device))
+        with kept_modes(net), forked_rng(), torch.no_grad():
+            checked_forward(net.eval(), blank_batch().to(device))
     except NetworkError as e:
         raise NetworkError(f"{e} (while giving its lazy modules their parameters)") from e.__cause__
-    finally:
-        for m, training in modes:
-            m.training = training
     return net
-
-
-def _is_lazy(t) -> bool:
-    from torch.nn.parameter import UninitializedTensorMixin
-    return isinstance(t, UninitializedTensorMixin)
 
 
 def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
@@ -179,19 +162,15 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
         probe = copy.deepcopy(net).cpu().float()
     except Exception:  # noqa: BLE001 - an attribute that cannot be copied (an open file...): read the network itself
         probe = net
-    modes = [(m, m.training) for m in probe.modules()]
-    probe.eval()  # eval mode: BatchNorm statistics stay as they are
     recorder = _OpRecorder()
     try:
         x = blank_batch().to(next((p.device for p in probe.parameters()), torch.device("cpu")))
-        with _forked_rng(), torch.no_grad(), recorder:  # only the network's own operations are recorded
-            probe(x)
+        # eval mode: BatchNorm statistics stay as they are; only the network's own operations are recorded
+        with kept_modes(probe), forked_rng(), torch.no_grad(), recorder:
+            probe.eval()(x)
         forward = _hash("\n".join(recorder.ops))
     except Exception:  # noqa: BLE001 - a failing forward is refused elsewhere (models.check), in one line
         forward = None
-    finally:
-        for m, training in modes:
-            m.training = training
     shapes = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in probe.state_dict().items())
     cls = type(net)
     return {"version": VERSION, "name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..base import ConfigError, parse_call
+from ..base import ConfigError, first_line, parse_call
 from .check import user_frame
 from .identity import materialize
 
@@ -60,7 +60,7 @@ def load_attr(path: str, option: str = "--model") -> Callable[..., nn.Module]:
                               "under if __name__ == '__main__':") from None
         except Exception as e:
             del sys.modules[mod_name]
-            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {_first_line(e)}{user_frame(e)}") from None
+            raise ConfigError(f"importing {file} failed: {type(e).__name__}: {first_line(e)}{user_frame(e)}") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -69,7 +69,7 @@ def load_attr(path: str, option: str = "--model") -> Callable[..., nn.Module]:
                               "if __name__ == '__main__':") from None
         except Exception as e:
             raise ConfigError(f"cannot import module {where!r} for {option} {path!r}: {type(e).__name__}: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e)}") from None
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -78,10 +78,6 @@ def load_attr(path: str, option: str = "--model") -> Callable[..., nn.Module]:
     if not callable(obj):
         raise ConfigError(f"{path} is not a class or function" + (" that builds a network" if option == "--model" else ""))
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def spec_string(model: Any) -> str:
@@ -182,7 +178,7 @@ def build_model(model: Any, dropout: float = 0.0, **kwargs: Any) -> nn.Module:
         raise
     except Exception as e:
         raise ConfigError(f"building the network {spec_string(model)} failed: {type(e).__name__}: "
-                          f"{_first_line(e)}{user_frame(e)}") from None
+                          f"{first_line(e)}{user_frame(e)}") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{spec_string(model)} returned {type(net).__name__}, not an nn.Module")
     return materialize(net)  # a network of lazy modules is whole from here on, as after plain PyTorch's first forward

@@ -21,7 +21,7 @@ from ..base import CifarkitError
 from ..config import TrainConfig
 from ..hardware import channels_last_for
 from ..models import build_model
-from .files import atomic_write
+from ..atomic import atomic_write
 
 FORMAT = "cifarkit-checkpoint"
 VERSION = 1

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from ..base import ConfigError
 from ..config import BOOKKEEPING_FIELDS, RUNTIME_FIELDS, TrainConfig, config_differences, explicit_fields
 from ..models import build_model
 from ..models.identity import comparable, describe_changes, identity_changes, network_identity
+from ..models.keep import forked_rng
 from .checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 from .files import CONFIG, LAST
 from .lock import RunDirError, advice
@@ -47,10 +46,8 @@ def network_now(cfg: TrainConfig, model=None) -> dict:
     """The identity (`models.identity`) of the network a call would train: `model` when it is a network
     object, else a throwaway built from it (a factory) or from `cfg.model`, with the random state put back."""
     if not isinstance(model, nn.Module):
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
+        with forked_rng():
             model = build_model(model if model is not None else cfg.model, cfg.dropout)
-        random.setstate(state)
     return network_identity(model, cfg.model)
 
 

@@ -7,15 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from cifarkit.data.loader import DeviceLoader
-from cifarkit.engine import DivergenceError, TrainStep, evaluate, train_one_epoch
+from cifarkit.training.evaluate import evaluate, predict, score
+from cifarkit.training.step import DivergenceError, TrainStep, train_one_epoch
 from cifarkit.config import TrainConfig
 from cifarkit.models import build_model
 from cifarkit.optim import make_optimizer, make_scheduler
 from cifarkit.hardware import choose_precision
-from cifarkit import engine, hardware
+from cifarkit import hardware
+from cifarkit.training import step as engine
 from cifarkit.optim import EMA, lr_factor, make_grad_scaler
 from cifarkit.compiled import CompiledModel, prepare_train_model
-from cifarkit.engine import predict, score
 from cifarkit.models import NetworkError
 
 

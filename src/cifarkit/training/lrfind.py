@@ -11,7 +11,7 @@ Why not torch-lr-finder (0.2.2, the library for this): measured on this package'
 (1) sets every parameter group to the same start LR or moves every group to the same `end_lr`, so the
 BatchNorm group's `bias_lr_scale` (64x in the compact recipe) falls to 8x halfway and 1x at the end, and
 (2) keeps stepping after the loss turns NaN (``NaN > threshold`` is False), to the last iteration.
-The loop below takes its step from training (`engine.TrainStep`: the same precision, loss scaling and
+The loop below takes its step from training (`step.TrainStep`: the same precision, loss scaling and
 batch hook) and keeps every group's ratio to the first group's LR.
 """
 from __future__ import annotations
@@ -29,19 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.lrplot import describe, plot_lr_find
+from ..atomic import WriteError, atomic_write_json
 from ..base import ConfigError
 from ..config import TrainConfig
-from ..data.dataset import fingerprint
-from ..data.loader import DeviceLoader
-from ..data.sources import load_cifar10
-from ..data.splits import make_splits
-from ..engine import BatchFn, DivergenceError, LossFn, TrainStep, model_for_config
-from ..hardware import choose_precision, hardware_string, model_is_nhwc, resolve_device
-from ..models import build_model
+from ..hardware import hardware_string, model_is_nhwc, resolve_device
 from ..models.identity import network_identity, source_fingerprint
+from ..models.keep import forked_rng, kept_modes
 from ..optim import make_optimizer
-from ..runfolder.files import WriteError, atomic_write_json
-from .lrplot import describe, plot_lr_find
+from .build import build_run
+from .step import BatchFn, DivergenceError, LossFn, TrainStep
 
 OptimizerSpec = Union[torch.optim.Optimizer, Callable[[nn.Module], torch.optim.Optimizer], TrainConfig]
 
@@ -122,7 +119,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
     TrainConfig (`make_optimizer(model, cfg)`: the training optimiser) or a function model -> optimiser.
     The model's weights, buffers, train/eval flags and gradients, the optimiser's state, the loader's
     epoch and the global RNG states are restored afterwards: the test leaves no trace. Each step is
-    training's own (`engine.TrainStep`, with `batch_fn` and `loss_fn` if given), without schedule or weight
+    training's own (`step.TrainStep`, with `batch_fn` and `loss_fn` if given), without schedule or weight
     averaging.
     """
     _check_range(num_iter, start_lr, end_lr)
@@ -135,7 +132,6 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
     # Snapshot everything a training step touches; restored in `finally`, even after Ctrl-C.
     model_state = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(opt.state_dict())
-    modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
     loader_epoch = getattr(loader, "epoch", None)
     base = opt.param_groups[0]["lr"]
@@ -148,7 +144,7 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
         from tqdm import tqdm
         bar = tqdm(total=num_iter, ncols=110, mininterval=2.0, desc="LR range test")
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), kept_modes(model):
             model.train()
             batches = iter(loader)
             for i in range(num_iter):
@@ -183,8 +179,6 @@ def lr_range_test(model: nn.Module, loader, optimizer: OptimizerSpec, *, start_l
             bar.close()
         model.load_state_dict(model_state)
         opt.load_state_dict(opt_state)
-        for m, training in modes:
-            m.training = training
         for p, g in grads:
             p.grad = g
         if loader_epoch is not None:
@@ -204,14 +198,15 @@ _NOT_READ = ("out", "progress", "data", "data_root", "data_fingerprint", "check_
              "lookahead", "compile", "cuda_graphs", "limit_test")
 
 
-def kept_result_path(cfg: TrainConfig, data, model: nn.Module, hooks: tuple, device, amp_dtype,
+def kept_result_path(cfg: TrainConfig, model: nn.Module, hooks: tuple, device, amp_dtype,
                      limits: tuple[int, float, float]) -> Path:
     """Where the range test of exactly this setting is kept: RUN/lr-range-<key>.json in the run folder
-    `cfg.out`, the key a hash of every config field the test reads, the data's fingerprint, the network's
+    `cfg.out`, the key a hash of every config field the test reads, the data's fingerprint (filled in by
+    `build_run`), the network's
     code (`models.identity`), the source of the hooks (batch_fn, loss_fn), the range, the device, precision
     and layout."""
     key = {"config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_READ},
-           "data": fingerprint(data), "network": network_identity(model, cfg.model),
+           "data": cfg.data_fingerprint, "network": network_identity(model, cfg.model),
            "hooks": [None if h is None else (source_fingerprint(h) or repr(h)) for h in hooks],
            "range": list(limits), "device": hardware_string(device), "precision": str(amp_dtype),
            "layout": model_is_nhwc(model), "torch": torch.__version__}
@@ -241,36 +236,26 @@ def lr_find(cfg: TrainConfig, data=None, *, model: nn.Module | Callable[[], nn.M
     and writes nothing."""
     _check_range(num_iter, start_lr, end_lr)  # before the data loads: a typo fails at once
     device = resolve_device(cfg.device)
-    amp_dtype = choose_precision(cfg.precision, device)[0]
-    if data is None:
-        data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
-    images, labels = make_splits(cfg, data).train
-    if len(labels) == 0:
-        raise ConfigError("the range test needs training images, but the training split is empty "
-                          "(check --data, --limit-train and --val-split)")
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left where it was
-        torch.manual_seed(cfg.seed)  # the same initial weights as `fit` with this seed
-        if model is not None and not isinstance(model, nn.Module):
-            model = build_model(model, cfg.dropout)  # a factory (the class): built from the seed, as in `fit`
-        model = model_for_config(cfg, images, device, model=model)  # built and initialised as in `fit`
+    with forked_rng():  # the caller's random streams are left where they were
+        # built as `fit` builds it (the same seed: the same initial weights), without writing anything
+        run = build_run(cfg, data, model=model, upto="loaders", verbose=False)
+    model, device, amp_dtype = run.model, run.device, run.amp_dtype
     limits = dict(num_iter=num_iter, start_lr=start_lr, end_lr=end_lr)
-    kept = kept_result_path(cfg, data, model, (batch_fn, loss_fn), device, amp_dtype, tuple(limits.values()))
+    kept = kept_result_path(run.cfg, model, (batch_fn, loss_fn), device, amp_dtype, tuple(limits.values()))
     result = _load_kept(kept) if keep else None
     if result is not None:
         print(f"LR range test: the result kept in {Path(cfg.out).name}/{kept.name} (same settings, network and "
               f"data, measured in {result.seconds:.0f} s; not run again: pass keep=False or delete the file)")
     else:
-        result = _run_and_keep(cfg, images, labels, model, device, amp_dtype, (batch_fn, loss_fn),
-                               kept if keep else None, **limits)
+        result = _run_and_keep(cfg, run.loader, model, amp_dtype, (batch_fn, loss_fn), kept if keep else None,
+                               **limits)
     if path is not None:
         import matplotlib.pyplot as plt
         plt.close(plot_lr_find(result, cfg.lr, path=path))  # saved, not also shown by a notebook
     return result
 
 
-def _run_and_keep(cfg, images, labels, model, device, amp_dtype, hooks, kept: Path | None, **limits):
-    loader = DeviceLoader.from_config(images, labels, cfg, train=True, device=device,  # the run's augmentation
-                                      channels_last=model_is_nhwc(model))
+def _run_and_keep(cfg, loader, model, amp_dtype, hooks, kept: Path | None, **limits):
     result = lr_range_test(model, loader, cfg, **limits, amp_dtype=amp_dtype, label_smoothing=cfg.label_smoothing,
                            progress=cfg.progress, batch_fn=hooks[0], loss_fn=hooks[1])
     result.recipe_lr = cfg.lr

@@ -1,4 +1,4 @@
-"""The training step and loop, and evaluation: functions of a model and a loader that return a dict.
+"""The training step and the epoch loop: functions of a model and a loader that return a dict.
 
 `TrainStep` is the one training step, used by every loop that trains (`train_one_epoch`, the LR range
 test): an optional batch hook, forward under autocast, loss, backward with the gradient scaler (a no-op
@@ -7,7 +7,6 @@ notebook) keeps the history; nothing here writes files. Loops print a progress b
 """
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import time
@@ -18,15 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import CifarkitError
-from .compiled import guarded
-from .data.loader import DeviceLoader, normalize
-from .models import as_batch, build_model, checked_forward, probe
-from .models.check import (PROBE_BATCH, NetworkError, describe_output, failure_text, logits_of,
-                           network_name, output_sum)
-from .models.identity import materialize
-from .hardware import PRECISION_NAME, autocast, choose_channels_last, choose_precision, is_nhwc, model_is_nhwc
-from .optim import Averager, make_grad_scaler
+from ..base import CifarkitError
+from ..compiled import guarded
+from ..hardware import autocast
+from ..models import checked_forward
+from ..models.check import NetworkError, describe_output, failure_text, logits_of, network_name
+from ..optim import Averager, make_grad_scaler
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 LossFn = Callable[[object, torch.Tensor], torch.Tensor]  # (what the network returned in training mode, labels) -> loss
@@ -163,126 +159,3 @@ def train_one_epoch(step: TrainStep, loader, *, epoch: int = 0, progress: bool =
     seconds = time.perf_counter() - start
     return {"loss": total / seen, "accuracy": 100.0 * right / seen, "correct": int(right), "total": seen,
             "seconds": seconds, "images_per_second": seen / seconds, "lr": lrs[-1], "lrs": lrs}
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, loader, *, amp_dtype: torch.dtype | None = None,
-            tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities (N, 10) float32 and labels (N,), both on the CPU, in the loader's order.
-
-    tta="flip" averages the logits of each image and its mirror image; "flip-translate" (airbench) gives
-    that average weight 1/2 and the flip-averages of the image shifted by one pixel up-left and down-right
-    (reflection padding) 1/4 each: six views.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-
-    def mirror_avg(x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (checked_forward(model, x).float() + checked_forward(model, x.flip(3)).float())
-
-    probs, labels = [], []
-    for x, y in loader:
-        with autocast(device, amp_dtype):
-            if tta == "none":
-                logits = checked_forward(model, x).float()
-            elif tta == "flip":
-                logits = mirror_avg(x)
-            else:
-                padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-                shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-                layout = torch.channels_last if is_nhwc(x) else torch.contiguous_format  # as the loader gave it
-                logits = 0.5 * mirror_avg(x) + 0.25 * sum(mirror_avg(s.contiguous(memory_format=layout))
-                                                           for s in shifted)
-        probs.append(logits.softmax(1).cpu())
-        labels.append(y.cpu())
-    return torch.cat(probs), torch.cat(labels)
-
-
-def score(probs: torch.Tensor, labels: torch.Tensor, *, verbose: bool = True, label: str = "Test") -> dict:
-    """Loss (mean per image), accuracy (%) and counts from predicted probabilities; prints the seed's line."""
-    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    correct = int((probs.argmax(1) == labels).sum())
-    total = len(labels)
-    acc = 100.0 * correct / total
-    if verbose:
-        print(f"\n{label} set: Average loss: {loss:.4f}, Accuracy: {correct}/{total} ({acc:.2f}%)\n")
-    return {"loss": loss, "accuracy": acc, "correct": correct, "total": total}
-
-
-def evaluate(model: nn.Module, loader, *, amp_dtype: torch.dtype | None = None, tta: str = "none",
-             verbose: bool = True, label: str = "Test") -> dict:
-    """`predict` then `score`: loss, accuracy (%), counts and seconds on `loader`."""
-    start = time.perf_counter()
-    probs, labels = predict(model, loader, amp_dtype=amp_dtype, tta=tta)
-    return {**score(probs, labels, verbose=verbose, label=label), "seconds": time.perf_counter() - start}
-
-
-def predict_images(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "auto",
-                   tta: str = "none", batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """`predict` on uint8 `images` (N, 3, 32, 32): batched on the model's device in the model's memory
-    layout, with `precision` resolved for that device. Returns (probabilities, labels) on the CPU."""
-    device = next(model.parameters()).device
-    n = len(images)
-    loader = DeviceLoader(as_batch(images), as_batch(labels), max(batch_size, PROBE_BATCH), train=False,
-                          device=device, channels_last=model_is_nhwc(model))
-    amp, _ = choose_precision(precision, device)
-    probs, labels = predict(model, loader, amp_dtype=amp, tta=tta)
-    return probs[:n], labels[:n]  # a lone image ran as a batch of two (`models.check.as_batch`)
-
-
-def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, model: nn.Module | None = None,
-                     from_data: bool = True, verbose: bool = False, layout: bool | None = None) -> nn.Module:
-    """The network of `cfg` (or the object `model`, when one was passed beside the config) on `device`, in
-    the memory layout the config's `channels_last` picks (on a CPU, "auto" measures both layouts with this
-    network: `hardware.choose_channels_last`; `verbose` prints the choice). With `from_data`, a network
-    that initialises itself from data (CompactNet's whitening conv) sees the first 5,000 training images
-    (a resumed run loads those weights instead). `layout` (True: NHWC) is the layout a resumed run chose
-    when it started: kept, so it computes as it did, whatever a new measurement would say."""
-    net = model if model is not None else build_model(cfg.model, cfg.dropout)
-    materialize(net)  # lazy modules get their parameters before anything counts, moves or measures them
-    if from_data and hasattr(net, "init_from_data"):
-        net.init_from_data(normalize(train_images[:5000]))
-    net = net.to(device)
-    amp_dtype = choose_precision(cfg.precision, device)[0]
-    if layout is not None:
-        nhwc, why = bool(layout), f"{'channels_last' if layout else 'NCHW'} (as the run chose when it started)"
-    else:
-        nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=net,
-                                         batch=min(cfg.batch_size, 64))
-    if verbose:
-        print(f"layout: {why}")
-    net = net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-    probe(net, normalize(train_images[:2].to(device), nhwc))  # refuse a network that cannot classify, before training
-    return net
-
-
-def precision_that_works(model: nn.Module, x: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None,
-                         reason: str) -> tuple[torch.dtype | None, str]:
-    """(`amp_dtype`, `reason`) when one forward + backward of `x` through a copy of `model` runs in that
-    precision with a finite result; (None, why) when it does not but fp32 does, so "auto" never picks a
-    precision the network cannot train in. A network that fails in fp32 too keeps `amp_dtype`: the checks
-    that follow report its own error. The copy runs with the random state forked; `model` is not touched."""
-    if amp_dtype is None:
-        return amp_dtype, reason
-
-    def step(dtype) -> None:
-        with autocast(device, dtype):
-            total = output_sum(probe(x))
-        if not torch.isfinite(total):
-            raise FloatingPointError("its output is not finite")
-        total.backward()
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        probe = copy.deepcopy(model).train()
-        try:
-            step(amp_dtype)
-            return amp_dtype, reason
-        except Exception as e:  # noqa: BLE001 - the network's own failure in this precision
-            why = failure_text(e)
-        try:
-            step(None)
-        except Exception:  # noqa: BLE001 - fails in fp32 as well: not the precision's fault
-            return amp_dtype, reason
-    new = f"fp32: your network fails in {PRECISION_NAME[amp_dtype]} ({why}), so fp32"
-    print(f"precision: {new}")
-    return None, new
