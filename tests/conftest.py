@@ -19,21 +19,25 @@ from cifarkit.base import CLASSES
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
 
 
-SLOW_FILES = {"test_reliability.py", "test_integration.py"}  # real subprocesses / the full data copy
+# Why a test that needs the data copy skipped, in one line: where it looked, and how to provide one.
+NO_DATA = (f"needs the CIFAR-10 copy: looked for {SHARED_ARCHIVE.resolve()} (put it there, or set "
+           "CIFARKIT_DATA to a copy)")
+
+
+def have_data() -> bool:
+    return SHARED_ARCHIVE.exists()
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the slow tests, so `python -m pytest tests -m "not slow"` is a quick inner loop; skip the
-    notebook's re-execution, in one line, where no data copy is there to run it on (offline, torchvision
-    cannot download CIFAR-10)."""
-    no_data = not SHARED_ARCHIVE.exists() and not os.environ.get("CIFARKIT_DATA")
-    skip = pytest.mark.skip(reason=f"needs the CIFAR-10 copy: looked for {SHARED_ARCHIVE.resolve()} (put it there, "
-                                   "or set CIFARKIT_DATA to a copy)")
+    """The notebook's re-execution (nbval items, which cannot carry a decorator) is marked slow, like every
+    Python test that trains for seconds (`@pytest.mark.slow`, or `pytestmark` for a whole file), and
+    skipped in one line where no data copy is there to run it on (offline, torchvision cannot download)."""
+    no_data = not have_data() and not os.environ.get("CIFARKIT_DATA")
     for item in items:
-        if item.path.name in SLOW_FILES or item.path.suffix == ".ipynb" or "notebook" in item.name:
+        if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
-        if no_data and item.path.suffix == ".ipynb":
-            item.add_marker(skip)
+            if no_data:
+                item.add_marker(pytest.mark.skip(reason=NO_DATA))
 
 
 @pytest.fixture(autouse=True)

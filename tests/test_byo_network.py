@@ -85,6 +85,7 @@ def test_fit_trains_an_object_in_place_and_says_how_to_rebuild(tmp_path, learnab
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_a_notebook_class_is_recorded_as_an_object_and_refused_in_a_fresh_process(tmp_path, learnable_data, capsys):
     Local = type("Local", (TinyNet,), {"__module__": "__main__"})
     ck.fit(cfg_for(tmp_path), data=learnable_data, model=Local)  # a zero-argument factory

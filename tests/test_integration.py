@@ -6,9 +6,9 @@ import pytest
 from cifarkit.config import TrainConfig
 from cifarkit.training.trainer import fit
 from cifarkit.data.sources import load_cifar10
-from conftest import SHARED_ARCHIVE
+from conftest import NO_DATA, SHARED_ARCHIVE, have_data
 
-pytestmark = pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"{SHARED_ARCHIVE} not present")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not have_data(), reason=NO_DATA)]  # the full copy, minutes
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from cifarkit.base import CIFAR10_MEAN, ConfigError
-from cifarkit.data.loader import DeviceLoader, augment, denormalize, normalize
+from cifarkit.base import CIFAR10_STD
+from cifarkit.data.loader import DeviceLoader, augment, normalize
+
+
+def denormalize(x):
+    """The inverse of `normalize`: float images in [0, 1]."""
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
+    return (x.float() * std + mean).clamp(0, 1)
 from cifarkit.config import TrainConfig
-from cifarkit.data.augmentation import cutout, random_crop, random_flip
+from cifarkit.data.augmentation import crop_at, cutout_at, flip_where
 from cifarkit.data.transforms import REFUSED, ImageTransforms
 
 ROTATE = "RandomRotation(degrees=30)"
@@ -33,6 +40,23 @@ def epoch_uint8(loader, epoch):
 
 
 # ---------------------------------------------------------------- the built-in ops
+# Each draws its per-image parameters as the loader does, then applies the loader's own op.
+def random_crop(x, padding, g, mode):
+    dy, dx = (torch.randint(0, 2 * padding + 1, (len(x),), generator=g) for _ in range(2))
+    return crop_at(x, dy, dx, padding, mode)
+
+
+def random_flip(x, g):
+    return flip_where(x, torch.rand(len(x), generator=g) < 0.5)
+
+
+def cutout(x, size, g=None):
+    if size == 0:
+        return cutout_at(x, torch.zeros(len(x), dtype=torch.long), torch.zeros(len(x), dtype=torch.long), 0)
+    y0, x0 = (torch.randint(0, 32 - size + 1, (len(x),), generator=g) for _ in range(2))
+    return cutout_at(x, y0, x0, size)
+
+
 def test_random_crop_is_a_window_of_the_zero_padded_image():
     x = images()
     out = random_crop(x, 4, torch.Generator().manual_seed(1), mode="zeros")

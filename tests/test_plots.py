@@ -72,6 +72,7 @@ def test_compare_legend_names_each_run_with_its_final_accuracy():
     assert fig.axes[0].get_title()
 
 
+@pytest.mark.slow  # starts a notebook kernel
 def test_a_returned_figure_is_not_shown_twice_in_a_notebook():
     """The inline backend shows every open figure when a cell ends; a returned Figure that is the cell's value
     (no trailing ';') is displayed too. Whichever comes first shows it and closes it: one image either way."""

@@ -33,6 +33,8 @@ from cifarkit.runfolder.files import LOCK, RUN_FILES
 from cifarkit.runfolder.state import checkpoint_epoch
 from conftest import tiny_arrays, write_archive, write_tree
 
+pytestmark = pytest.mark.slow  # real processes killed and interrupted, seconds each
+
 EPOCHS = 5
 TIMING = ("train_seconds", "eval_seconds", "images_per_second")
 # fp32: on a CPU with native bf16 the first bf16 steps of every fresh process cost ~2 s of kernel set-up

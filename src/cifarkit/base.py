@@ -64,6 +64,13 @@ def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
     return f"{name}({', '.join(pos + kw)})" if kwargs else name
 
 
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise ConfigError "NAME must be one of A, B, C, got VALUE" unless `value` is one of `choices`:
+    the one wording of that refusal, wherever a choice is checked."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
 def first_line(e: BaseException, limit: int = 300, default: str = "") -> str:
     """The first line of an error's message (at most `limit` characters), or `default` when it has none:
     what every one-line error here quotes of another error."""

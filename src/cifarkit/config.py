@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import (CHANNELS_LAST_MODES, FLIP_MODES, FLOAT32_MAX, OPTIMIZERS, PAD_MODES, PRECISIONS, SCHEDULES,
+from .base import (CHANNELS_LAST_MODES, check_choice, FLIP_MODES, FLOAT32_MAX, OPTIMIZERS, PAD_MODES, PRECISIONS, SCHEDULES,
                    TTA_MODES, ConfigError, format_call, parse_call)
 
 
@@ -100,14 +100,14 @@ class TrainConfig:
         need(0 <= self.lr_start <= 1 and 0 <= self.lr_end <= 1,
              f"lr_start and lr_end are fractions of the peak in [0, 1], got {self.lr_start!r}, {self.lr_end!r}")
         need(not (self.ema > 0 and self.lookahead), "use either ema or lookahead, not both")
-        need(self.flip in FLIP_MODES, f"flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
-        need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {', '.join(PAD_MODES)}, got {self.pad_mode!r}")
+        check_choice("flip", self.flip, FLIP_MODES)
+        check_choice("pad_mode", self.pad_mode, PAD_MODES)
         need(self.val_split >= 0, f"val_split must be >= 0, got {self.val_split!r}")
         for name in ("limit_train", "limit_test"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 10), f"{name} must be >= 10 (one image per class), got {v!r}")
-        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         need(isinstance(self.step_size, int) and self.step_size >= 0, f"step_size must be >= 0 epochs, got {self.step_size!r}")
         self.milestones = list(self.milestones)
         need(all(isinstance(m, int) and 1 <= m for m in self.milestones) and self.milestones == sorted(set(self.milestones)),
@@ -119,10 +119,9 @@ class TrainConfig:
         self.transforms = [t if isinstance(t, str) else format_call(*t) for t in self.transforms]
         for t in self.transforms:
             parse_call(t, "transform")
-        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        need(self.tta in TTA_MODES, f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
-        need(self.channels_last in CHANNELS_LAST_MODES,
-             f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {self.channels_last!r}")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("tta", self.tta, TTA_MODES)
+        check_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
         # Imported here, not at the top: the CLI builds configs and takes its run lock before torch loads.
         from .models import check_model_spec, normalize_spec
         need(isinstance(self.model, str), f"model must be a registry name or an import path (a string), got "

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .atomic import WriteError, atomic_write_text
-from .base import CHANNELS_LAST_MODES, CifarkitError, ConfigError, cache_dir
+from .base import CHANNELS_LAST_MODES, PRECISIONS, CifarkitError, cache_dir, check_choice
 from .models.check import failure_text, output_sum
 
 
@@ -71,8 +71,7 @@ def choose_precision(precision: str, device: torch.device, kept: str | None = No
         dtype, reason = choose_precision(kept, device)
         head, _, why = reason.partition(": ")
         return dtype, f"{head.replace(' (requested)', '')} (as the run chose when it started): {why}"
-    if precision not in ("auto", *_DTYPES):
-        raise ConfigError(f"precision must be one of auto, {', '.join(_DTYPES)}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     asked = "" if precision == "auto" else " (requested)"
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
@@ -119,8 +118,7 @@ def choose_channels_last(setting: str, device: torch.device, amp_dtype: torch.dt
     another; a rule would be wrong on one of them. "auto" on CUDA: NHWC with fp16 / bf16 autocast (the
     tensor cores' layout), NCHW in fp32; on a CPU without `model`: NHWC; elsewhere NCHW.
     """
-    if setting not in CHANNELS_LAST_MODES:
-        raise ConfigError(f"channels_last must be one of {', '.join(CHANNELS_LAST_MODES)}, got {setting!r}")
+    check_choice("channels_last", setting, CHANNELS_LAST_MODES)
     if setting != "auto":
         return setting == "yes", f"{'channels_last' if setting == 'yes' else 'NCHW'} (requested)"
     if device.type == "cuda":

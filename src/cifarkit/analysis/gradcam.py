@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..base import PRECISIONS, ConfigError
+from ..base import PRECISIONS, ConfigError, check_choice
 from ..data.loader import normalize
 from ..hardware import autocast, choose_precision
 from ..models.check import PROBE_BATCH, as_batch, checked_forward
@@ -180,8 +180,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     device = _device(model)
     amp_dtype = choose_precision(precision, device)[0]
     # inference_mode(False): the caller may sit inside predict()'s no-grad world; Grad-CAM needs autograd.

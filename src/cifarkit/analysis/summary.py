@@ -5,33 +5,10 @@ import contextlib
 import copy
 import io
 
-import torch
 from torch import nn
 
 from ..base import IMAGE_SHAPE, first_line
-from ..models.check import PROBE_BATCH
 from .tracer import trace
-
-
-def trace_layers(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> list[tuple[str, nn.Module, tuple]]:
-    """(qualified name, module, output shape) for every leaf module, in the order the forward pass runs them.
-
-    Only nn layers: functional calls are invisible here; `tracer.trace` sees both.
-    """
-    net = copy.deepcopy(model).cpu().float().eval()  # never touch the caller's BatchNorm statistics
-    names = {m: n for n, m in net.named_modules()}
-    calls, hooks = [], []
-    for m in net.modules():
-        if not list(m.children()):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out: calls.append((names[mod], mod, tuple(out.shape)))))
-    try:
-        with torch.no_grad():
-            net(torch.zeros(PROBE_BATCH, *input_size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return calls
 
 
 def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> str:

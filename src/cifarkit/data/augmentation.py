@@ -1,8 +1,7 @@
 """The built-in training augmentation as batched tensor ops on uint8 images: crop, flip, cutout.
 
-Each op comes in two forms: ``*_at`` applies given per-image parameters (the loader draws one epoch's
-parameters for every image at once, so any subset of images can be re-augmented exactly, see
-`DeviceLoader.preview`), and ``random_*`` draws the parameters from a generator and applies them.
+Each op applies given per-image parameters: the loader draws one epoch's parameters for every image at
+once (`DeviceLoader`), so any subset of images can be re-augmented exactly (`DeviceLoader.preview`).
 All ops work on any device and never read a value back to the host (no GPU synchronisation).
 (This module is not called ``augment``: that name is the `cifarkit.augment` function.)
 """
@@ -52,26 +51,9 @@ def crop_at(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: i
     return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator | None = None,
-                mode: str = DEFAULTS["pad_mode"]) -> torch.Tensor:
-    """Pad by `padding` pixels (reflection by default, as TrainConfig; or zeros like torchvision's
-    RandomCrop), then take a random crop of the original size from each image."""
-    if padding == 0:
-        return images
-    b = images.shape[0]
-    dy = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
-    return crop_at(images, dy, dx, padding, mode)
-
-
 def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirror left-right the images whose entry in the boolean vector `flip` is True."""
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    return flip_where(images, torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5)
 
 
 def cutout_at(images: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, size: int) -> torch.Tensor:
@@ -86,14 +68,3 @@ def cutout_at(images: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, size: in
     inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
     mean = torch.tensor(MEAN_UINT8, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return torch.where(inside, mean, images)
-
-
-def cutout(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Paint one random size x size square per uint8 image (fully inside it) with the mean colour,
-    which is 0 after normalisation."""
-    if size == 0:
-        return images
-    b, _, h, w = images.shape
-    y0 = torch.randint(0, h - size + 1, (b,), device=images.device, generator=generator)
-    x0 = torch.randint(0, w - size + 1, (b,), device=images.device, generator=generator)
-    return cutout_at(images, y0, x0, size)

@@ -34,13 +34,6 @@ def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of `normalize`, to float images in [0, 1] for display."""
-    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() * std + mean).clamp(0, 1)
-
-
 def augment(images: torch.Tensor, padding: int = DEFAULTS["crop_padding"], flip: str = DEFAULTS["flip"],
             generator: torch.Generator | None = None, pad_mode: str = DEFAULTS["pad_mode"], *,
             cutout: int = DEFAULTS["cutout"], transforms: Sequence[str] = (), epoch: int = 0,

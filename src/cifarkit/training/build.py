@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..base import ConfigError
+from ..base import ConfigError, check_choice
 from ..compiled import prepare_train_model
 from ..config import TrainConfig
 from ..data.dataset import Cifar10, DataError, fingerprint
@@ -79,8 +79,7 @@ def build_run(cfg: TrainConfig, data: Cifar10 | None = None, *, model: nn.Module
     network that initialises itself from data is not (its weights come from the checkpoint). Seeds torch
     and Python's `random` with cfg.seed. `verbose` prints the config and every choice with its reason.
     """
-    if upto not in STAGES:
-        raise ValueError(f"upto must be one of {STAGES}, got {upto!r}")
+    check_choice("upto", upto, STAGES)
     device = resolve_device(cfg.device)
     kept = (ckpt or {}).get("choices") or {}
     amp_dtype, reason = choose_precision(cfg.precision, device, kept=kept.get("precision"))
