@@ -1,19 +1,24 @@
 """Per-epoch cost of the training augmentation on this machine, side by side in one process.
 
-  a   the built-in augmentation of the default TrainConfig: random crop after reflection padding (4 px) and
-      alternating flips, for the whole training set (50,000 images), as `DeviceLoader` does it when an epoch
-      starts, in batched ops over 10,000 images;
-  b   a + transforms ["RandomRotation(degrees=15)", "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)"]
+  a   the built-in augmentation of the default TrainConfig: random crop after reflection padding (4
+  px) and
+      alternating flips, for the whole training set (50,000 images), as `DeviceLoader` does it when
+      an epoch starts, in batched ops over 10,000 images;
+  b   a + transforms ["RandomRotation(degrees=15)", "ColorJitter(brightness=0.3, contrast=0.3,
+  saturation=0.3)"]
       with an independent random draw per image (cifarkit's batched path for these two transforms);
-  c   (unless --no-per-image) b's transforms called once per image, as a generic torchvision v2 transform is:
+  c   (unless --no-per-image) b's transforms called once per image, as a generic torchvision v2
+  transform is:
       timed on --per-image-n images and scaled to the epoch (marked "est.").
 
-Each row: seconds per epoch for the augmentation alone ("augment") and for a whole pass of the training
-loader ("loader pass": augmentation + shuffled batches of 256, normalised to float32), the best of --repeat.
+Each row: seconds per epoch for the augmentation alone ("augment") and for a whole pass of the
+training loader ("loader pass": augmentation + shuffled batches of 256, normalised to float32), the
+best of --repeat.
 
-    python benchmarks/augment_cost.py                                   # synthetic random uint8 images
-    python benchmarks/augment_cost.py --data ../shared/data/cifar10-jpg.tar.gz
+    python benchmarks/augment_cost.py                                   # synthetic random uint8
+    images python benchmarks/augment_cost.py --data ../shared/data/cifar10-jpg.tar.gz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +31,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from cifarkit.data.loader import DeviceLoader
 from cifarkit.config import TrainConfig  # noqa: E402
+from cifarkit.data.loader import DeviceLoader
 from cifarkit.data.transforms import ImageTransforms  # noqa: E402
 
-TRANSFORMS = ["RandomRotation(degrees=15)", "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)"]
+TRANSFORMS = [
+    "RandomRotation(degrees=15)",
+    "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)",
+]
 
 
 def cpu_name() -> str:
@@ -45,7 +53,8 @@ def cpu_name() -> str:
 
 
 def best_of(repeat: int, fn) -> float:
-    """The fastest of `repeat` timed calls, in seconds (the minimum is the least disturbed by other load)."""
+    """The fastest of `repeat` timed calls, in seconds (the minimum is the least disturbed by other
+    load)."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -58,11 +67,17 @@ def best_of(repeat: int, fn) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="a CIFAR-10 source for load_cifar10 (default: synthetic random uint8 images)")
+    p.add_argument(
+        "--data", help="a CIFAR-10 source for load_cifar10 (default: synthetic random uint8 images)"
+    )
     p.add_argument("--n", type=int, default=50_000, help="training images (default 50,000)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--repeat", type=int, default=2, help="timed epochs per row; the best is shown (default 2)")
-    p.add_argument("--per-image-n", type=int, default=2_000, help="images timed for row c (default 2,000)")
+    p.add_argument(
+        "--repeat", type=int, default=2, help="timed epochs per row; the best is shown (default 2)"
+    )
+    p.add_argument(
+        "--per-image-n", type=int, default=2_000, help="images timed for row c (default 2,000)"
+    )
     p.add_argument("--no-per-image", action="store_true", help="skip row c")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     a = p.parse_args(argv)
@@ -71,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if a.data:
         from cifarkit.data.sources import load_cifar10
+
         data = load_cifar10(a.data, progress=False)
-        images, labels = data.train_images[:a.n], data.train_labels[:a.n]
+        images, labels = data.train_images[: a.n], data.train_labels[: a.n]
         source = a.data
     else:
         g = torch.Generator().manual_seed(0)
@@ -81,17 +97,24 @@ def main(argv: list[str] | None = None) -> None:
         source = "synthetic random uint8"
     n = len(labels)
     load = f"; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; device {a.device}{load}")
+    print(
+        f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; device"
+        f" {a.device}{load}"
+    )
     print(f"{n:,} images ({source}); best of {a.repeat} epochs per row\n")
     print(f"{'row':<4}{'augmentation':<58}{'augment s/epoch':>16}{'loader pass s/epoch':>21}")
 
     cfg, augment_s = TrainConfig(), {}
-    rows = [("a", f"crop {cfg.crop_padding} px ({cfg.pad_mode}) + {cfg.flip} flip", []),
-            ("b", "a + RandomRotation(15) + ColorJitter(0.3, 0.3, 0.3)", TRANSFORMS)]
+    rows = [
+        ("a", f"crop {cfg.crop_padding} px ({cfg.pad_mode}) + {cfg.flip} flip", []),
+        ("b", "a + RandomRotation(15) + ColorJitter(0.3, 0.3, 0.3)", TRANSFORMS),
+    ]
     for name, what, transforms in rows:
-        loader = DeviceLoader.from_config(images, labels, TrainConfig(transforms=transforms), train=True,
-                                          device=a.device)
-        loader.epoch_images(0) if n <= 1000 else loader.augmented(range(100))  # warm-up: imports, first calls
+        loader = DeviceLoader.from_config(
+            images, labels, TrainConfig(transforms=transforms), train=True, device=a.device
+        )
+        # warm-up: imports, first calls
+        loader.epoch_images(0) if n <= 1000 else loader.augmented(range(100))
         epoch = iter(range(1, 1_000_000))
         aug = augment_s[name] = best_of(a.repeat, lambda: loader.epoch_images(next(epoch)))
 
@@ -99,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             loader.set_epoch(next(epoch))
             for _ in loader:
                 pass
+
         full = best_of(a.repeat, one_pass)
         print(f"{name:<4}{what:<58}{aug:>16.2f}{full:>21.2f}", flush=True)
 
@@ -108,10 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         x = images[:k].to(a.device)
         slow(x[:10], range(10), key=0)  # warm-up
         per = best_of(a.repeat, lambda: slow(x, range(k), key=1)) / k
-        print(f"{'c':<4}{'a + the same transforms, called once per image':<58}"
-              f"{format(augment_s['a'] + per * n, '.2f') + ' est.':>16}{'':>21}")
-        print(f"\nrow c = row a + {per * 1e6:.0f} us per image for the two transforms (timed on {k:,} images) "
-              f"x {n:,} images")
+        print(
+            f"{'c':<4}{'a + the same transforms, called once per image':<58}"
+            f"{format(augment_s['a'] + per * n, '.2f') + ' est.':>16}{'':>21}"
+        )
+        print(
+            f"\nrow c = row a + {per * 1e6:.0f} us per image for the two transforms (timed on {k:,}"
+            f" images) x {n:,} images"
+        )
 
 
 if __name__ == "__main__":

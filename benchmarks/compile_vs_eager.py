@@ -1,12 +1,15 @@
-"""Does torch.compile, or the other memory layout, speed up training here? Training steps side by side.
+"""Does torch.compile, or the other memory layout, speed up training here? Training steps side by
+side.
 
     python benchmarks/compile_vs_eager.py [--model seed] [--steps 60]
 
-Same network, optimiser, batch and precision as cifarkit's default path, on random inputs (data loading is
-not what is measured): eager in NCHW, eager in channels_last (NHWC), and compiled in the layout the
-default path picks ("auto", cifarkit.hardware.choose_channels_last). Prints the compile time, the layout
-ratio ``NHWC/NCHW: X.XX`` and the last line ``speedup compiled/eager: X.XX`` (against eager in the same layout).
+Same network, optimiser, batch and precision as cifarkit's default path, on random inputs (data
+loading is not what is measured): eager in NCHW, eager in channels_last (NHWC), and compiled in the
+layout the default path picks ("auto", cifarkit.hardware.choose_channels_last). Prints the compile
+time, the layout ratio ``NHWC/NCHW: X.XX`` and the last line ``speedup compiled/eager: X.XX``
+(against eager in the same layout).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,20 +28,26 @@ def main() -> int:
     args = ap.parse_args()
 
     from cifarkit.config import TrainConfig
+    from cifarkit.hardware import (
+        autocast,
+        choose_channels_last,
+        choose_precision,
+        hardware_string,
+        resolve_device,
+    )
     from cifarkit.models import build_model
     from cifarkit.optim import make_optimizer
-    from cifarkit.hardware import resolve_device
-    from cifarkit.hardware import choose_precision
-    from cifarkit.hardware import autocast
-    from cifarkit.hardware import choose_channels_last, hardware_string
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model)
     device = resolve_device(cfg.device)
     amp = choose_precision(cfg.precision, device)[0]
     auto_nhwc, why = choose_channels_last(cfg.channels_last, device, amp)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)
-    print(f"{hardware_string(device)}, {cfg.model}, batch {cfg.batch_size}, "
-          f"{str(amp).replace('torch.', '') if amp else 'fp32'}, {args.steps} timed steps each; auto layout: {why}")
+    print(
+        f"{hardware_string(device)}, {cfg.model}, batch {cfg.batch_size},"
+        f" {str(amp).replace('torch.', '') if amp else 'fp32'}, {args.steps} timed steps each; auto"
+        f" layout: {why}"
+    )
 
     def measure(compiled: bool, nhwc: bool) -> float:
         torch.manual_seed(0)
@@ -65,8 +74,11 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         ips = args.steps * cfg.batch_size / (time.perf_counter() - start)
-        print(f"{'compiled' if compiled else 'eager':>8} {'NHWC' if nhwc else 'NCHW'}: {ips:7.0f} img/s "
-              f"(first 3 steps: {warm:.1f} s)", flush=True)
+        print(
+            f"{'compiled' if compiled else 'eager':>8} {'NHWC' if nhwc else 'NCHW'}: {ips:7.0f}"
+            f" img/s (first 3 steps: {warm:.1f} s)",
+            flush=True,
+        )
         return ips
 
     eager = {nhwc: measure(False, nhwc) for nhwc in (False, True)}

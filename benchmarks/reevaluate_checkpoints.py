@@ -1,13 +1,17 @@
-"""Give every committed run both final numbers: single view and test-time augmentation, measured apart.
+"""Give every committed run both final numbers: single view and test-time augmentation, measured
+apart.
 
-    python benchmarks/reevaluate_checkpoints.py --data ../shared/data/cifar10-jpg.tar.gz [checkpoints]
+    python benchmarks/reevaluate_checkpoints.py --data ../shared/data/cifar10-jpg.tar.gz
+    [checkpoints]
 
-Runs trained before the two were separated evaluated their last epoch with TTA and stored it as an ordinary
-epoch. For each checkpoints/NAME.pt this evaluates the saved weights on the test set twice (single view,
-and the run's TTA), writes `single_view_*` / `tta_*` into NAME/results.json (dropping the ambiguous
-`final_test_*` keys), and replaces a TTA last row of NAME/history.{json,csv} by its single-view numbers,
-so every history row is single-view. The machine that did it is recorded as `reevaluated_on`.
+Runs trained before the two were separated evaluated their last epoch with TTA and stored it as an
+ordinary epoch. For each checkpoints/NAME.pt this evaluates the saved weights on the test set twice
+(single view, and the run's TTA), writes `single_view_*` / `tta_*` into NAME/results.json (dropping
+the ambiguous `final_test_*` keys), and replaces a TTA last row of NAME/history.{json,csv} by its
+single-view numbers, so every history row is single-view. The machine that did it is recorded as
+`reevaluated_on`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cifarkit.atomic import atomic_write_json
-from cifarkit.runfolder.checkpoint import model_from_checkpoint  # noqa: E402
 from cifarkit.data.sources import load_cifar10  # noqa: E402
-from cifarkit.hardware import resolve_device
-from cifarkit.training.evaluate import score  # noqa: E402
-from cifarkit.hardware import hardware_string
-from cifarkit.training.evaluate import predict_images
+from cifarkit.hardware import hardware_string, resolve_device
+from cifarkit.runfolder.checkpoint import model_from_checkpoint  # noqa: E402
 from cifarkit.runfolder.files import write_history  # noqa: E402
+from cifarkit.training.evaluate import (
+    predict_images,
+    score,  # noqa: E402
+)
 
 
 def main() -> int:
@@ -44,26 +49,55 @@ def main() -> int:
             continue
         x, y = data.test_images, data.test_labels
         single = score(*predict_images(model, cfg, x, y, tta="none"), verbose=False)
-        tta = score(*predict_images(model, cfg, x, y, tta=cfg.tta), verbose=False) if cfg.tta != "none" else None
+        tta = (
+            score(*predict_images(model, cfg, x, y, tta=cfg.tta), verbose=False)
+            if cfg.tta != "none"
+            else None
+        )
         res = json.loads((folder / "results.json").read_text())
-        old = res.get("final_test_correct", res.get("tta_correct" if cfg.tta != "none" else "single_view_correct"))
-        for k in ("final_test_accuracy", "final_test_correct", "final_test_total", "final_test_loss"):
+        old = res.get(
+            "final_test_correct",
+            res.get("tta_correct" if cfg.tta != "none" else "single_view_correct"),
+        )
+        for k in (
+            "final_test_accuracy",
+            "final_test_correct",
+            "final_test_total",
+            "final_test_loss",
+        ):
             res.pop(k, None)
-        res.update(test_total=single["total"], single_view_accuracy=single["accuracy"],
-                   single_view_correct=single["correct"], single_view_loss=single["loss"], tta=cfg.tta,
-                   tta_accuracy=tta and tta["accuracy"], tta_correct=tta and tta["correct"],
-                   tta_loss=tta and tta["loss"], reevaluated_on=hardware_string(device))
+        res.update(
+            test_total=single["total"],
+            single_view_accuracy=single["accuracy"],
+            single_view_correct=single["correct"],
+            single_view_loss=single["loss"],
+            tta=cfg.tta,
+            tta_accuracy=tta and tta["accuracy"],
+            tta_correct=tta and tta["correct"],
+            tta_loss=tta and tta["loss"],
+            reevaluated_on=hardware_string(device),
+        )
         history = json.loads((folder / "history.json").read_text())
         last = history[-1]
-        if last.get("eval_tta", "none") not in (None, "none") or (cfg.tta != "none" and "eval_tta" not in last):
-            last.update(eval_loss=single["loss"], eval_accuracy=single["accuracy"], eval_correct=single["correct"],
-                        eval_total=single["total"], eval_tta="none")
+        if last.get("eval_tta", "none") not in (None, "none") or (
+            cfg.tta != "none" and "eval_tta" not in last
+        ):
+            last.update(
+                eval_loss=single["loss"],
+                eval_accuracy=single["accuracy"],
+                eval_correct=single["correct"],
+                eval_total=single["total"],
+                eval_tta="none",
+            )
             write_history(folder, history)
         best = max(history, key=lambda h: h["eval_accuracy"])
         res.update(best_eval_accuracy=best["eval_accuracy"], best_eval_epoch=best["epoch"])
         atomic_write_json(folder / "results.json", res)
-        print(f"{pt.name}: recorded {old}, now single view {single['correct']}/{single['total']}"
-              + (f", {cfg.tta} TTA {tta['correct']}/{tta['total']}" if tta else ""), flush=True)
+        print(
+            f"{pt.name}: recorded {old}, now single view {single['correct']}/{single['total']}"
+            + (f", {cfg.tta} TTA {tta['correct']}/{tta['total']}" if tta else ""),
+            flush=True,
+        )
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Wall-clock seconds until a run's test accuracy first reaches given thresholds, read from its history.
+"""Wall-clock seconds until a run's test accuracy first reaches given thresholds, read from its
+history.
 
     python benchmarks/time_to_accuracy.py runs/NAME [--thresholds 80 85]
 
 Time counts training and per-epoch evaluation, epoch by epoch, as fit recorded them in history.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +14,11 @@ import sys
 from pathlib import Path
 
 
-def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[float, tuple[int, float] | None]:
-    """threshold -> (epoch, cumulative seconds) of the first epoch at or above it; None if never reached."""
+def time_to_accuracy(
+    history: list[dict], thresholds: list[float]
+) -> dict[float, tuple[int, float] | None]:
+    """threshold -> (epoch, cumulative seconds) of the first epoch at or above it; None if never
+    reached."""
     found: dict[float, tuple[int, float] | None] = {t: None for t in thresholds}
     elapsed = 0.0
     for h in history:

@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny CIFAR-10-shaped datasets that the tests write themselves, in every format."""
+"""Shared fixtures: tiny CIFAR-10-shaped datasets that the tests write themselves, in every
+format."""
+
 from __future__ import annotations
 
 import io
@@ -16,12 +18,16 @@ from PIL import Image
 
 from cifarkit.base import CLASSES
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
+SHARED_ARCHIVE = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.tar.gz"
+)
 
 
 # Why a test that needs the data copy skipped, in one line: where it looked, and how to provide one.
-NO_DATA = (f"needs the CIFAR-10 copy: looked for {SHARED_ARCHIVE.resolve()} (put it there, or set "
-           "CIFARKIT_DATA to a copy)")
+NO_DATA = (
+    f"needs the CIFAR-10 copy: looked for {SHARED_ARCHIVE.resolve()} (put it there, or set "
+    "CIFARKIT_DATA to a copy)"
+)
 
 
 def have_data() -> bool:
@@ -29,9 +35,11 @@ def have_data() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The notebook's re-execution (nbval items, which cannot carry a decorator) is marked slow, like every
-    Python test that trains for seconds (`@pytest.mark.slow`, or `pytestmark` for a whole file), and
-    skipped in one line where no data copy is there to run it on (offline, torchvision cannot download)."""
+    """The notebook's re-execution (nbval items, which cannot carry a decorator) is marked slow,
+    like every Python test that trains for seconds (`@pytest.mark.slow`, or `pytestmark` for a whole
+    file), and skipped in one line where no data copy is there to run it on (offline, torchvision
+    cannot download).
+    """
     no_data = not have_data() and not os.environ.get("CIFARKIT_DATA")
     for item in items:
         if item.path.suffix == ".ipynb":
@@ -42,13 +50,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """Every test gets its own empty decode cache, so no test sees another's (or the user's) cache."""
+    """Every test gets its own empty decode cache, so no test sees another's (or the user's)
+    cache."""
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
 def tiny_arrays(n_train_per_class: int = 3, n_test_per_class: int = 2, seed: int = 0):
-    """Images whose class is visible in the pixels (a class-specific colour plus noise), uint8 NHWC."""
+    """Images whose class is visible in the pixels (a class-specific colour plus noise), uint8
+    NHWC."""
     rng = np.random.default_rng(seed)
     out = {}
     for split, n in (("train", n_train_per_class), ("test", n_test_per_class)):
@@ -71,7 +81,8 @@ def write_tree(root: Path, fmt: str = "png", arrays=None) -> Path:
 
 
 def write_archive(tree: Path, dest: Path) -> Path:
-    """Pack a tree (under a top folder, like most downloads) as .tar / .tar.gz / .zip by `dest`'s suffix."""
+    """Pack a tree (under a top folder, like most downloads) as .tar / .tar.gz / .zip by `dest`'s
+    suffix."""
     if dest.name.endswith(".zip"):
         with zipfile.ZipFile(dest, "w") as zf:
             for f in sorted(tree.rglob("*")):
@@ -104,19 +115,27 @@ def tree(tmp_path) -> Path:
 
 @pytest.fixture
 def learnable_data():
-    """A Cifar10 of 200 train / 100 test images whose classes a small network learns in a few epochs."""
+    """A Cifar10 of 200 train / 100 test images whose classes a small network learns in a few
+    epochs."""
     import torch
 
     from cifarkit.data.dataset import Cifar10
 
     a = tiny_arrays(20, 10, seed=1)
     t = lambda x: torch.from_numpy(x.transpose(0, 3, 1, 2).copy())  # noqa: E731
-    return Cifar10(t(a["train"][0]), torch.from_numpy(a["train"][1]), t(a["test"][0]),
-                   torch.from_numpy(a["test"][1]), CLASSES, "synthetic")
+    return Cifar10(
+        t(a["train"][0]),
+        torch.from_numpy(a["train"][1]),
+        t(a["test"][0]),
+        torch.from_numpy(a["test"][1]),
+        CLASSES,
+        "synthetic",
+    )
 
 
 def interrupt_in_epoch_2(monkeypatch):
-    """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch 2 starts; returns the real loop."""
+    """Make training raise KeyboardInterrupt (as Ctrl-C would) when epoch 2 starts; returns the real
+    loop."""
     import cifarkit.training.trainer as trainer_mod
 
     real = trainer_mod.train_one_epoch
@@ -125,6 +144,7 @@ def interrupt_in_epoch_2(monkeypatch):
         if k["epoch"] == 1:
             raise KeyboardInterrupt
         return real(*a, **k)
+
     monkeypatch.setattr(trainer_mod, "train_one_epoch", interrupted)
     return real
 
@@ -137,7 +157,8 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 @pytest.fixture
 def mount_tmpfs(tmp_path):
-    """mount_tmpfs(bytes, read_only=False) -> a fresh real tmpfs; skipped where mounting is not permitted."""
+    """mount_tmpfs(bytes, read_only=False) -> a fresh real tmpfs; skipped where mounting is not
+    permitted."""
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("needs root on Linux to mount a tmpfs")
     mounted = []
@@ -145,8 +166,9 @@ def mount_tmpfs(tmp_path):
     def mount(size: int, read_only: bool = False, prepare=None) -> Path:
         mnt = tmp_path / f"mnt{len(mounted)}"
         mnt.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                          capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
+        ).returncode:
             pytest.skip("mount -t tmpfs is not permitted here")
         mounted.append(mnt)
         if prepare is not None:

@@ -1,17 +1,22 @@
 """Receptive field against hand-computed values, course-rule checks, confusion matrix, mistakes."""
-import torch
-from torch import nn
 
 import threading
 
 import pytest
+import torch
 import torch.nn.functional as F
+from torch import nn
 
-from cifarkit.analysis.rules import check_rules, final_receptive_field, receptive_field
 from cifarkit.analysis.metrics import confusion_matrix, misclassified, per_class_accuracy
-from cifarkit.models import build_model
-from cifarkit.analysis.rules import format_rf_table, format_rules
+from cifarkit.analysis.rules import (
+    check_rules,
+    final_receptive_field,
+    format_rf_table,
+    format_rules,
+    receptive_field,
+)
 from cifarkit.analysis.summary import summary_text
+from cifarkit.models import build_model
 
 
 def rfs(model, size=(3, 32, 32)):
@@ -25,7 +30,9 @@ def test_two_3x3_convs_see_5_pixels():
 
 def test_pool_doubles_the_step_of_later_layers():
     # conv3 -> RF 3; pool2 -> 3 + 1*1 = 4, jump 2; conv3 -> 4 + 2*2 = 8
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1)
+    )
     rows = receptive_field(net)
     assert [r.rf for r in rows] == [3, 4, 8]
     assert [r.jump for r in rows] == [1, 2, 2]
@@ -34,8 +41,11 @@ def test_pool_doubles_the_step_of_later_layers():
 def test_dilation_and_stride():
     # dilated 3x3 (d=2) covers 5 px; a stride-2 conv then adds 2 * 1 * ... : 5 + 2 = 7, jump 2;
     # a 1x1 adds nothing.
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=2, dilation=2), nn.Conv2d(4, 4, 3, stride=2, padding=1),
-                        nn.Conv2d(4, 4, 1))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=2, dilation=2),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.Conv2d(4, 4, 1),
+    )
     rows = receptive_field(net)
     assert [r.rf for r in rows] == [5, 7, 7]
     assert [r.jump for r in rows] == [1, 2, 2]
@@ -43,20 +53,25 @@ def test_dilation_and_stride():
 
 def test_seed_receptive_field_layer_by_layer():
     rows = receptive_field(build_model("seed"))
-    # the global average pool's outputs see the whole image: no number ("all"), the rule counts the 84 entering it
+    # the global average pool's outputs see the whole image: no number ("all"), the rule counts the
+    # 84 entering it
     assert [r.rf for r in rows] == [3, 5, 6, 10, 14, 16, 24, 32, 36, 68, 84, 84, None]
     assert rows[-1].scope == "global" and rows[-1].name == "gap"
     assert final_receptive_field(build_model("seed")) == 84 > 44
     table = format_rf_table(rows)
     assert "c4.0.0          Conv2d               3  1  2  2     8   68  [128, 4, 4]" in table
     assert "gap             AdaptiveAvgPool2d    4  4  0  1     -  all  [256, 1, 1]" in table
-    assert table.splitlines()[-1] == ("gap: global average pool, each output averages the whole 4x4 map; "
-                                      "the rule counts the RF entering it: 84 px")
+    assert (
+        table.splitlines()[-1]
+        == "gap: global average pool, each output averages the whole 4x4 map; "
+        "the rule counts the RF entering it: 84 px"
+    )
 
 
 def test_compact_receptive_field_is_59():
     # whiten conv2: 2 | conv3: 4 | pool2: 5, jump 2 | conv3: 9 | conv3: 13 | pool2: 15, jump 4
-    # dilated conv3 d2: 15 + 2*2*4 = 31 | conv3: 39 | pool2: 43, jump 8 | depthwise conv3: 59 | 1x1: 59
+    # dilated conv3 d2: 15 + 2*2*4 = 31 | conv3: 39 | pool2: 43, jump 8 | depthwise conv3: 59 | 1x1:
+    # 59
     assert final_receptive_field(build_model("compact")) == 59
 
 
@@ -70,7 +85,9 @@ def test_rules_pass_for_seed_and_report_numbers():
 
 
 def test_rules_fail_for_a_plain_net():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 32 * 32, 10)
+    )
     checks = {c.rule: c for c in check_rules(net)}
     assert not checks["receptive field > 44"].passed
     assert not checks["depthwise-separable conv"].passed
@@ -80,8 +97,12 @@ def test_rules_fail_for_a_plain_net():
 
 
 def test_grouped_conv_that_is_not_depthwise_does_not_count():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2),
-                        nn.Conv2d(8, 8, 1), nn.AdaptiveAvgPool2d(1))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.Conv2d(8, 8, 1),
+        nn.AdaptiveAvgPool2d(1),
+    )
     assert not {c.rule: c for c in check_rules(net)}["depthwise-separable conv"].passed
 
 
@@ -114,7 +135,8 @@ def rules_of(net, **kw):
 
 
 class SqueezeExcite(nn.Module):
-    """A global average pool inside a block, scaling the map: attention, not the classifier's pooling."""
+    """A global average pool inside a block, scaling the map: attention, not the classifier's
+    pooling."""
 
     def __init__(self, c):
         super().__init__()
@@ -127,8 +149,14 @@ class SqueezeExcite(nn.Module):
 
 def test_squeeze_excitation_pool_is_not_the_head_and_flatten_gives_the_rf():
     # conv3 -> 3 | SE keeps 3 | pool2: 4, jump 2 | conv3: 8 | flatten: the classifier sees RF 8
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), SqueezeExcite(8), nn.MaxPool2d(2),
-                        nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        SqueezeExcite(8),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(8 * 16 * 16, 10),
+    )
     checks = rules_of(net)
     assert checks["receptive field > 44"].value == "8 px"
     assert not checks["global average pooling"].passed
@@ -167,8 +195,12 @@ def test_functional_dilated_conv_and_depth_multiplier():
     checks = rules_of(Net())
     assert checks["dilated conv"].value == "F.conv2d in forward (dilation 2x1)"
     assert checks["depthwise-separable conv"].value == "dw + pw"
-    assert checks["global average pooling"].value == "none (x.amax in forward is a global max pool, not an average)"
-    # conv 3x3 with dilation (2, 1): RF 5 high, 3 wide; depthwise conv3: 7x5; the rule counts the smaller side
+    assert (
+        checks["global average pooling"].value
+        == "none (x.amax in forward is a global max pool, not an average)"
+    )
+    # conv 3x3 with dilation (2, 1): RF 5 high, 3 wide; depthwise conv3: 7x5; the rule counts the
+    # smaller side
     assert checks["receptive field > 44"].value == "7x5 px"
     assert final_receptive_field(Net()) == 5
 
@@ -181,7 +213,8 @@ def test_paths_with_different_jumps_make_later_windows_unknown():
 
         def forward(self, x):
             x = self.a(x)
-            x = x[:, :, :16, :16] + F.max_pool2d(x, 2)  # a crop (jump 1) added to a pooled map (jump 2)
+            # a crop (jump 1) added to a pooled map (jump 2)
+            x = x[:, :, :16, :16] + F.max_pool2d(x, 2)
             return self.b(x).mean((2, 3))
 
     checks = rules_of(Net())
@@ -193,7 +226,10 @@ def test_padding_and_crops_keep_the_rf():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1)
+            self.a, self.b = (
+                nn.Conv2d(3, 4, 3),
+                nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1),
+            )
 
         def forward(self, x):  # conv3 -> 3 | pad, crop: 3 | conv3: 5
             return self.b(F.pad(self.a(x), (1, 1, 1, 1))[..., 1:-1, 1:-1]).mean((-1, -2))
@@ -221,7 +257,8 @@ def test_summary_falls_back_to_one_line_when_torchsummary_cannot_cope():
         def forward(self, x):
             return self.split(self.conv(x))[0].flatten(1)[:, :10]
 
-    for net in (Net(), nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.AdaptiveAvgPool1d(10))):  # no parameters
+    # no parameters
+    for net in (Net(), nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.AdaptiveAvgPool1d(10))):
         text = summary_text(net)
         assert text.startswith("(torchsummary cannot tabulate this network: ")
         assert "Traceback" not in text
@@ -232,6 +269,7 @@ def test_uncopyable_model_is_analysed_in_place_and_restored():
     net.lock = threading.Lock()  # deepcopy fails on this
     with pytest.raises(TypeError):
         import copy
+
         copy.deepcopy(net)
     before = net[1].running_mean.clone()
     assert rules_of(net)["receptive field > 44"].value == "3 px"
@@ -244,11 +282,15 @@ def test_format_rules_tokens():
     assert "[PASS] test accuracy >= 80%       90.00%" in text
 
 
-@pytest.mark.parametrize("pool, gap", [
-    (lambda x: x.mean(3).mean(2), True),                            # GAP in two steps
-    (lambda x: F.relu(x.max(dim=-1)[0]).max(dim=-1)[0], False),     # global max pool in two steps
-    (lambda x: x.mean(-1).flatten(1), None),                        # pooled over the width only: RF unknown
-])
+@pytest.mark.parametrize(
+    "pool, gap",
+    [
+        (lambda x: x.mean(3).mean(2), True),  # GAP in two steps
+        (lambda x: F.relu(x.max(dim=-1)[0]).max(dim=-1)[0], False),  # global max pool in two steps
+        # pooled over the width only: RF unknown
+        (lambda x: x.mean(-1).flatten(1), None),
+    ],
+)
 def test_pooling_one_axis_at_a_time(pool, gap):
     class Net(nn.Module):
         def __init__(self):
@@ -268,7 +310,8 @@ def test_pooling_one_axis_at_a_time(pool, gap):
 
 
 def test_tables_and_verdicts_print_as_themselves():
-    # print(ck.receptive_field(net)) / print(ck.check_rules(net)): what the notebook and `summary` show.
+    # print(ck.receptive_field(net)) / print(ck.check_rules(net)): what the notebook and `summary`
+    # show.
     model = build_model("seed")
     assert str(receptive_field(model)) == format_rf_table(receptive_field(model))
     assert str(check_rules(model)) == format_rules(check_rules(model))

@@ -1,12 +1,13 @@
 """The pure parts of the benchmark scripts: the validation sweep's variants, scoring and table."""
+
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from cifarkit.config import TrainConfig
 from cifarkit.cli import build_parser, config_from_args
+from cifarkit.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,15 +22,20 @@ def load_script(name: str):
 sweep = load_script("val_sweep")
 
 
-@pytest.mark.parametrize("variant", [(s, n, o) for s, rows in sweep.SETS.items() for n, o in rows],
-                         ids=lambda v: f"{v[0]}:{v[1]}")
+@pytest.mark.parametrize(
+    "variant",
+    [(s, n, o) for s, rows in sweep.SETS.items() for n, o in rows],
+    ids=lambda v: f"{v[0]}:{v[1]}",
+)
 def test_every_variant_is_a_valid_train_command(variant):
     _, _, opts = variant
-    config_from_args(build_parser().parse_args(["train", *opts, "--val-split", "5000"]))  # ConfigError if bad
+    # ConfigError if bad
+    config_from_args(build_parser().parse_args(["train", *opts, "--val-split", "5000"]))
 
 
 def test_seed_net_default_row_is_todays_default():
-    # the sweep's "default" row must stay what TrainConfig's defaults are, or its README line is stale
+    # the sweep's "default" row must stay what TrainConfig's defaults are, or its README line is
+    # stale
     (opts,) = [o for n, o in sweep.SETS["seed-net"] if n == "default"]
     assert opts == []
     cfg = TrainConfig()
@@ -39,7 +45,9 @@ def test_seed_net_default_row_is_todays_default():
 def test_final_val_reads_only_finished_runs(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "history.json").write_text(json.dumps([{"eval_accuracy": 80.0}, {"eval_accuracy": 88.5}]))
+    (run / "history.json").write_text(
+        json.dumps([{"eval_accuracy": 80.0}, {"eval_accuracy": 88.5}])
+    )
     assert sweep.final_val(run) is None  # no results.json yet: unfinished
     (run / "results.json").write_text("{}")
     assert sweep.final_val(run) == 88.5  # a run from before the TTA result was kept apart

@@ -1,5 +1,6 @@
-"""Bring your own network: objects, factories, registry names and import paths train, evaluate, export,
-resume and predict, in this process and in a fresh one."""
+"""Bring your own network: objects, factories, registry names and import paths train, evaluate,
+export, resume and predict, in this process and in a fresh one."""
+
 import json
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from PIL import Image
 from torch import nn
 
 import cifarkit as ck
-from cifarkit.cli import main
 from cifarkit.base import ConfigError
+from cifarkit.cli import main
 
 STUDENT_NET = textwrap.dedent('''
     import torch.nn.functional as F
@@ -21,7 +22,8 @@ STUDENT_NET = textwrap.dedent('''
 
 
     class Net(nn.Module):
-        """Written the way a student writes one: functional pools, no dropout argument, log_softmax output."""
+        """Written the way a student writes one: functional pools, no dropout argument, log_softmax
+        output."""
 
         def __init__(self, width=8):
             super().__init__()
@@ -48,8 +50,17 @@ class TinyNet(nn.Module):
 
 
 def cfg_for(tmp_path, **kw):
-    base = dict(epochs=1, batch_size=50, lr=0.05, progress=False, out=str(tmp_path / "run"), precision="fp32",
-                eval_batch_size=50, tta="none", lookahead=False)
+    base = dict(
+        epochs=1,
+        batch_size=50,
+        lr=0.05,
+        progress=False,
+        out=str(tmp_path / "run"),
+        precision="fp32",
+        eval_batch_size=50,
+        tta="none",
+        lookahead=False,
+    )
     return ck.TrainConfig(**{**base, **kw})
 
 
@@ -74,7 +85,8 @@ def test_fit_trains_an_object_in_place_and_says_how_to_rebuild(tmp_path, learnab
     net = TinyNet()
     before = net.conv.weight.detach().clone()
     r = ck.fit(cfg_for(tmp_path), data=learnable_data, model=net)
-    assert r.model is net and not torch.equal(before, net.conv.weight)  # the student's object was trained
+    # the student's object was trained
+    assert r.model is net and not torch.equal(before, net.conv.weight)
     assert "a fresh process" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert saved == "test_byo_network:TinyNet"  # importable class: recorded as an import path
@@ -86,11 +98,15 @@ def test_fit_trains_an_object_in_place_and_says_how_to_rebuild(tmp_path, learnab
 
 
 @pytest.mark.slow  # a fresh Python process
-def test_a_notebook_class_is_recorded_as_an_object_and_refused_in_a_fresh_process(tmp_path, learnable_data, capsys):
+def test_a_notebook_class_is_recorded_as_an_object_and_refused_in_a_fresh_process(
+    tmp_path, learnable_data, capsys
+):
     Local = type("Local", (TinyNet,), {"__module__": "__main__"})
     ck.fit(cfg_for(tmp_path), data=learnable_data, model=Local)  # a zero-argument factory
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "object:Local"
-    code, _, err = run(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", "unused"], capsys)
+    code, _, err = run(
+        ["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", "unused"], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and "import path" in err
     # Given the network again, the same checkpoint evaluates and resumes.
     model, cfg, _ = ck.model_from_checkpoint(tmp_path / "run" / "last.pt", model=Local())
@@ -107,52 +123,106 @@ def test_register_twice_replaces_and_constructors_need_no_dropout(tmp_path, lear
 
 
 @pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
-def test_import_path_trains_evaluates_exports_summarises_and_resumes(tmp_path, net_file, tree, capsys):
+def test_import_path_trains_evaluates_exports_summarises_and_resumes(
+    tmp_path, net_file, tree, capsys
+):
     spec = f"{net_file}:Net(width=6)"
     out = tmp_path / "run"
-    common = ["--data", str(tree), "--no-progress", "--precision", "fp32", "--batch-size", "10", "--tta", "none",
-              "--no-lookahead"]
-    code, stdout, err = run(["train", "--model", spec, "--epochs", "2", "--out", str(out), *common], capsys)
+    common = [
+        "--data",
+        str(tree),
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "10",
+        "--tta",
+        "none",
+        "--no-lookahead",
+    ]
+    code, stdout, err = run(
+        ["train", "--model", spec, "--epochs", "2", "--out", str(out), *common], capsys
+    )
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["model"] == spec
     res = json.loads((out / "results.json").read_text())
     line = f"Accuracy: {res['single_view_correct']}/20"
-    code, stdout, _ = run(["evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tree)], capsys)
+    code, stdout, _ = run(
+        ["evaluate", "--checkpoint", str(out / "last.pt"), "--data", str(tree)], capsys
+    )
     assert code == 0 and line in stdout
-    assert run(["export", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "slim.pt")], capsys)[0] == 0
+    assert (
+        run(
+            ["export", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "slim.pt")],
+            capsys,
+        )[0]
+        == 0
+    )
     code, stdout, _ = run(["summary", "--checkpoint", str(tmp_path / "slim.pt")], capsys)
     assert code == 0 and "dilated conv" in stdout and "conv2" in stdout
     # A fresh process rebuilds the network from the recorded import path.
-    proc = subprocess.run([sys.executable, "-m", "cifarkit", "evaluate", "--checkpoint", str(tmp_path / "slim.pt"),
-                           "--data", str(tree)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cifarkit",
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "slim.pt"),
+            "--data",
+            str(tree),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and line in proc.stdout, proc.stderr
     # --resume with another network is refused, not ignored.
-    code, _, err = run(["train", "--resume", str(out / "last.pt"), "--model", "compact", *common], capsys)
+    code, _, err = run(
+        ["train", "--resume", str(out / "last.pt"), "--model", "compact", *common], capsys
+    )
     assert code == 2 and "refusing to change model" in err and err.count("\n") == 1
 
 
 def test_bad_import_paths_are_one_line(tmp_path, net_file, capsys):
-    for spec, needle in ((f"{tmp_path}/nope.py:Net", "model file not found"), (f"{net_file}:Nope", "has no 'Nope'"),
-                         ("no_such_module_xyz:Net", "cannot import module"), (f"{net_file}:Net(width=)", "bad model")):
+    for spec, needle in (
+        (f"{tmp_path}/nope.py:Net", "model file not found"),
+        (f"{net_file}:Nope", "has no 'Nope'"),
+        ("no_such_module_xyz:Net", "cannot import module"),
+        (f"{net_file}:Net(width=)", "bad model"),
+    ):
         code, _, err = run(["summary", "--model", spec], capsys)
         assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
 def test_predict_any_image_top3_and_one_line_errors(tmp_path, tree, capsys):
-    run(["train", "--dry-run", "--data", str(tree), "--out", str(tmp_path / "r"), "--no-progress"], capsys)
+    run(
+        ["train", "--dry-run", "--data", str(tree), "--out", str(tmp_path / "r"), "--no-progress"],
+        capsys,
+    )
     big = tmp_path / "big.png"
     Image.new("RGBA", (100, 60), (200, 30, 30, 255)).save(big)
     small = tmp_path / "small.jpg"
     Image.new("RGB", (32, 32), (20, 90, 200)).save(small)
-    code, out, err = run(["predict", "--checkpoint", str(tmp_path / "r" / "last.pt"), str(big), str(small)], capsys)
+    code, out, err = run(
+        ["predict", "--checkpoint", str(tmp_path / "r" / "last.pt"), str(big), str(small)], capsys
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].count("%") == 3 and "resized from 100x60 to 32x32" in lines[0]
+    assert (
+        len(lines) == 2 and lines[0].count("%") == 3 and "resized from 100x60 to 32x32" in lines[0]
+    )
     assert "converted from RGBA" in lines[0] and "resized" not in lines[1]
     p = ck.predict_image(ck.model_from_checkpoint(tmp_path / "r" / "last.pt")[0], small)
-    assert len(p.top) == 3 and abs(sum(v for _, v in p.top)) <= 1.0 + 1e-6 and p.top[0][1] >= p.top[1][1]
+    assert (
+        len(p.top) == 3
+        and abs(sum(v for _, v in p.top)) <= 1.0 + 1e-6
+        and p.top[0][1] >= p.top[1][1]
+    )
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     for path, needle in ((tmp_path / "missing.png", "image not found"), (bad, "cannot read image")):
-        code, _, err = run(["predict", "--checkpoint", str(tmp_path / "r" / "last.pt"), str(path)], capsys)
+        code, _, err = run(
+            ["predict", "--checkpoint", str(tmp_path / "r" / "last.pt"), str(path)], capsys
+        )
         assert code == 2 and needle in err and err.count("\n") == 1, err

@@ -1,4 +1,6 @@
-"""checkpoint.py: one-line errors for failed writes (the previous file intact) and for unreadable checkpoints."""
+"""checkpoint.py: one-line errors for failed writes (the previous file intact) and for unreadable
+checkpoints."""
+
 import errno
 import io
 import os
@@ -9,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cifarkit.runfolder.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cifarkit.atomic import WriteError, atomic_write, atomic_write_json, atomic_write_text
 from cifarkit.base import CifarkitError
+from cifarkit.runfolder.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def ckpt_state(epoch: int, numel: int = 4) -> dict:
@@ -30,22 +32,35 @@ def one_line(e: pytest.ExceptionInfo, *needles: str) -> str:
     return msg
 
 
-# ------------------------------------------------------------------------------ failed writes, injected
+# ------------------------------------------------------------------------------ failed writes,
+# injected
 def fail_with(code: int):
     def fail(*a, **k):
         raise OSError(code, os.strerror(code))
+
     return fail
 
 
-@pytest.mark.parametrize("code, needle", [
-    (errno.ENOSPC, "no space left on device while writing {path}; the previous checkpoint is intact"),
-    (errno.EDQUOT, "disk quota exceeded while writing {path}; the previous checkpoint is intact"),
-    (errno.EROFS, "is on a read-only file system: cannot write last.pt"),
-    (errno.EACCES, "permission denied writing {path}"),
-    (errno.EPERM, "permission denied writing {path}"),
-    (errno.EIO, "cannot write {path}: Input/output error; the previous checkpoint is intact"),
-])
-def test_fsync_failure_is_one_line_and_keeps_the_old_checkpoint(tmp_path, monkeypatch, code, needle):
+@pytest.mark.parametrize(
+    "code, needle",
+    [
+        (
+            errno.ENOSPC,
+            "no space left on device while writing {path}; the previous checkpoint is intact",
+        ),
+        (
+            errno.EDQUOT,
+            "disk quota exceeded while writing {path}; the previous checkpoint is intact",
+        ),
+        (errno.EROFS, "is on a read-only file system: cannot write last.pt"),
+        (errno.EACCES, "permission denied writing {path}"),
+        (errno.EPERM, "permission denied writing {path}"),
+        (errno.EIO, "cannot write {path}: Input/output error; the previous checkpoint is intact"),
+    ],
+)
+def test_fsync_failure_is_one_line_and_keeps_the_old_checkpoint(
+    tmp_path, monkeypatch, code, needle
+):
     path = tmp_path / "last.pt"
     save_checkpoint(path, ckpt_state(1))
     monkeypatch.setattr("cifarkit.atomic.os.fsync", fail_with(code))
@@ -58,7 +73,8 @@ def test_fsync_failure_is_one_line_and_keeps_the_old_checkpoint(tmp_path, monkey
 
 
 class FillsUp(io.RawIOBase):
-    """A file on a disk with `room` bytes left: writes beyond it fail with ENOSPC, as a real full disk does."""
+    """A file on a disk with `room` bytes left: writes beyond it fail with ENOSPC, as a real full
+    disk does."""
 
     def __init__(self, f, room: int):
         self.f, self.room = f, room
@@ -83,13 +99,15 @@ class FillsUp(io.RawIOBase):
 
 @pytest.mark.parametrize("room", [0, 100, 5000])
 def test_torch_save_on_a_full_disk_says_no_space(tmp_path, monkeypatch, room):
-    """torch.save turns the ENOSPC into RuntimeError('[enforce fail at inline_container.cc] unexpected pos');
-    the message must still say no space left."""
+    """torch.save turns the ENOSPC into RuntimeError('[enforce fail at inline_container.cc]
+    unexpected pos'); the message must still say no space left."""
     path = tmp_path / "last.pt"
     save_checkpoint(path, ckpt_state(1))
     real_fdopen = os.fdopen
-    monkeypatch.setattr("cifarkit.atomic.os.fdopen",
-                        lambda fd, mode: io.BufferedWriter(FillsUp(real_fdopen(fd, mode, buffering=0), room)))
+    monkeypatch.setattr(
+        "cifarkit.atomic.os.fdopen",
+        lambda fd, mode: io.BufferedWriter(FillsUp(real_fdopen(fd, mode, buffering=0), room)),
+    )
     with pytest.raises(WriteError) as e:
         save_checkpoint(path, ckpt_state(2, numel=100_000))
     one_line(e, f"no space left on device while writing {path}; the previous checkpoint is intact")
@@ -99,9 +117,12 @@ def test_torch_save_on_a_full_disk_says_no_space(tmp_path, monkeypatch, room):
 
 
 def test_torch_writer_failure_without_errno(tmp_path, monkeypatch):
-    """When torch lost the OSError altogether, the free space decides: full disk -> no space, else 'cannot write'."""
+    """When torch lost the OSError altogether, the free space decides: full disk -> no space, else
+    'cannot write'."""
+
     def torn(f):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
     with pytest.raises(WriteError) as e:
         atomic_write(tmp_path / "last.pt", torn)
     one_line(e, f"cannot write {tmp_path / 'last.pt'}: Input/output error")
@@ -130,12 +151,14 @@ def test_text_files_say_previous_version_or_not_created(tmp_path, monkeypatch):
 def test_failures_before_and_after_the_write(tmp_path, monkeypatch):
     path = tmp_path / "best.pt"
     save_checkpoint(path, ckpt_state(1))
-    monkeypatch.setattr("cifarkit.atomic.tempfile.mkstemp", fail_with(errno.EACCES))  # cannot create the temp
+    # cannot create the temp
+    monkeypatch.setattr("cifarkit.atomic.tempfile.mkstemp", fail_with(errno.EACCES))
     with pytest.raises(WriteError) as e:
         save_checkpoint(path, ckpt_state(2))
     one_line(e, f"permission denied writing {path}")
     monkeypatch.undo()
-    monkeypatch.setattr("cifarkit.atomic.os.replace", fail_with(errno.EIO))  # cannot rename it into place
+    # cannot rename it into place
+    monkeypatch.setattr("cifarkit.atomic.os.replace", fail_with(errno.EIO))
     with pytest.raises(WriteError):
         save_checkpoint(path, ckpt_state(2))
     monkeypatch.undo()
@@ -144,9 +167,11 @@ def test_failures_before_and_after_the_write(tmp_path, monkeypatch):
 
 def test_bugs_are_not_disguised_as_disk_errors(tmp_path):
     path = tmp_path / "x.txt"
+
     def buggy(f):
         f.write(b"partial")
         raise RuntimeError("boom")
+
     with pytest.raises(RuntimeError, match="^boom$"):
         atomic_write(path, buggy)
     with pytest.raises(TypeError):
@@ -158,12 +183,14 @@ def test_interrupted_write_leaves_no_temp_file(tmp_path):
     def interrupted(f):
         f.write(b"x" * 1000)
         raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         atomic_write(tmp_path / "last.pt", interrupted)
     assert list(tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------------------ failed writes, for real
+# ------------------------------------------------------------------------------ failed writes, for
+# real
 @pytest.fixture
 def tiny_tmpfs(mount_tmpfs):
     """A real 1 MiB tmpfs (conftest's mount_tmpfs); skipped where mounting is not permitted."""
@@ -181,7 +208,8 @@ def test_real_full_disk(tiny_tmpfs):
         atomic_write_text(tiny_tmpfs / "history.csv", "x" * 2_000_000)
     one_line(e, "no space left on device", "history.csv", "it was not created")
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["last.pt"]
-    save_checkpoint(path, ckpt_state(3, numel=50_000))  # space came back with the temp files: writes work again
+    # space came back with the temp files: writes work again
+    save_checkpoint(path, ckpt_state(3, numel=50_000))
     assert_intact(path, 3)
 
 
@@ -196,7 +224,8 @@ def test_real_read_only_mount(tiny_tmpfs):
     assert load_checkpoint(path)["epoch"] == 1
 
 
-# ------------------------------------------------------------------------------ unreadable checkpoints
+# ------------------------------------------------------------------------------ unreadable
+# checkpoints
 class Custom:
     def __init__(self):
         self.a = 1
@@ -216,8 +245,12 @@ def assert_refused(path: Path, needle: str) -> str:
 
 
 def test_random_bytes_empty_and_text(tmp_path):
-    for name, data in (("random.pt", os.urandom(5000)), ("empty.pt", b""), ("text.pt", b"hello"),
-                       ("zeros.pt", b"\0" * 100)):
+    for name, data in (
+        ("random.pt", os.urandom(5000)),
+        ("empty.pt", b""),
+        ("text.pt", b"hello"),
+        ("zeros.pt", b"\0" * 100),
+    ):
         (tmp_path / name).write_bytes(data)
         assert_refused(tmp_path / name, "cannot read checkpoint")
         assert "not a torch file, or truncated" in assert_refused(tmp_path / name, "")
@@ -245,7 +278,9 @@ def test_pickled_code_is_refused_in_one_line(tmp_path, obj, name, monkeypatch):
 
 def test_plain_pickle_prints_no_warning(tmp_path, recwarn):
     import pickle
-    (tmp_path / "p.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))  # draws torch's protocol warning
+
+    # draws torch's protocol warning
+    (tmp_path / "p.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
     assert_refused(tmp_path / "p.pt", "not a torch file")
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 

@@ -1,4 +1,6 @@
-"""load_cifar10 on tiny datasets written in every supported format, the cache, and every bad input."""
+"""load_cifar10 on tiny datasets written in every supported format, the cache, and every bad
+input."""
+
 import gzip
 import os
 import re
@@ -13,21 +15,26 @@ import torch
 
 import cifarkit.data.imagefiles as imagefiles
 from cifarkit.base import CLASSES
-from cifarkit.data.dataset import Cifar10, DataError
-from cifarkit.data.splits import balanced_indices, split_train_val
+from cifarkit.data.dataset import Cifar10, DataError, data_warnings, fingerprint
 from cifarkit.data.sources import load_cifar10
-from cifarkit.data.dataset import data_warnings, fingerprint
+from cifarkit.data.splits import balanced_indices, split_train_val
+
 from conftest import tiny_arrays, write_archive, write_batches, write_tree
 
 
 def expected():
     a = tiny_arrays()
-    return {s: (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y)) for s, (x, y) in a.items()}
+    return {
+        s: (torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(y))
+        for s, (x, y) in a.items()
+    }
 
 
 def assert_exact(d):
     exp = expected()
-    assert torch.equal(d.train_images, exp["train"][0]) and torch.equal(d.train_labels, exp["train"][1])
+    assert torch.equal(d.train_images, exp["train"][0]) and torch.equal(
+        d.train_labels, exp["train"][1]
+    )
     assert torch.equal(d.test_images, exp["test"][0]) and torch.equal(d.test_labels, exp["test"][1])
     assert d.classes == CLASSES
 
@@ -57,20 +64,24 @@ def test_archives_load_exactly(tmp_path, tree, name):
 
 def test_torchvision_batches_folder(tmp_path):
     write_batches(tmp_path / "root" / "cifar-10-batches-py", tiny_arrays())
-    assert_exact(load_cifar10(tmp_path / "root"))        # the folder holding cifar-10-batches-py
+    assert_exact(load_cifar10(tmp_path / "root"))  # the folder holding cifar-10-batches-py
     assert_exact(load_cifar10(tmp_path / "root" / "cifar-10-batches-py"))  # or the folder itself
 
 
 def test_default_source_uses_existing_torchvision_copy_without_download(tmp_path, monkeypatch):
     write_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
-    monkeypatch.setattr("torchvision.datasets.CIFAR10.download", lambda self: pytest.fail("downloaded"))
+    monkeypatch.setattr(
+        "torchvision.datasets.CIFAR10.download", lambda self: pytest.fail("downloaded")
+    )
     assert_exact(load_cifar10(None, root=tmp_path))
 
 
 def test_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
     def refuse(*a, **k):
-        (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"partial")  # what an aborted download leaves
+        # what an aborted download leaves
+        (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"partial")
         raise urllib.error.URLError("no internet")
+
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", refuse)
     with pytest.raises(DataError, match=r"could not download CIFAR-10.*--data PATH"):
         load_cifar10(None, root=tmp_path)
@@ -89,6 +100,7 @@ def test_changed_source_is_decoded_again(tree, private_cache):
     load_cifar10(tree, progress=False)
     img = np.full((32, 32, 3), 7, np.uint8)
     from PIL import Image
+
     Image.fromarray(img).save(tree / "train" / "cat" / "9999.png")
     d = load_cifar10(tree, progress=False)
     assert len(d.train_labels) == 31
@@ -102,19 +114,23 @@ def test_corrupt_cache_file_is_rebuilt(tree, private_cache):
     assert_exact(load_cifar10(tree, progress=False))
 
 
-def test_a_truncated_cache_in_a_read_only_cache_folder_still_loads(tree, private_cache, monkeypatch):
+def test_a_truncated_cache_in_a_read_only_cache_folder_still_loads(
+    tree, private_cache, monkeypatch
+):
     load_cifar10(tree, progress=False)
     (cache_file,) = private_cache.glob("*.npz")
     cache_file.write_bytes(cache_file.read_bytes()[:100])
 
     def read_only(*a, **k):  # what a read-only cache folder does (root would ignore a chmod)
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(Path, "unlink", read_only)
     monkeypatch.setattr("cifarkit.atomic.tempfile.mkstemp", read_only)
     assert_exact(load_cifar10(tree, progress=False))
 
 
-# ---------------------------------------------------------------- bad input: one line, nothing written
+# ---------------------------------------------------------------- bad input: one line, nothing
+# written
 def no_cache_written(cache):
     return not cache.exists() or not any(cache.iterdir())
 
@@ -133,7 +149,10 @@ def test_folder_without_train_and_test(tmp_path):
 
 def test_wrong_class_folders(tree, private_cache):
     (tree / "train" / "cat").rename(tree / "train" / "kitty")
-    with pytest.raises(DataError, match=r"not the ten CIFAR-10 classes \(unexpected: kitty; missing or empty: cat\)"):
+    with pytest.raises(
+        DataError,
+        match=r"not the ten CIFAR-10 classes \(unexpected: kitty; missing or empty: cat\)",
+    ):
         load_cifar10(tree, progress=False)
     assert no_cache_written(private_cache)
 
@@ -165,6 +184,7 @@ def test_truncated_image_is_named(tmp_path, private_cache):
 
 def test_wrong_image_size(tree):
     from PIL import Image
+
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tree / "train" / "cat" / "big.png")
     with pytest.raises(DataError, match=r"big\.png is 64x64, expected 32x32"):
         load_cifar10(tree, progress=False)
@@ -174,7 +194,9 @@ def test_wrong_image_size(tree):
 def test_truncated_archive(tmp_path, tree, private_cache, name):
     arc = write_archive(tree, tmp_path / name)
     arc.write_bytes(arc.read_bytes()[: arc.stat().st_size // 2])
-    with pytest.raises(DataError, match=r"(truncated or corrupt archive|cannot read image|not the ten)"):
+    with pytest.raises(
+        DataError, match=r"(truncated or corrupt archive|cannot read image|not the ten)"
+    ):
         load_cifar10(arc, progress=False)
     assert no_cache_written(private_cache)
 
@@ -195,18 +217,21 @@ def test_corrupt_batch_file(tmp_path):
 def test_batch_file_with_code_is_refused(tmp_path):
     import os
     import pickle
+
     folder = write_batches(tmp_path / "cifar-10-batches-py", tiny_arrays())
 
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
     (folder / "test_batch").write_bytes(pickle.dumps({"data": Evil(), "labels": [0]}))
     with pytest.raises(DataError, match="corrupt CIFAR-10 batch file"):
         load_cifar10(tmp_path)
     assert not (tmp_path / "pwned").exists()
 
 
-# ---------------------------------------------------------------- loads, but warns: one line each on stderr
+# ---------------------------------------------------------------- loads, but warns: one line each
+# on stderr
 def warnings_of(capfd) -> list[str]:
     err = capfd.readouterr().err
     return [line for line in err.splitlines() if line.startswith("warning:")]
@@ -215,8 +240,11 @@ def warnings_of(capfd) -> list[str]:
 def test_small_dataset_warns_once_with_its_counts(tree, capfd):
     load_cifar10(tree, progress=False)
     (line,) = warnings_of(capfd)
-    assert line == (f"warning: {tree} holds 30 train / 20 test images (train per class 3..3, test per class 2..2); "
-                    "the full CIFAR-10 has 5,000 / 1,000 per class")
+    assert (
+        line
+        == f"warning: {tree} holds 30 train / 20 test images (train per class 3..3, test per class"
+        " 2..2); the full CIFAR-10 has 5,000 / 1,000 per class"
+    )
     load_cifar10(tree, progress=False)  # from the cache: the same warning
     assert warnings_of(capfd) == [line]
 
@@ -225,11 +253,15 @@ def test_full_counts_do_not_warn():
     labels = lambda n: torch.arange(10).repeat_interleave(n)  # noqa: E731
     empty = torch.zeros(0, 3, 32, 32, dtype=torch.uint8)
     assert data_warnings(Cifar10(empty, labels(5000), empty, labels(1000), source="x")) == []
-    assert "train per class 4,999..5,000" in data_warnings(Cifar10(empty, labels(5000)[1:], empty, labels(1000)))[0]
+    assert (
+        "train per class 4,999..5,000"
+        in data_warnings(Cifar10(empty, labels(5000)[1:], empty, labels(1000)))[0]
+    )
 
 
 def cut_before_last_member(archive: Path) -> int:
-    """Rewrite a tar (or .tar.gz) as if cut exactly between its last two members; returns the images left."""
+    """Rewrite a tar (or .tar.gz) as if cut exactly between its last two members; returns the images
+    left."""
     with tarfile.open(archive, "r:*") as tf:
         members = tf.getmembers()
     cut = members[-1].offset  # the last member's header: everything before it is whole members
@@ -276,7 +308,8 @@ def test_fingerprint_names_the_content(tmp_path, tree):
     a = load_cifar10(tree, progress=False)
     fp = fingerprint(a)
     assert re.fullmatch(r"30\+20:[0-9a-f]{16}", fp)
-    assert fingerprint(load_cifar10(write_archive(tree, tmp_path / "c.tar"), progress=False)) == fp  # same pixels
+    # same pixels
+    assert fingerprint(load_cifar10(write_archive(tree, tmp_path / "c.tar"), progress=False)) == fp
     a.train_images[7, 1, 20, 3] ^= 1  # one pixel, one bit
     assert fingerprint(a) != fp
     a.train_images[7, 1, 20, 3] ^= 1
@@ -306,22 +339,28 @@ def test_split_train_val_is_disjoint_and_complete():
         split_train_val(images, labels, 500)
 
 
-# ---------------------------------------------------------------- odd names and links in a tree (issue 28)
+# ---------------------------------------------------------------- odd names and links in a tree
+# (issue 28)
 def test_a_file_name_that_is_not_utf8_loads(tree):
     from cifarkit.data.sources import load_cifar10
 
     before = len(load_cifar10(str(tree), progress=False).train_labels)
     src = next((tree / "train" / "cat").iterdir())
-    (tree / "train" / "cat").joinpath(os.fsdecode(b"\xff\xfe-odd.png")).write_bytes(src.read_bytes())
+    (tree / "train" / "cat").joinpath(os.fsdecode(b"\xff\xfe-odd.png")).write_bytes(
+        src.read_bytes()
+    )
     assert len(load_cifar10(str(tree), progress=False).train_labels) == before + 1
 
 
-@pytest.mark.parametrize("link, target, needle", [
-    ("loop", "..", "a symbolic link to a folder above it"),
-    ("self", "self", "loops back on itself"),
-    ("self.png", "self.png", "loops back on itself"),
-    ("gone.png", "/nonexistent/gone.png", "which does not exist"),
-])
+@pytest.mark.parametrize(
+    "link, target, needle",
+    [
+        ("loop", "..", "a symbolic link to a folder above it"),
+        ("self", "self", "loops back on itself"),
+        ("self.png", "self.png", "loops back on itself"),
+        ("gone.png", "/nonexistent/gone.png", "which does not exist"),
+    ],
+)
 def test_a_link_that_loops_or_leads_nowhere_is_one_line(tree, link, target, needle):
     from cifarkit.data.sources import load_cifar10
 

@@ -1,5 +1,8 @@
-"""Images decoded to the pixels a viewer shows (bit depth, transparency, EXIF), or refused in one line;
-decoding bounded in memory and time; the cache key covers what was read (symlinked class folders too)."""
+"""Images decoded to the pixels a viewer shows (bit depth, transparency, EXIF), or refused in one
+line; decoding bounded in memory and time; the cache key covers what was read (symlinked class
+folders too).
+"""
+
 import io
 import os
 import signal
@@ -18,6 +21,7 @@ from cifarkit.base import CLASSES
 from cifarkit.data.dataset import DataError
 from cifarkit.data.sources import load_cifar10
 from cifarkit.inference import ImageError, load_image
+
 from conftest import write_archive
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="signals")
@@ -30,28 +34,35 @@ def png(array, mode=None) -> bytes:
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped_to_white():
-    ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    # 0 .. 65472
+    ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)
     im, notes = decode.open_rgb(png(ramp), "ramp.png", size=(32, 32))
     a = np.asarray(im)
     assert a.shape == (32, 32, 3) and (a[..., 0] == a[..., 1]).all()
     expect = np.round(ramp.astype(np.float64) * 255 / 65535)
-    assert np.abs(a[..., 0].astype(int) - expect).max() <= 1 and a.mean() == pytest.approx(expect.mean(), abs=1)
+    assert np.abs(a[..., 0].astype(int) - expect).max() <= 1 and a.mean() == pytest.approx(
+        expect.mean(), abs=1
+    )
     assert notes == ["converted from I;16"]
 
 
 def test_transparency_is_laid_over_white_and_deep_float_images_are_scaled():
     rgba = np.zeros((32, 32, 4), np.uint8)
-    rgba[:16, :, :3], rgba[:16, :, 3] = (200, 0, 0), 255  # top half opaque red, bottom half transparent black
+    # top half opaque red, bottom half transparent black
+    rgba[:16, :, :3], rgba[:16, :, 3] = (200, 0, 0), 255
     a = np.asarray(decode.open_rgb(png(rgba, "RGBA"), "t.png")[0])
     assert (a[:16] == (200, 0, 0)).all() and (a[16:] == 255).all()
     f = Image.fromarray(np.full((32, 32), 0.5, np.float32), "F")
     buf = io.BytesIO()
     f.save(buf, "TIFF")
-    assert np.asarray(decode.open_rgb(buf.getvalue(), "f.tif")[0]).mean() == pytest.approx(128, abs=1)
+    assert np.asarray(decode.open_rgb(buf.getvalue(), "f.tif")[0]).mean() == pytest.approx(
+        128, abs=1
+    )
 
 
 def test_exif_orientation_stands_a_phone_photo_up(tmp_path):
-    # A 40x20 landscape sensor image tagged "rotate 90 CW" (orientation 6): a viewer shows it 20 wide, 40 high.
+    # A 40x20 landscape sensor image tagged "rotate 90 CW" (orientation 6): a viewer shows it 20
+    # wide, 40 high.
     pixels = np.zeros((20, 40, 3), np.uint8)
     pixels[:, :20] = 255  # the left half white: after the rotation, the top half is white
     img = Image.fromarray(pixels)
@@ -71,7 +82,8 @@ def test_a_decompression_bomb_and_an_oversized_file_are_one_line(tmp_path, monke
     bomb = tmp_path / "bomb.png"
     Image.new("L", (3000, 3000)).save(bomb)  # 9 megapixels in ~10 KB on disk
     assert bomb.stat().st_size < 100_000
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000_000)  # PIL's bomb check at 2x this, as for 400 MP
+    # PIL's bomb check at 2x this, as for 400 MP
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4_000_000)
     with pytest.raises(ImageError) as e:
         load_image(bomb)
     assert "too large to decode" in str(e.value) and "\n" not in str(e.value)
@@ -82,19 +94,24 @@ def test_a_decompression_bomb_and_an_oversized_file_are_one_line(tmp_path, monke
         load_image(tmp_path / "big.png")
 
 
-def test_an_oversized_archive_member_is_refused_before_it_is_read(tmp_path, tree, monkeypatch, private_cache):
+def test_an_oversized_archive_member_is_refused_before_it_is_read(
+    tmp_path, tree, monkeypatch, private_cache
+):
     archive = write_archive(tree, tmp_path / "c.zip")
     with zipfile.ZipFile(archive, "a") as zf:
         zf.writestr("cifar/train/cat/huge.png", b"\0" * 300_000)  # deflates to almost nothing
     monkeypatch.setattr(imagefiles, "MAX_FILE_BYTES", 100_000)
     reads = []
     real = zipfile.ZipFile.read
-    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, *a: reads.append(name) or real(self, name, *a))
+    monkeypatch.setattr(
+        zipfile.ZipFile, "read", lambda self, name, *a: reads.append(name) or real(self, name, *a)
+    )
     with pytest.raises(DataError) as e:
         load_cifar10(archive, progress=False)
     msg = str(e.value)
     assert "huge.png is 0 MiB: too large for an image file" in msg and "\n" not in msg
-    assert "cifar/train/cat/huge.png" not in reads  # refused from its header, never read into memory
+    # refused from its header, never read into memory
+    assert "cifar/train/cat/huge.png" not in reads
 
 
 def test_an_odd_image_in_the_training_data_is_decoded_right(tmp_path, tree, private_cache):
@@ -104,7 +121,8 @@ def test_an_odd_image_in_the_training_data_is_decoded_right(tmp_path, tree, priv
     target.write_bytes(png(gray16))
     d = load_cifar10(tree, progress=False)
     i = [k for k, y in enumerate(d.train_labels.tolist()) if y == CLASSES.index("cat")][0]
-    assert d.train_images[i].float().mean().item() == pytest.approx(128, abs=1)  # not 255 (PIL's clip)
+    # not 255 (PIL's clip)
+    assert d.train_images[i].float().mean().item() == pytest.approx(128, abs=1)
 
 
 def test_the_cache_key_looks_inside_a_symlinked_class_folder(tmp_path, tree, private_cache):
@@ -144,8 +162,9 @@ def test_a_name_with_a_newline_stays_on_one_line(tmp_path):
     assert torch.is_tensor(load_image(Image.new("RGBA", (8, 8)))[0])
 
 
-def test_an_oversized_file_is_refused_before_it_is_read_in_a_tree_and_in_predict(tmp_path, tree, monkeypatch,
-                                                                                  private_cache):
+def test_an_oversized_file_is_refused_before_it_is_read_in_a_tree_and_in_predict(
+    tmp_path, tree, monkeypatch, private_cache
+):
     big = tree / "train" / "dog" / "0005.png"
     big.write_bytes(png(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
     monkeypatch.setattr(decode, "MAX_FILE_BYTES", big.stat().st_size - 1)

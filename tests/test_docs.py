@@ -1,5 +1,6 @@
-"""README.md and docs/ as artifacts: links and images resolve, the results table is read from the committed
-results.json files it names, and the commands shown parse (the cheap ones run)."""
+"""README.md and docs/ as artifacts: links and images resolve, the results table is read from the
+committed results.json files it names, and the commands shown parse (the cheap ones run)."""
+
 import json
 import re
 import shlex
@@ -40,19 +41,32 @@ def test_every_docs_file_says_what_it_is_for(doc):
 
 
 def group(name: str) -> list[dict]:
-    runs = [json.loads(f.read_text()) for f in sorted((ROOT / "checkpoints").glob(f"{name}-s[0-9]/results.json"))]
+    runs = [
+        json.loads(f.read_text())
+        for f in sorted((ROOT / "checkpoints").glob(f"{name}-s[0-9]/results.json"))
+    ]
     assert len(runs) == 3, name
     return runs
 
 
-@pytest.mark.parametrize("name, row_start", [("seed-net", "| Assignment 7 (467,098 parameters) |"),
-                                             ("compact", "| compact (586,328 parameters) |")])
+@pytest.mark.parametrize(
+    "name, row_start",
+    [
+        ("seed-net", "| Assignment 7 (467,098 parameters) |"),
+        ("compact", "| compact (586,328 parameters) |"),
+    ],
+)
 def test_results_table_rows_are_the_committed_runs(name, row_start):
-    (row,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(row_start)]
+    (row,) = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(row_start)
+    ]
     runs = group(name)
     for key in ("single_view_accuracy", "tta_accuracy"):
         accs = [r[key] for r in runs]
-        assert f"**{statistics.mean(accs):.2f}% +- {statistics.stdev(accs):.2f}**" in row, (key, row)
+        assert f"**{statistics.mean(accs):.2f}% +- {statistics.stdev(accs):.2f}**" in row, (
+            key,
+            row,
+        )
     minutes = [r["wall_seconds"] / 60 for r in runs]
     assert f"{min(minutes):.1f}-{max(minutes):.1f} min" in row
     assert f"| {runs[0]['epochs']} |" in row and f"{runs[0]['parameters']:,} parameters" in row
@@ -66,9 +80,20 @@ def commands() -> list[list[str]]:
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 line = line.split("#")[0].strip()
-                if line.startswith(("python -m cifarkit ", "CIFARKIT_DATA=")) and " cifarkit " in line:
-                    argv = shlex.split(line[line.index("python -m cifarkit") + len("python -m cifarkit"):])
-                    found.append([a.replace("$D", "data.tar.gz").replace("$V1", "") for a in argv if a != "$V1"])
+                if (
+                    line.startswith(("python -m cifarkit ", "CIFARKIT_DATA="))
+                    and " cifarkit " in line
+                ):
+                    argv = shlex.split(
+                        line[line.index("python -m cifarkit") + len("python -m cifarkit") :]
+                    )
+                    found.append(
+                        [
+                            a.replace("$D", "data.tar.gz").replace("$V1", "")
+                            for a in argv
+                            if a != "$V1"
+                        ]
+                    )
     return found
 
 
@@ -92,13 +117,44 @@ def test_the_notebook_run_quoted_in_the_readme_is_the_committed_one():
     r = json.loads((ROOT / "checkpoints" / "notebook" / "results.json").read_text())
     readme = " ".join((ROOT / "README.md").read_text().split())
     # the machine in the words the README uses, from what results.json recorded
-    machine = next(words for kind, words in (("AMX-BF16", "2-core Intel Xeon (Sapphire Rapids, AMX)"),
-                                              ("AVX-512-BF16", "2-core AMD EPYC Zen 4 (AVX-512-BF16)"),
-                                              ("AVX2", "2-core AMD EPYC Zen 3 (AVX2)")) if kind in r["hardware"])
+    machine = next(
+        words
+        for kind, words in (
+            ("AMX-BF16", "2-core Intel Xeon (Sapphire Rapids, AMX)"),
+            ("AVX-512-BF16", "2-core AMD EPYC Zen 4 (AVX-512-BF16)"),
+            ("AVX2", "2-core AMD EPYC Zen 3 (AVX2)"),
+        )
+        if kind in r["hardware"]
+    )
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(r["precision"], r["precision"])
-    assert (f"{r['single_view_accuracy']:.2f}% single view, {r['tta_accuracy']:.2f}% TTA, "
-            f"{r['wall_seconds'] / 60:.1f} min on a {machine}, {precision}") in readme
-    results_row = [line for line in (ROOT / "docs" / "results.md").read_text().splitlines()
-                   if line.startswith("| `notebook` |")]
-    assert results_row and f"| {r['single_view_accuracy']:.2f} | {r['tta_accuracy']:.2f} | {r['wall_seconds'] / 60:.1f} |" \
+    assert (
+        f"{r['single_view_accuracy']:.2f}% single view, {r['tta_accuracy']:.2f}% TTA, "
+        f"{r['wall_seconds'] / 60:.1f} min on a {machine}, {precision}" in readme
+    )
+    results_row = [
+        line
+        for line in (ROOT / "docs" / "results.md").read_text().splitlines()
+        if line.startswith("| `notebook` |")
+    ]
+    assert (
+        results_row
+        and f"| {r['single_view_accuracy']:.2f} | {r['tta_accuracy']:.2f} | "
+        f"{r['wall_seconds'] / 60:.1f} |"
         in results_row[0]
+    )
+
+
+def test_the_readme_test_facts_are_the_line_pytest_prints():
+    """The README's test facts are a `test facts:` line as the root conftest.py prints it at the end
+    of `python -m pytest` (counts, minutes, the CPU, torch), quoted whole, and it says where the
+    data must be."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## Test", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"`(test facts: [^`]+)`", section)
+    line = (
+        r"test facts: \d+ passed(, \d+ skipped)? in \d+\.\d min on a \d+-core .+ \(.+\), "
+        r"torch \d+\.\d+(\.\d+)?"
+    )
+    assert quoted and all(re.fullmatch(line, q) for q in quoted), quoted
+    assert "../shared/data/cifar10-jpg.tar.gz" in section and "CIFARKIT_DATA" in section

@@ -1,5 +1,6 @@
-"""The written findings and the timing report: generated from the run's numbers, so every number they state
-is one the inputs hold, and a re-run rewrites them."""
+"""The written findings and the timing report: generated from the run's numbers, so every number
+they state is one the inputs hold, and a re-run rewrites them."""
+
 import re
 
 import torch
@@ -23,24 +24,46 @@ def predictions(n=200, seed=0):
 
 def results_for(probs, labels, **kw):
     correct = int((probs.argmax(1) == labels).sum())
-    return {"single_view_accuracy": 100 * correct / len(labels), "single_view_correct": correct,
-            "test_total": len(labels), "epochs": 2, "tta": "flip-translate", "tta_accuracy": None, **kw}
+    return {
+        "single_view_accuracy": 100 * correct / len(labels),
+        "single_view_correct": correct,
+        "test_total": len(labels),
+        "epochs": 2,
+        "tta": "flip-translate",
+        "tta_accuracy": None,
+        **kw,
+    }
 
 
 def test_findings_state_the_runs_own_numbers():
     labels, probs = predictions()
     images = torch.randint(0, 256, (len(labels), 3, 32, 32), dtype=torch.uint8)
-    history = [{"train_accuracy": 60.0, "eval_accuracy": 55.0}, {"train_accuracy": 70.0, "eval_accuracy": 68.0}]
+    history = [
+        {"train_accuracy": 60.0, "eval_accuracy": 55.0},
+        {"train_accuracy": 70.0, "eval_accuracy": 68.0},
+    ]
     res = results_for(probs, labels)
-    text = findings(build_model("seed").eval(), res, history, images, labels, probs, None, CLASSES, k=4)
+    text = findings(
+        build_model("seed").eval(), res, history, images, labels, probs, None, CLASSES, k=4
+    )
     assert hasattr(text, "_repr_markdown_")
-    assert f"{res['single_view_accuracy']:.2f}% single view ({res['single_view_correct']}/200 test images" in text
-    (t, p, n, share), *_ = top_confusions(__import__("cifarkit").confusion_matrix(probs.argmax(1), labels), CLASSES)
-    assert (t, p) == ("cat", "dog") and f"cat taken for dog {n} times ({share:.1f}% of the cat images)" in text
+    assert (
+        f"{res['single_view_accuracy']:.2f}% single view ({res['single_view_correct']}/200 test"
+        " images" in text
+    )
+    (t, p, n, share), *_ = top_confusions(
+        __import__("cifarkit").confusion_matrix(probs.argmax(1), labels), CLASSES
+    )
+    assert (t, p) == (
+        "cat",
+        "dog",
+    ) and f"cat taken for dog {n} times ({share:.1f}% of the cat images)" in text
     assert "after 2 epochs" in text and "2.0 points above the test accuracy" in text
     assert re.search(r"Grad-CAM on the 4 most confident mistakes\*\* \(read at `c4\.1\.1`", text)
     # 200 test images decide nothing: the accuracy rule is undecided, and the conclusion says so
-    assert "No course rule fails; 1 undecided" in text and "on 200 of the 10,000 test images" in text
+    assert (
+        "No course rule fails; 1 undecided" in text and "on 200 of the 10,000 test images" in text
+    )
     assert "not overfitting" in text and "cat / dog" in text
 
 
@@ -49,7 +72,9 @@ def test_timing_report_explains_varied_epochs_and_compares_with_the_estimate():
     history = [{**base, "train_seconds": t} for t in (60.0, 38.0, 40.0, 39.0, 90.0)]
     for h in history:
         h["images_per_second"] = 50000 / h["train_seconds"]
-    text = timing_report(history, {"wall_seconds": 300.0, "hardware": "CPU: X"}, torch.device("cpu"))
+    text = timing_report(
+        history, {"wall_seconds": 300.0, "hardware": "CPU: X"}, torch.device("cpu")
+    )
     assert "epochs: 40.0-92.0 s, median 42.0 s" in text
     assert "epochs 2-5 took 40.0 to 92.0 s (2.3x) for the same work" in text
     assert "epoch 1 took 62.0 s, 1.5x the median" in text

@@ -1,4 +1,6 @@
-"""Grad-CAM: maps of the right shape and range that follow the evidence, any network, no side effects."""
+"""Grad-CAM: maps of the right shape and range that follow the evidence, any network, no side
+effects."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,24 +9,32 @@ import pytest
 import torch
 from torch import nn
 
-from cifarkit.base import CLASSES
-from cifarkit.models.seed import SeedNet
+from cifarkit.analysis.gradcam import (
+    find_target_layer,
+    gradcam,
+    gradcam_misclassified,
+)
+from cifarkit.analysis.gradcamplot import plot_gradcam
+from cifarkit.base import CLASSES, ConfigError
 from cifarkit.data.loader import normalize
-from cifarkit.base import ConfigError
-from cifarkit.analysis.gradcam import find_target_layer, gradcam, gradcam_misclassified, plot_gradcam
+from cifarkit.models.seed import SeedNet
 
 
 class LeftEyed(nn.Module):
-    """Sees only the left half of the image (the right half is zeroed in forward); bias-free convs keep
-    the right half of every feature map at zero, apart from the columns next to the seam."""
+    """Sees only the left half of the image (the right half is zeroed in forward); bias-free convs
+    keep the right half of every feature map at zero, apart from the columns next to the seam."""
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(OrderedDict(
-            stem=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU()),
-            last=nn.Conv2d(8, 8, 3, padding=1, bias=False)))
-        self.head = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(8, 10))
+        self.features = nn.Sequential(
+            OrderedDict(
+                stem=nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU()),
+                last=nn.Conv2d(8, 8, 3, padding=1, bias=False),
+            )
+        )
+        self.head = nn.Sequential(
+            nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+        )
 
     def forward(self, x):
         x = x * (torch.arange(x.shape[3], device=x.device) < x.shape[3] // 2)
@@ -46,7 +56,9 @@ class Scrambled(nn.Module):
 
 
 def images(n=6, seed=0):
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_maps_shape_range_and_follow_the_evidence():
@@ -74,12 +86,16 @@ def test_uint8_and_normalised_inputs_give_the_same_maps():
 
 def test_default_layer_is_the_last_conv_with_spatial_output_in_execution_order():
     assert find_target_layer(Scrambled(), images(1)) == "zz_late"
-    assert find_target_layer(SeedNet(), images(1)) == "c4.1.1"  # the pointwise conv of the separable conv
+    # the pointwise conv of the separable conv
+    assert find_target_layer(SeedNet(), images(1)) == "c4.1.1"
     assert find_target_layer(LeftEyed(), images(1)) == "features.last"
-    assert find_target_layer(SeedNet(), images(1), "c3") == "c3"  # any module with a (N, C, H, W) output
+    # any module with a (N, C, H, W) output
+    assert find_target_layer(SeedNet(), images(1), "c3") == "c3"
 
 
-@pytest.mark.parametrize("name, message", [("c9.0", "unknown target_layer 'c9.0'"), ("fc", "outputs shape (2, 10)")])
+@pytest.mark.parametrize(
+    "name, message", [("c9.0", "unknown target_layer 'c9.0'"), ("fc", "outputs shape (2, 10)")]
+)
 def test_bad_layer_is_one_line_listing_conv_layers(name, message):
     with pytest.raises(ConfigError) as e:
         gradcam(SeedNet(), images(2), [0, 1], target_layer=name)
@@ -121,7 +137,8 @@ def test_bf16_maps_agree_with_fp32_and_inference_mode_is_fine():
     model = LeftEyed().eval()
     x = images(4)
     fp32 = gradcam(model, x, [0, 1, 2, 3])
-    with torch.inference_mode():  # e.g. called right after predict(): Grad-CAM still gets its gradients
+    # e.g. called right after predict(): Grad-CAM still gets its gradients
+    with torch.inference_mode():
         bf16 = gradcam(model, x, [0, 1, 2, 3], precision="bf16")
     assert torch.corrcoef(torch.stack([fp32.flatten(), bf16.flatten()]))[0, 1] > 0.9
 
@@ -155,11 +172,20 @@ def test_plot_gradcam_writes_png(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     # per image: the image itself (its class), the predicted class's map, the true class's map
     assert len(titles) == 9 and titles[0] == CLASSES[1] and titles[2] == f"true: {CLASSES[1]}"
-    assert titles[1].startswith("pred: ") and titles[1].endswith("%") and (tmp_path / "g.png").stat().st_size > 0
+    assert (
+        titles[1].startswith("pred: ")
+        and titles[1].endswith("%")
+        and (tmp_path / "g.png").stat().st_size > 0
+    )
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)  # one colour scale for all maps
     fig = gradcam_misclassified(model, x, labels, probs, idx, CLASSES, path=tmp_path / "m.png")
     title = fig._suptitle.get_text()
-    assert "features.last (" in title and "Conv2d" in title and "output " in title and (tmp_path / "m.png").exists()
+    assert (
+        "features.last (" in title
+        and "Conv2d" in title
+        and "output " in title
+        and (tmp_path / "m.png").exists()
+    )
 
 
 class Block(nn.Module):
@@ -190,15 +216,18 @@ class Residual(nn.Module):
 def test_the_default_layer_of_a_residual_network_is_the_block_output_after_the_sum():
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     net = Residual()
-    # The last conv, layer1.1.conv2, sees only the residual branch: the sum with the shortcut comes after it,
-    # inside layer1.1's forward; Grad-CAM reads that block's output (the sum, after its ReLU).
+    # The last conv, layer1.1.conv2, sees only the residual branch: the sum with the shortcut comes
+    # after it, inside layer1.1's forward; Grad-CAM reads that block's output (the sum, after its
+    # ReLU).
     assert find_target_layer(net, images) == "layer1.1"
     assert gradcam(net, images, [1, 2]).shape == (2, 32, 32)
     assert find_target_layer(SeedNet(), images) == "c4.1.1"  # no shortcut: the last conv itself
 
 
 def test_a_layer_with_a_1x1_output_is_refused_in_one_line():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1), nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1), nn.Flatten()
+    )
     with pytest.raises(ConfigError) as e:
         gradcam(net, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 0, target_layer="2")
     assert "outputs a 1x1 map" in str(e.value) and "\n" not in str(e.value)

@@ -1,15 +1,17 @@
-"""hardware: precision and memory layout chosen per machine, each with its reason; the layout probe."""
+"""hardware: precision and memory layout chosen per machine, each with its reason; the layout
+probe."""
+
 import json
 
 import pytest
 import torch
 from torch import nn
 
+from cifarkit import hardware
 from cifarkit.base import ConfigError
 from cifarkit.config import TrainConfig
-from cifarkit.models import build_model
-from cifarkit import hardware
 from cifarkit.hardware import choose_channels_last, hardware_string, model_is_nhwc
+from cifarkit.models import build_model
 
 CPU = torch.device("cpu")
 
@@ -17,9 +19,11 @@ CPU = torch.device("cpu")
 def test_explicit_layouts_and_old_bools_are_honoured():
     assert choose_channels_last("yes", CPU, None) == (True, "channels_last (requested)")
     assert choose_channels_last("no", CPU, None) == (False, "NCHW (requested)")
-    assert TrainConfig.from_dict({"channels_last": True}).channels_last == "yes"  # saved when it was a bool
+    # saved when it was a bool
+    assert TrainConfig.from_dict({"channels_last": True}).channels_last == "yes"
     assert TrainConfig.from_dict({"channels_last": False, "flip": True}).flip == "random"
-    with pytest.raises(ConfigError, match="channels_last must be one of"):  # only saved configs are translated
+    # only saved configs are translated
+    with pytest.raises(ConfigError, match="channels_last must be one of"):
         TrainConfig(channels_last=True)
     with pytest.raises(ConfigError, match="channels_last must be one of auto, yes, no"):
         TrainConfig(channels_last="maybe")
@@ -36,8 +40,11 @@ def test_cpu_auto_measures_picks_the_faster_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
     calls = []
     for nchw, nhwc, want in ((300.0, 200.0, False), (200.0, 300.0, True)):
-        monkeypatch.setattr(hardware, "_time_layouts", lambda *a, r=(nchw, nhwc): calls.append(1) or r)
-        model = nn.Sequential(nn.Conv2d(3, 4 + len(calls), 3))  # another network: another cache entry
+        monkeypatch.setattr(
+            hardware, "_time_layouts", lambda *a, r=(nchw, nhwc): calls.append(1) or r
+        )
+        # another network: another cache entry
+        model = nn.Sequential(nn.Conv2d(3, 4 + len(calls), 3))
         use, why = choose_channels_last("auto", CPU, None, model=model)
         assert use is want and "measured now" in why and "300 vs 200 img/s" in why
         use2, why2 = choose_channels_last("auto", CPU, None, model=model)
@@ -68,14 +75,19 @@ def test_a_network_that_fails_in_both_layouts_is_reported_as_its_own_error(tmp_p
 
         def forward(self, x):
             return self.fc(x)
+
     use, why = choose_channels_last("auto", CPU, None, model=NeedsOtherInput())
-    assert use is False and "fails in both layouts: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in why
+    assert (
+        use is False
+        and "fails in both layouts: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in why
+    )
     assert "test_hardware.py, line " in why and "return self.fc(x)" in why  # the network's own line
     assert not (tmp_path / "layout.json").exists()  # a failure is not a measurement: nothing kept
 
 
 class ViewHead(nn.Module):
-    """Correct in NCHW; its .view needs a contiguous tensor, so it fails on channels_last activations."""
+    """Correct in NCHW; its .view needs a contiguous tensor, so it fails on channels_last
+    activations."""
 
     def __init__(self):
         super().__init__()
@@ -95,16 +107,32 @@ class InfInNHWC(nn.Module):
 
     def forward(self, x):
         y = self.c(x).mean((2, 3))
-        return y * float("inf") if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
-            and not x.is_contiguous() else y
+        return (
+            y * float("inf")
+            if x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[1] > 1
+            and not x.is_contiguous()
+            else y
+        )
 
 
-@pytest.mark.parametrize("net, needle", [(ViewHead, "RuntimeError: view size is not compatible"),
-                                         (InfInNHWC, "its output is not finite")])
-def test_the_layout_is_chosen_among_those_the_network_runs_correctly(tmp_path, monkeypatch, net, needle):
+@pytest.mark.parametrize(
+    "net, needle",
+    [
+        (ViewHead, "RuntimeError: view size is not compatible"),
+        (InfInNHWC, "its output is not finite"),
+    ],
+)
+def test_the_layout_is_chosen_among_those_the_network_runs_correctly(
+    tmp_path, monkeypatch, net, needle
+):
     monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
     use, why = choose_channels_last("auto", CPU, None, model=net())
-    assert use is False and why.startswith("NCHW: your network fails in channels_last (") and needle in why, why
+    assert (
+        use is False
+        and why.startswith("NCHW: your network fails in channels_last (")
+        and needle in why
+    ), why
     assert why.endswith(", so NCHW")
 
 

@@ -1,5 +1,8 @@
-"""The package's shape, as README.md's layout table draws it: no import circles (function-level imports
-count too), the ground floor and the torch-free modules stay so, and each wing imports only from below."""
+"""The package's shape, as README.md's layout table draws it: no import circles (function-level
+imports count too), the ground floor and the torch-free modules stay so, and each wing imports only
+from below.
+"""
+
 import ast
 import re
 from pathlib import Path
@@ -23,7 +26,7 @@ def imports(path: Path, *, top_level_only: bool = False) -> set[str]:
     found = set()
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[:len(package) - node.level + 1] if node.level > 1 else package
+            base = package[: len(package) - node.level + 1] if node.level > 1 else package
             target = ".".join(base + (node.module.split(".") if node.module else []))
             found.add(target)
             if not node.module:  # "from . import seed": the names are modules
@@ -44,7 +47,7 @@ def test_there_are_no_import_circles():
         state[m] = 1
         for t in sorted(GRAPH[m]):
             if state.get(t) == 1:
-                pytest.fail("import circle: " + " -> ".join(path[path.index(t):] + [t]))
+                pytest.fail("import circle: " + " -> ".join(path[path.index(t) :] + [t]))
             if t not in state:
                 visit(t, path + [t])
         state[m] = 2
@@ -59,18 +62,44 @@ def test_the_ground_floor_imports_nothing_of_the_package():
     assert GRAPH["atomic"] == {"base"}
 
 
-@pytest.mark.parametrize("module", ["base", "atomic", "config", "report", "runfolder.lock", "runfolder.files", "cli",
-                                    "commands"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "base",
+        "atomic",
+        "config",
+        "recipes",
+        "report",
+        "runfolder.lock",
+        "runfolder.files",
+        "cli",
+        "commands",
+    ],
+)
 def test_what_the_command_line_needs_before_its_lock_imports_no_torch(module):
-    # Module level only: the CLI parses options and takes the run lock before anything imports torch.
+    # Module level only: the CLI parses options and takes the run lock before anything imports
+    # torch.
     tree = ast.parse(MODULES[module].read_text())
     top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    top |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level}
+    top |= {
+        (n.module or "").split(".")[0]
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and not n.level
+    }
     assert not top & {"torch", "torchvision", "numpy"}
     for t in imports(MODULES[module], top_level_only=True):
-        assert t in ("", "base", "atomic", "config", "report", "commands", "runfolder", "runfolder.lock",
-                     "runfolder.files"), \
-            (module, t)
+        assert t in (
+            "",
+            "base",
+            "atomic",
+            "config",
+            "recipes",
+            "report",
+            "commands",
+            "runfolder",
+            "runfolder.lock",
+            "runfolder.files",
+        ), (module, t)
 
 
 # Each wing and what it may import from outside itself: only floors below it, never the top
@@ -80,8 +109,19 @@ WINGS = {
     "data": {"base", "atomic", "config", "hardware"},
     "runfolder": {"base", "atomic", "config", "hardware", "models"},
     "analysis": {"base", "atomic", "config", "hardware", "models", "data", "report", "runfolder"},
-    "training": {"base", "atomic", "config", "hardware", "models", "data", "optim", "compiled", "report",
-                 "runfolder", "analysis"},
+    "training": {
+        "base",
+        "atomic",
+        "config",
+        "hardware",
+        "models",
+        "data",
+        "optim",
+        "compiled",
+        "report",
+        "runfolder",
+        "analysis",
+    },
 }
 
 
@@ -89,7 +129,9 @@ WINGS = {
 def test_each_wing_imports_only_from_below(wing):
     for m, targets in GRAPH.items():
         if m == wing or m.startswith(wing + "."):
-            outside = {t.split(".")[0] for t in targets if not (t == wing or t.startswith(wing + "."))}
+            outside = {
+                t.split(".")[0] for t in targets if not (t == wing or t.startswith(wing + "."))
+            }
             assert outside <= WINGS[wing], (m, outside - WINGS[wing])
 
 
@@ -98,19 +140,28 @@ def test_every_module_says_what_it_is_for_and_reads_in_one_sitting():
         tree = ast.parse(p.read_text())
         assert ast.get_docstring(tree), f"{m} has no module docstring"
         lines = len(p.read_text().splitlines())
-        assert lines <= 300 or m == "analysis.tracer", f"{m}: {lines} lines"  # the tracer: one job, see its docstring
+        # 400: the ~300 lines of one sitting, as `ruff format` lays them out (one argument per line
+        # where a call does not fit: the same code grew from 7,259 to 9,898 lines). The tracer: one
+        # job, one class with a method per kind of op, see its docstring.
+        assert lines <= 400 or m == "analysis.tracer", f"{m}: {lines} lines"
 
 
 def test_every_module_is_tracked_by_git():
-    # A .gitignore pattern once swallowed src/cifarkit/data/ ("data/" meant the download folder): the
+    # A .gitignore pattern once swallowed src/cifarkit/data/ ("data/" meant the download folder):
+    # the
     # package worked here and was missing from every clone.
     import shutil
     import subprocess
+
     root = SRC.parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
-    ignored = subprocess.run(["git", "check-ignore", *map(str, MODULES.values())], cwd=root, capture_output=True,
-                             text=True).stdout.split()
+    ignored = subprocess.run(
+        ["git", "check-ignore", *map(str, MODULES.values())],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert not ignored, f"ignored by .gitignore: {ignored}"
 
 
@@ -126,7 +177,9 @@ def readme_picture() -> list[list[str]]:
             folder = words[0] if words[0].endswith("/") else ""
             floors.append([])
         names = re.findall(r"\b([a-z_]+)\.py\b", line if folder else head)
-        floors[-1] += [folder.replace("/", ".") + n for n in names] + ([folder.rstrip("/")] if folder else [])
+        floors[-1] += [folder.replace("/", ".") + n for n in names] + (
+            [folder.rstrip("/")] if folder else []
+        )
     return floors
 
 
@@ -140,4 +193,6 @@ def test_the_readme_picture_is_the_package_floor_by_floor():
     for m, targets in GRAPH.items():
         for t in targets:
             if m in floor_of and t in floor_of:
-                assert floor_of[t] <= floor_of[m], f"{m} (floor {floor_of[m]}) imports {t} from above (floor {floor_of[t]})"
+                assert floor_of[t] <= floor_of[m], (
+                    f"{m} (floor {floor_of[m]}) imports {t} from above (floor {floor_of[t]})"
+                )

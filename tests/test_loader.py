@@ -1,13 +1,13 @@
-"""Batched augmentation on the device: correct crops and flips, per-image transforms, reproducible per
-(seed, epoch), the preview equal to what training sees, and defaults equal to TrainConfig's."""
+"""Batched augmentation on the device: correct crops and flips, per-image transforms, reproducible
+per (seed, epoch), the preview equal to what training sees, and defaults equal to TrainConfig's."""
+
 import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cifarkit.base import CIFAR10_MEAN, ConfigError
-from cifarkit.base import CIFAR10_STD
+from cifarkit.base import CIFAR10_MEAN, CIFAR10_STD, ConfigError
 from cifarkit.data.loader import DeviceLoader, augment, normalize
 
 
@@ -15,6 +15,8 @@ def denormalize(x):
     """The inverse of `normalize`: float images in [0, 1]."""
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
     return (x.float() * std + mean).clamp(0, 1)
+
+
 from cifarkit.config import TrainConfig
 from cifarkit.data.augmentation import crop_at, cutout_at, flip_where
 from cifarkit.data.transforms import REFUSED, ImageTransforms
@@ -24,7 +26,9 @@ JITTER = "ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)"
 
 
 def images(n=16, seed=0, side=32):
-    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def to_uint8(batch):
@@ -33,7 +37,8 @@ def to_uint8(batch):
 
 
 def epoch_uint8(loader, epoch):
-    """The epoch's yielded batches as uint8 images, sorted by label (the tests use labels = dataset index)."""
+    """The epoch's yielded batches as uint8 images, sorted by label (the tests use labels = dataset
+    index)."""
     loader.set_epoch(epoch)
     xs, ys = zip(*loader)
     return to_uint8(torch.cat(xs))[torch.cat(ys).argsort()], torch.cat(ys)
@@ -52,7 +57,9 @@ def random_flip(x, g):
 
 def cutout(x, size, g=None):
     if size == 0:
-        return cutout_at(x, torch.zeros(len(x), dtype=torch.long), torch.zeros(len(x), dtype=torch.long), 0)
+        return cutout_at(
+            x, torch.zeros(len(x), dtype=torch.long), torch.zeros(len(x), dtype=torch.long), 0
+        )
     y0, x0 = (torch.randint(0, 32 - size + 1, (len(x),), generator=g) for _ in range(2))
     return cutout_at(x, y0, x0, size)
 
@@ -63,8 +70,12 @@ def test_random_crop_is_a_window_of_the_zero_padded_image():
     padded = F.pad(x, (4,) * 4)
     offsets = set()
     for i in range(len(x)):
-        hits = [(dy, dx) for dy in range(9) for dx in range(9)
-                if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        hits = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32])
+        ]
         assert hits, f"crop {i} is not a window of its padded image"
         offsets.add(hits[0])
     assert len(offsets) > 5  # offsets really vary
@@ -75,7 +86,11 @@ def test_reflect_crop_is_a_window_of_the_reflect_padded_image():
     out = random_crop(x, 2, torch.Generator().manual_seed(2), mode="reflect")
     padded = F.pad(x.float(), (2,) * 4, mode="reflect").to(torch.uint8)
     for i in range(len(x)):
-        assert any(torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(5) for dx in range(5))
+        assert any(
+            torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32])
+            for dy in range(5)
+            for dx in range(5)
+        )
 
 
 def test_random_flip_mirrors_about_half():
@@ -118,27 +133,48 @@ def test_augmentation_defaults_are_train_configs():
         assert params["pad_mode"].default == cfg.pad_mode == "reflect"
         assert params["flip"].default == cfg.flip == "alternate"
         assert params["cutout"].default == cfg.cutout and params["seed"].default == cfg.seed
-    assert inspect.signature(DeviceLoader.__init__).parameters["crop_padding"].default == cfg.crop_padding
+    assert (
+        inspect.signature(DeviceLoader.__init__).parameters["crop_padding"].default
+        == cfg.crop_padding
+    )
     assert inspect.signature(augment).parameters["padding"].default == cfg.crop_padding
 
 
 def test_from_config_takes_every_setting():
-    cfg = TrainConfig(batch_size=7, eval_batch_size=9, crop_padding=2, pad_mode="zeros", flip="random", cutout=5,
-                      transforms=[ROTATE], channels_last="yes", seed=11)
+    cfg = TrainConfig(
+        batch_size=7,
+        eval_batch_size=9,
+        crop_padding=2,
+        pad_mode="zeros",
+        flip="random",
+        cutout=5,
+        transforms=[ROTATE],
+        channels_last="yes",
+        seed=11,
+    )
     tr = DeviceLoader.from_config(images(20), torch.arange(20), cfg, train=True, device="cpu")
-    assert (tr.batch_size, tr.crop_padding, tr.pad_mode, tr.flip, tr.cutout, tr.seed, tr.channels_last) == \
-        (7, 2, "zeros", "random", 5, 11, True)
+    assert (
+        tr.batch_size,
+        tr.crop_padding,
+        tr.pad_mode,
+        tr.flip,
+        tr.cutout,
+        tr.seed,
+        tr.channels_last,
+    ) == (7, 2, "zeros", "random", 5, 11, True)
     assert tr.transforms.specs == [ROTATE] and tr.train
     ev = DeviceLoader.from_config(images(20), torch.arange(20), cfg, train=False, device="cpu")
     assert ev.batch_size == 9 and not ev.train and len(ev) == 3
 
 
 def test_bad_settings_are_one_line_config_errors():
-    for kw in (dict(flip="sometimes"), dict(pad_mode="wrap"), dict(cutout=40)):  # validated once, by the config
+    # validated once, by the config
+    for kw in (dict(flip="sometimes"), dict(pad_mode="wrap"), dict(cutout=40)):
         with pytest.raises(ConfigError) as e:
             TrainConfig(**kw)
         assert "\n" not in str(e.value)
-    for kw in (dict(cutout=20), dict(transforms=["Nope"])):  # what only the images / torchvision can tell
+    # what only the images / torchvision can tell
+    for kw in (dict(cutout=20), dict(transforms=["Nope"])):
         with pytest.raises(ConfigError) as e:
             DeviceLoader(images(4, side=16), torch.arange(4), 2, train=True, **kw)
         assert "\n" not in str(e.value)
@@ -147,29 +183,43 @@ def test_bad_settings_are_one_line_config_errors():
 # ---------------------------------------------------------------- epochs
 def test_train_loader_visits_every_image_once_per_epoch_reproducibly():
     x = images(50)
-    loader = DeviceLoader(x, torch.arange(50), 16, train=True, seed=3, cutout=4, transforms=[ROTATE])
+    loader = DeviceLoader(
+        x, torch.arange(50), 16, train=True, seed=3, cutout=4, transforms=[ROTATE]
+    )
     assert len(loader) == 4
     batches = list(loader)
     assert [len(y) for _, y in batches] == [16, 16, 16, 2]
     first = torch.cat([y for _, y in batches])
     assert sorted(first.tolist()) == list(range(50))
-    again = list(DeviceLoader(x, torch.arange(50), 16, train=True, seed=3, cutout=4, transforms=[ROTATE]))
-    for (xa, ya), (xb, yb) in zip(batches, again):  # a fresh loader: same (seed, epoch), same everything
+    again = list(
+        DeviceLoader(x, torch.arange(50), 16, train=True, seed=3, cutout=4, transforms=[ROTATE])
+    )
+    # a fresh loader: same (seed, epoch), same everything
+    for (xa, ya), (xb, yb) in zip(batches, again):
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
     loader.set_epoch(1)
     assert not torch.equal(torch.cat([y for _, y in loader]), first)
-    other_seed = DeviceLoader(x, torch.arange(50), 16, train=True, seed=4, cutout=4, transforms=[ROTATE])
+    other_seed = DeviceLoader(
+        x, torch.arange(50), 16, train=True, seed=4, cutout=4, transforms=[ROTATE]
+    )
     assert not torch.equal(torch.cat([y for _, y in other_seed]), first)
 
 
 def test_epoch_larger_than_one_chunk(monkeypatch):
     import cifarkit.data.loader as loader_mod
+
     monkeypatch.setattr(loader_mod, "CHUNK", 7)  # 50 images in 8 chunks: same result as one chunk
     x = images(50)
-    small = epoch_uint8(DeviceLoader(x, torch.arange(50), 16, train=True, cutout=4, transforms=[JITTER]), 2)[0]
+    small = epoch_uint8(
+        DeviceLoader(x, torch.arange(50), 16, train=True, cutout=4, transforms=[JITTER]), 2
+    )[0]
     monkeypatch.setattr(loader_mod, "CHUNK", 10_000)
-    assert torch.equal(small, epoch_uint8(DeviceLoader(x, torch.arange(50), 16, train=True, cutout=4,
-                                                       transforms=[JITTER]), 2)[0])
+    assert torch.equal(
+        small,
+        epoch_uint8(
+            DeviceLoader(x, torch.arange(50), 16, train=True, cutout=4, transforms=[JITTER]), 2
+        )[0],
+    )
 
 
 def test_eval_loader_is_ordered_and_unaugmented():
@@ -183,7 +233,9 @@ def test_eval_loader_is_ordered_and_unaugmented():
 
 def test_alternating_flip_mirrors_complementary_halves_on_even_and_odd_epochs():
     x = images(40)
-    loader = DeviceLoader(x, torch.arange(40), 40, train=True, crop_padding=0, flip="alternate", seed=1)
+    loader = DeviceLoader(
+        x, torch.arange(40), 40, train=True, crop_padding=0, flip="alternate", seed=1
+    )
     flipped = []
     for epoch in (0, 1, 2, 3):
         seen, _ = epoch_uint8(loader, epoch)
@@ -195,10 +247,13 @@ def test_alternating_flip_mirrors_complementary_halves_on_even_and_odd_epochs():
 
 
 def test_epoch_reads_nothing_back_to_the_host(monkeypatch):
-    # On a GPU, .item() / .tolist() / nonzero() in the loop would make every step wait for the device.
+    # On a GPU, .item() / .tolist() / nonzero() in the loop would make every step wait for the
+    # device.
     loader = DeviceLoader(images(50), torch.arange(50), 16, train=True, cutout=4)
     for name in ("item", "tolist", "nonzero", "__bool__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, lambda *a, _n=name, **k: pytest.fail(f"host read: {_n}"))
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda *a, _n=name, **k: pytest.fail(f"host read: {_n}")
+        )
     for _ in loader:
         pass
 
@@ -206,8 +261,16 @@ def test_epoch_reads_nothing_back_to_the_host(monkeypatch):
 # ---------------------------------------------------------------- preview and augment
 def test_preview_is_exactly_what_training_sees():
     x = images(40)
-    loader = DeviceLoader(x, torch.arange(40), 16, train=True, crop_padding=3, cutout=6, seed=5,
-                          transforms=[ROTATE, JITTER])
+    loader = DeviceLoader(
+        x,
+        torch.arange(40),
+        16,
+        train=True,
+        crop_padding=3,
+        cutout=6,
+        seed=5,
+        transforms=[ROTATE, JITTER],
+    )
     for epoch in (0, 1):
         seen, _ = epoch_uint8(loader, epoch)
         picks = [5, 0, 39, 17]
@@ -232,7 +295,9 @@ def test_each_image_gets_its_own_random_draw():
     out = ImageTransforms([ROTATE])(same, range(32), key=0)
     assert out.dtype == torch.uint8 and out.shape == same.shape
     assert len({o.numpy().tobytes() for o in out}) == 32  # a batch-level call would give 1
-    loader = DeviceLoader(same, torch.arange(32), 8, train=True, crop_padding=0, flip="none", transforms=[ROTATE])
+    loader = DeviceLoader(
+        same, torch.arange(32), 8, train=True, crop_padding=0, flip="none", transforms=[ROTATE]
+    )
     seen, _ = epoch_uint8(loader, 0)
     assert len({s.numpy().tobytes() for s in seen}) == 32
 
@@ -242,7 +307,8 @@ def test_transform_draws_depend_only_on_seed_epoch_and_image():
     state = torch.get_rng_state()
     t = ImageTransforms([ROTATE, JITTER])
     a = t(x, range(20), key=7)
-    assert torch.equal(torch.get_rng_state(), state)  # the global RNG (dropout, ...) is left as it was
+    # the global RNG (dropout, ...) is left as it was
+    assert torch.equal(torch.get_rng_state(), state)
     torch.manual_seed(123)  # whatever the global RNG holds
     assert torch.equal(t(x, range(20), key=7), a)
     assert torch.equal(t(x[5:9], range(5, 9), key=7), a[5:9])  # a subset draws the same
@@ -258,42 +324,66 @@ def test_transforms_run_after_crop_and_flip_and_before_cutout():
     mean = torch.tensor([round(255 * m) for m in CIFAR10_MEAN], dtype=torch.uint8).view(1, 3, 1, 1)
     painted = (got == mean).all(1)  # the cutout square keeps the exact mean colour: painted last
     assert (painted.sum((1, 2)) >= 64).all()
-    assert torch.equal(got.masked_fill(painted.unsqueeze(1), 0), expect.masked_fill(painted.unsqueeze(1), 0))
+    assert torch.equal(
+        got.masked_fill(painted.unsqueeze(1), 0), expect.masked_fill(painted.unsqueeze(1), 0)
+    )
 
 
-@pytest.mark.parametrize("spec", [
-    ROTATE, "RandomRotation(degrees=(-180, 180), interpolation='bilinear', fill=[9, 99, 199])",
-    "RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)",
-    "RandomRotation(degrees=(90, 90))", JITTER, "ColorJitter(0.4, 0.4)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ROTATE,
+        "RandomRotation(degrees=(-180, 180), interpolation='bilinear', fill=[9, 99, 199])",
+        "RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=5)",
+        "RandomRotation(degrees=(90, 90))",
+        JITTER,
+        "ColorJitter(0.4, 0.4)",
+    ],
+)
 def test_batched_paths_equal_per_image_calls(spec):
     x = images(200)
     fast = ImageTransforms([spec])(x, range(200), key=1)
     slow = ImageTransforms([spec], fast=False)(x, range(200), key=1)
     diff = (fast.int() - slow.int()).abs()
-    # geometric: identical; ColorJitter: float rounding (fused multiply-add in torchvision's blend) moves
-    # a few pixel values by 1-3 levels
+    # geometric: identical; ColorJitter: float rounding (fused multiply-add in torchvision's blend)
+    # moves a few pixel values by 1-3 levels
     assert diff.max() <= 3 and (diff > 0).float().mean() < 1e-3
 
 
 def test_other_transforms_run_per_image():
     x = images(8)
-    out = ImageTransforms(["RandomErasing(p=1.0)", "GaussianBlur(kernel_size=3)", "RandAugment()"])(x, range(8), key=0)
+    out = ImageTransforms(["RandomErasing(p=1.0)", "GaussianBlur(kernel_size=3)", "RandAugment()"])(
+        x, range(8), key=0
+    )
     assert out.dtype == torch.uint8 and out.shape == x.shape and not torch.equal(out, x)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("RandomRotaton(15)", r"unknown transform 'RandomRotaton' .*did you mean RandomRotation\?"),
-    ("Normalize(mean=[0.5], std=[0.5])", "not allowed: the CIFAR-10 mean / std normalisation is built in"),
-    ("ToDtype(dtype='float32')", "not allowed: images stay uint8"),
-    ("ToTensor", "not allowed"), ("ToImage", "not allowed"),
-    ("Resize(size=64)", "not allowed: it changes the image size"),
-    ("RandomResizedCrop(size=64)", "turns a uint8 3x32x32 image into torch.uint8 3x64x64"),
-    ("RandomRotation(degrees=15, expand=True)", "turns a uint8 3x32x32 image into"),
-    ("Grayscale(num_output_channels=1)", "turns a uint8 3x32x32 image into torch.uint8 1x32x32"),
-    ("RandomRotation(degrees=-5)", "bad arguments for transform"),
-    ("RandomRotation(degrees=15, colour=2)", "bad arguments for transform .*unexpected keyword"),
-    ("RandomRotation(degrees=__import__('os'))", "expected Name or Name"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("RandomRotaton(15)", r"unknown transform 'RandomRotaton' .*did you mean RandomRotation\?"),
+        (
+            "Normalize(mean=[0.5], std=[0.5])",
+            "not allowed: the CIFAR-10 mean / std normalisation is built in",
+        ),
+        ("ToDtype(dtype='float32')", "not allowed: images stay uint8"),
+        ("ToTensor", "not allowed"),
+        ("ToImage", "not allowed"),
+        ("Resize(size=64)", "not allowed: it changes the image size"),
+        ("RandomResizedCrop(size=64)", "turns a uint8 3x32x32 image into torch.uint8 3x64x64"),
+        ("RandomRotation(degrees=15, expand=True)", "turns a uint8 3x32x32 image into"),
+        (
+            "Grayscale(num_output_channels=1)",
+            "turns a uint8 3x32x32 image into torch.uint8 1x32x32",
+        ),
+        ("RandomRotation(degrees=-5)", "bad arguments for transform"),
+        (
+            "RandomRotation(degrees=15, colour=2)",
+            "bad arguments for transform .*unexpected keyword",
+        ),
+        ("RandomRotation(degrees=__import__('os'))", "expected Name or Name"),
+    ],
+)
 def test_bad_transforms_are_one_line_config_errors(spec, message):
     with pytest.raises(ConfigError, match=message) as e:
         ImageTransforms([spec])
@@ -302,5 +392,7 @@ def test_bad_transforms_are_one_line_config_errors(spec, message):
 
 def test_refused_list_names_real_transforms():
     from torchvision.transforms import v2
+
     assert all(hasattr(v2, name) for name in REFUSED)
-    ImageTransforms(["RandomResizedCrop(size=32, scale=(0.8, 1.0))", "RandomHorizontalFlip()"])  # same size: fine
+    # same size: fine
+    ImageTransforms(["RandomResizedCrop(size=32, scale=(0.8, 1.0))", "RandomHorizontalFlip()"])

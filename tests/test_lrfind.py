@@ -1,4 +1,6 @@
-"""LR range test: exponential sweep, sensible suggestion, divergence stop, and no trace left behind."""
+"""LR range test: exponential sweep, sensible suggestion, divergence stop, and no trace left
+behind."""
+
 from __future__ import annotations
 
 import math
@@ -7,18 +9,24 @@ import pytest
 import torch
 from torch import nn
 
+from cifarkit.analysis.lrplot import describe, plot_lr_find
+from cifarkit.base import ConfigError
+from cifarkit.config import TrainConfig
 from cifarkit.data.dataset import Cifar10
 from cifarkit.data.loader import DeviceLoader
-from cifarkit.config import TrainConfig
 from cifarkit.optim import make_optimizer
-from cifarkit.base import ConfigError
-from cifarkit.analysis.lrplot import describe, plot_lr_find
 from cifarkit.training.lrfind import LRFindResult, lr_find, lr_range_test, suggest
 
 
 def small_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
 
 
 def loader_of(data: Cifar10, batch_size: int = 64) -> DeviceLoader:
@@ -46,11 +54,14 @@ def test_state_of_model_optimizer_and_loader_is_untouched(learnable_data):
     before = snapshot(model, opt)
     grads = [p.grad for p in model.parameters()]
     rng = torch.get_rng_state()
-    result = lr_range_test(model, loader, opt, num_iter=9, label_smoothing=0.2)  # 4 batches: cycles twice
+    # 4 batches: cycles twice
+    result = lr_range_test(model, loader, opt, num_iter=9, label_smoothing=0.2)
     after = snapshot(model, opt)
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
     assert before[1].keys() == after[1].keys()
-    assert all(torch.equal(before[1][i][k], after[1][i][k]) for i in before[1] for k in before[1][i])
+    assert all(
+        torch.equal(before[1][i][k], after[1][i][k]) for i in before[1] for k in before[1][i]
+    )
     assert before[2] == after[2]  # learning rates (0.1) and every other group setting
     assert not model.training and [p.grad for p in model.parameters()] == grads
     assert loader.epoch == 0 and torch.equal(torch.get_rng_state(), rng)
@@ -70,13 +81,21 @@ def test_parameter_groups_keep_their_lr_ratio(learnable_data):
     opt.step = lambda *a, **k: (seen.append([g["lr"] for g in opt.param_groups]), step(*a, **k))[1]
     lr_range_test(model, loader_of(learnable_data), opt, num_iter=5, start_lr=1e-3, end_lr=1.0)
     assert len(seen) == 5 and seen[0][0] == pytest.approx(1e-3)
-    assert all(lrs[-1] == pytest.approx(64 * lrs[0]) for lrs in seen)  # the BatchNorm group, always 64x
+    # the BatchNorm group, always 64x
+    assert all(lrs[-1] == pytest.approx(64 * lrs[0]) for lrs in seen)
 
 
 def test_stops_when_the_loss_diverges(learnable_data):
     torch.manual_seed(0)
-    result = lr_range_test(small_net(), loader_of(learnable_data), lambda m: torch.optim.SGD(m.parameters(), lr=1),
-                           start_lr=1.0, end_lr=1e6, num_iter=50, smooth=0.5)
+    result = lr_range_test(
+        small_net(),
+        loader_of(learnable_data),
+        lambda m: torch.optim.SGD(m.parameters(), lr=1),
+        start_lr=1.0,
+        end_lr=1e6,
+        num_iter=50,
+        smooth=0.5,
+    )
     assert result.diverged and len(result.lrs) < 50
     assert all(math.isfinite(v) for v in result.losses + result.raw_losses)
 
@@ -84,7 +103,10 @@ def test_stops_when_the_loss_diverges(learnable_data):
 def test_suggestion_rules_on_a_known_curve():
     lrs = [10 ** (-4 + 5 * i / 99) for i in range(100)]
     # loss falls fastest at 1e-2 (a logistic step in log10 LR), bottoms out at LR 1, then rises
-    losses = [2 - 1 / (1 + math.exp(-3 * (math.log10(lr) + 2))) + 0.5 * max(0.0, math.log10(lr)) ** 2 for lr in lrs]
+    losses = [
+        2 - 1 / (1 + math.exp(-3 * (math.log10(lr) + 2))) + 0.5 * max(0.0, math.log10(lr)) ** 2
+        for lr in lrs
+    ]
     steepest, at_min = suggest(lrs, losses)
     assert steepest == pytest.approx(1e-2, rel=0.15)
     assert at_min == pytest.approx(1.0, rel=0.15)
@@ -109,15 +131,33 @@ class NetWithInit(nn.Module):
 
 def test_lr_find_on_a_config(learnable_data, tmp_path):
     NetWithInit.seen = []
-    cfg = TrainConfig(batch_size=64, device="cpu", precision="bf16", progress=False, lr=0.4, out=str(tmp_path / "run"))
-    result = lr_find(cfg, learnable_data, model=NetWithInit, num_iter=6, start_lr=1e-4, end_lr=1.0,
-                     path=tmp_path / "lr.png")
+    cfg = TrainConfig(
+        batch_size=64,
+        device="cpu",
+        precision="bf16",
+        progress=False,
+        lr=0.4,
+        out=str(tmp_path / "run"),
+    )
+    result = lr_find(
+        cfg,
+        learnable_data,
+        model=NetWithInit,
+        num_iter=6,
+        start_lr=1e-4,
+        end_lr=1.0,
+        path=tmp_path / "lr.png",
+    )
     assert NetWithInit.seen == [(200, 3, 32, 32)]  # normalised training images, as fit gives them
     assert isinstance(result, LRFindResult) and len(result.lrs) == len(result.losses) == 6
     assert 1e-4 <= result.suggestion <= 1.0 and result.recipe_lr == 0.4
     assert (tmp_path / "lr.png").stat().st_size > 0
     text = describe(result)
-    assert text.startswith("suggested peak LR ") and "the recipe uses 0.4 (" in text and "x the suggestion)" in text
+    assert (
+        text.startswith("suggested peak LR ")
+        and "the recipe uses 0.4 (" in text
+        and "x the suggestion)" in text
+    )
     assert len(text.splitlines()) == 2
     fig = plot_lr_find(result, recipe_lr=0.4, path=tmp_path / "again.png")
     assert fig.axes[0].get_xscale() == "log" and (tmp_path / "again.png").exists()
@@ -132,8 +172,12 @@ def test_bad_arguments_are_one_line(learnable_data):
         lr_find(cfg, learnable_data, num_iter=1)
     with pytest.raises(ConfigError, match="start_lr < end_lr"):
         lr_find(cfg, learnable_data, num_iter=5, start_lr=1.0, end_lr=0.1)
-    empty = Cifar10(learnable_data.train_images[:0], learnable_data.train_labels[:0],
-                    learnable_data.test_images, learnable_data.test_labels)
+    empty = Cifar10(
+        learnable_data.train_images[:0],
+        learnable_data.train_labels[:0],
+        learnable_data.test_images,
+        learnable_data.test_labels,
+    )
     with pytest.raises(ConfigError, match="training split is empty") as e:
         lr_find(cfg, empty, num_iter=5)
     assert "\n" not in str(e.value)
@@ -146,18 +190,31 @@ def test_a_plot_that_cannot_be_saved_is_one_line(learnable_data, tmp_path, monke
 
     def read_only(self, *a, **k):  # what a read-only folder does (root ignores a chmod)
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(Figure, "savefig", read_only)
-    cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run")
+    )
     with pytest.raises(CifarkitError) as e:
-        lr_find(cfg, learnable_data, num_iter=3, start_lr=1e-3, end_lr=1e-1, path=tmp_path / "ro" / "lr.png")
+        lr_find(
+            cfg,
+            learnable_data,
+            num_iter=3,
+            start_lr=1e-3,
+            end_lr=1e-1,
+            path=tmp_path / "ro" / "lr.png",
+        )
     assert str(e.value) == f"cannot save the figure {tmp_path / 'ro' / 'lr.png'}: Permission denied"
 
 
-def test_a_second_call_shows_the_kept_result_and_a_change_runs_it_again(learnable_data, tmp_path, monkeypatch,
-                                                                         capsys):
+def test_a_second_call_shows_the_kept_result_and_a_change_runs_it_again(
+    learnable_data, tmp_path, monkeypatch, capsys
+):
     import cifarkit.training.lrfind as lrfind_mod
 
-    cfg = TrainConfig(batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run"))
+    cfg = TrainConfig(
+        batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run")
+    )
     first = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)
     assert len(list((tmp_path / "run").glob("lr-range-*.json"))) == 1
     real, calls = lrfind_mod.lr_range_test, []
@@ -165,20 +222,39 @@ def test_a_second_call_shows_the_kept_result_and_a_change_runs_it_again(learnabl
     def counted(*a, **k):
         calls.append(1)
         return real(*a, **k)
+
     monkeypatch.setattr(lrfind_mod, "lr_range_test", counted)
     capsys.readouterr()
     again = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)
-    assert not calls and again.to_dict() == first.to_dict()  # a second "Run all": shown, not trained again
+    # a second "Run all": shown, not trained again
+    assert not calls and again.to_dict() == first.to_dict()
     assert "the result kept in run/lr-range-" in capsys.readouterr().out
-    lr_find(TrainConfig(**{**cfg.to_dict(), "epochs": 5, "lr": 0.1}), learnable_data, model=small_net, num_iter=6,
-            start_lr=1e-4, end_lr=1.0)
+    lr_find(
+        TrainConfig(**{**cfg.to_dict(), "epochs": 5, "lr": 0.1}),
+        learnable_data,
+        model=small_net,
+        num_iter=6,
+        start_lr=1e-4,
+        end_lr=1.0,
+    )
     assert not calls  # fields the test never reads do not matter
 
     def wider():
-        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    for changed in (dict(model=wider), dict(cfg=TrainConfig(**{**cfg.to_dict(), "weight_decay": 0.0})),
-                    dict(num_iter=7), dict(keep=False)):
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 10),
+        )
+
+    for changed in (
+        dict(model=wider),
+        dict(cfg=TrainConfig(**{**cfg.to_dict(), "weight_decay": 0.0})),
+        dict(num_iter=7),
+        dict(keep=False),
+    ):
         args = {**dict(cfg=cfg, model=small_net, num_iter=6), **changed}
         lr_find(args.pop("cfg"), learnable_data, start_lr=1e-4, end_lr=1.0, **args)
     assert len(calls) == 4

@@ -1,16 +1,24 @@
-"""Every registered network: shapes, finite outputs, a gradient on every parameter; the seed network exactly."""
+"""Every registered network: shapes, finite outputs, a gradient on every parameter; the seed network
+exactly."""
+
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from cifarkit.base import ConfigError
-from cifarkit.models import MODELS, build_model, count_parameters
 from cifarkit.analysis.rules import check_rules
 from cifarkit.analysis.summary import summary_text
+from cifarkit.base import ConfigError
+from cifarkit.models import MODELS, build_model, count_parameters
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "seed-assignment7-readme.md"
+REFERENCE = (
+    Path(__file__).resolve().parents[1]
+    / ".."
+    / "shared"
+    / "reference"
+    / "seed-assignment7-readme.md"
+)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -42,7 +50,8 @@ def test_every_network_keeps_the_course_rules(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_channels_last_bf16_matches_fp32(name):
-    """The fast path (channels_last + bf16 autocast) computes the same function up to bf16 rounding."""
+    """The fast path (channels_last + bf16 autocast) computes the same function up to bf16
+    rounding."""
     torch.manual_seed(0)
     model = build_model(name).eval()
     x = torch.randn(8, 3, 32, 32)
@@ -66,7 +75,9 @@ def test_seed_parameter_count():
 def test_seed_summary_is_the_seed_table_row_for_row():
     """torchsummary prints exactly the table of the original write-up (from the header row on)."""
     text = REFERENCE.read_text()
-    ref = re.search(r"```\n(\s+Layer \(type\).*?)```", text, re.S).group(1).rstrip("\n").splitlines()
+    ref = (
+        re.search(r"```\n(\s+Layer \(type\).*?)```", text, re.S).group(1).rstrip("\n").splitlines()
+    )
     got = summary_text(build_model("seed")).rstrip("\n").splitlines()
     start = next(i for i, line in enumerate(got) if "Layer (type)" in line)
     assert got[start:] == ref
@@ -79,11 +90,14 @@ def test_seed_dropout_is_configurable():
 
 
 def test_compact_whitening_decorrelates_patches():
-    """After init_from_data the 2x2x3 patches come out of the whitening conv decorrelated, with unit variance
-    (eps = 5e-4 shrinks the weakest directions slightly: variance lambda / (lambda + eps))."""
+    """After init_from_data the 2x2x3 patches come out of the whitening conv decorrelated, with unit
+    variance (eps = 5e-4 shrinks the weakest directions slightly: variance lambda / (lambda +
+    eps))."""
     from cifarkit.data.loader import normalize
+
     g = torch.Generator().manual_seed(0)
-    smooth = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 35, 35, generator=g), 4, 1)  # correlated pixels
+    # correlated pixels
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 35, 35, generator=g), 4, 1)
     x = normalize((smooth * 255).to(torch.uint8))
     model = build_model("compact")
     model.init_from_data(x)
@@ -91,8 +105,9 @@ def test_compact_whitening_decorrelates_patches():
     feats = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     cov = feats.T @ feats / len(feats)
     off = cov - torch.diag(cov.diag())
-    assert off.abs().max() < 0.01                                  # decorrelated
-    assert ((cov.diag() > 0.8) & (cov.diag() < 1.01)).all()        # unit variance, up to the eps shrinkage
+    assert off.abs().max() < 0.01  # decorrelated
+    # unit variance, up to the eps shrinkage
+    assert ((cov.diag() > 0.8) & (cov.diag() < 1.01)).all()
     assert torch.allclose(out[:, 12:], -out[:, :12], atol=1e-5)
 
 

@@ -1,6 +1,7 @@
-"""A network that cannot classify CIFAR-10 is refused in one line wherever cifarkit runs it (fit before the
-first step, predict, evaluate, Grad-CAM, the tracer), and every probe runs a batch of two, so a head that
-only breaks on a batch of one (x.squeeze()) works everywhere."""
+"""A network that cannot classify CIFAR-10 is refused in one line wherever cifarkit runs it (fit
+before the first step, predict, evaluate, Grad-CAM, the tracer), and every probe runs a batch of
+two, so a head that only breaks on a batch of one (x.squeeze()) works everywhere."""
+
 import json
 import textwrap
 
@@ -43,20 +44,42 @@ class Head(nn.Module):
 
 
 BAD = {
-    "5 outputs": (Head(5), "returned shape (2, 5) for a batch of 2 images; a CIFAR-10 network returns (2, 10) "
-                           "class scores; CIFAR-10 has 10 classes, so the last layer needs 10 outputs"),
+    "5 outputs": (
+        Head(5),
+        (
+            "returned shape (2, 5) for a batch of 2 images; a CIFAR-10 network returns (2, 10) "
+            "class scores; CIFAR-10 has 10 classes, so the last layer needs 10 outputs"
+        ),
+    ),
     "100 outputs": (Head(100), "returned shape (2, 100)"),
-    "a tuple": (Head(kind="tuple"), "returned a tuple of 2: tensor (2, 10), tensor (2, 8) in eval mode, not the class "
-                                    "scores"),
+    "a tuple": (
+        Head(kind="tuple"),
+        "returned a tuple of 2: tensor (2, 10), tensor (2, 8) in eval mode, not the class scores",
+    ),
     "class indices": (Head(kind="int"), "returned torch.int64 values; class scores must be floats"),
-    "a failing forward": (Head(kind="raises"), "Head's forward fails on a batch of shape (2, 3, 32, 32): "
-                                               "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+    "a failing forward": (
+        Head(kind="raises"),
+        (
+            "Head's forward fails on a batch of shape (2, 3, 32, 32): "
+            "RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+        ),
+    ),
 }
 
 
 def cfg_for(tmp_path, **kw):
-    return ck.TrainConfig(epochs=1, batch_size=50, eval_batch_size=50, device="cpu", precision="fp32",
-                          progress=False, lookahead=False, tta="none", out=str(tmp_path / "run"), **kw)
+    return ck.TrainConfig(
+        epochs=1,
+        batch_size=50,
+        eval_batch_size=50,
+        device="cpu",
+        precision="fp32",
+        progress=False,
+        lookahead=False,
+        tta="none",
+        out=str(tmp_path / "run"),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("what", sorted(BAD))
@@ -74,8 +97,12 @@ def test_fit_refuses_before_the_first_step_and_writes_nothing(tmp_path, learnabl
 def test_predict_gradcam_and_summary_refuse_in_one_line(tmp_path, what):
     net, needle = BAD[what]
     image = Image.new("RGB", (32, 32), (120, 30, 200))
-    for call in (lambda: predict_image(net, image), lambda: gradcam(net, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 0),
-                 lambda: summary_text(net)):  # (the RF table and the rules read structure: any output will do)
+    for call in (
+        lambda: predict_image(net, image),
+        lambda: gradcam(net, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), 0),
+        # (the RF table and the rules read structure: any output will do)
+        lambda: summary_text(net),
+    ):
         with pytest.raises(CifarkitError) as e:
             call()
         line = str(e.value)
@@ -87,14 +114,19 @@ def test_a_head_that_breaks_only_on_one_image_works_everywhere(tmp_path, learnab
     r = ck.fit(cfg_for(tmp_path), data=learnable_data, model=net)
     assert r.final["test_total"] == 100
     p = predict_image(net, Image.new("RGB", (64, 48)))  # one image: run as a batch of two
-    assert len(p.top) == 3 and abs(sum(v for _, v in predict_image(net, Image.new("RGB", (8, 8)), top=10).top) - 1) < 1e-5
+    assert (
+        len(p.top) == 3
+        and abs(sum(v for _, v in predict_image(net, Image.new("RGB", (8, 8)), top=10).top) - 1)
+        < 1e-5
+    )
     maps = gradcam(net, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 3)
     assert maps.shape == (1, 32, 32)
     assert [c.rule for c in check_rules(net)][0] == "parameters < 1,000,000"
 
 
 def test_a_checkpoint_of_a_100_class_network_is_refused_by_predict_and_evaluate(tmp_path, capsys):
-    (tmp_path / "hundred.py").write_text(textwrap.dedent("""
+    (tmp_path / "hundred.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
@@ -106,17 +138,26 @@ def test_a_checkpoint_of_a_100_class_network_is_refused_by_predict_and_evaluate(
 
             def forward(self, x):
                 return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
-        """))
+        """)
+    )
     from cifarkit.runfolder.checkpoint import save_checkpoint
+
     spec = f"{tmp_path / 'hundred.py'}:Net"
     net = ck.build_model(spec)
     cfg = ck.TrainConfig(model=spec, tta="none")
-    save_checkpoint(tmp_path / "h.pt", {"config": cfg.to_dict(), "model": net.state_dict(), "epoch": 1,
-                                        "resumable": False})
+    save_checkpoint(
+        tmp_path / "h.pt",
+        {"config": cfg.to_dict(), "model": net.state_dict(), "epoch": 1, "resumable": False},
+    )
     Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
     code = main(["predict", "--checkpoint", str(tmp_path / "h.pt"), str(tmp_path / "x.png")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "returned shape (2, 100)" in err and "10 outputs" in err
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and "returned shape (2, 100)" in err
+        and "10 outputs" in err
+    )
 
 
 def test_an_import_that_exits_is_one_line(tmp_path, capsys):
@@ -127,16 +168,22 @@ def test_an_import_that_exits_is_one_line(tmp_path, capsys):
 
 
 def test_the_recorded_import_path_is_absolute_and_one_file_is_one_model(tmp_path, monkeypatch):
-    (tmp_path / "mine.py").write_text("from torch import nn\nclass Net(nn.Sequential):\n"
-                                      "    def __init__(self):\n        super().__init__(nn.Flatten(), nn.Linear(3072, 10))\n")
+    (tmp_path / "mine.py").write_text(
+        "from torch import nn\nclass Net(nn.Sequential):\n"
+        "    def __init__(self):\n        super().__init__(nn.Flatten(), nn.Linear(3072, 10))\n"
+    )
     monkeypatch.chdir(tmp_path)
-    relative, absolute = ck.TrainConfig(model="mine.py:Net"), ck.TrainConfig(model=f"{tmp_path}/mine.py:Net")
+    relative, absolute = (
+        ck.TrainConfig(model="mine.py:Net"),
+        ck.TrainConfig(model=f"{tmp_path}/mine.py:Net"),
+    )
     assert relative.model == absolute.model == f"{tmp_path.resolve()}/mine.py:Net"
     assert json.loads(json.dumps(relative.to_dict()))["model"].startswith("/")
 
 
 def test_a_container_or_a_class_needing_arguments_is_recorded_as_not_rebuildable():
     from cifarkit.models import spec_string
+
     assert spec_string(nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))) == "object:Sequential"
     assert spec_string(Head(5)) == "test_network_checks:Head"  # all arguments have defaults
 
@@ -144,5 +191,6 @@ def test_a_container_or_a_class_needing_arguments_is_recorded_as_not_rebuildable
         def __init__(self, width):
             super().__init__()
 
-    NeedsWidth.__module__, NeedsWidth.__qualname__ = "test_network_checks", "NeedsWidth"  # as if at the top
+    # as if at the top
+    NeedsWidth.__module__, NeedsWidth.__qualname__ = "test_network_checks", "NeedsWidth"
     assert spec_string(NeedsWidth(3)) == "object:NeedsWidth"

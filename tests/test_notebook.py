@@ -1,5 +1,6 @@
-"""The committed Assignment7.ipynb as an artifact: every figure inline, no error, and every number it shows
-agrees with the committed run it came from (checkpoints/notebook)."""
+"""The committed Assignment7.ipynb as an artifact: every figure inline, no error, and every number
+it shows agrees with the committed run it came from (checkpoints/notebook)."""
+
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,9 @@ def source(cell) -> str:
 
 
 def text(cell) -> str:
-    return "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o["output_type"] == "stream")
+    return "".join(
+        "".join(o.get("text", "")) for o in cell.get("outputs", []) if o["output_type"] == "stream"
+    )
 
 
 def images(cell) -> int:
@@ -33,16 +36,21 @@ def test_every_plotting_cell_holds_each_of_its_figures_once():
     assert len(plotting) >= 8 and sum(images(c) for _, c in plotting) >= 9
     for i, c in plotting:
         assert images(c) == len(PLOT_CALL.findall(source(c))), f"cell {i}: {images(c)} images"
-    assert sum(images(c) for _, c in code_cells()) == sum(len(PLOT_CALL.findall(source(c))) for _, c in code_cells())
+    assert sum(images(c) for _, c in code_cells()) == sum(
+        len(PLOT_CALL.findall(source(c))) for _, c in code_cells()
+    )
 
 
 def test_no_cell_holds_an_error_and_every_cell_ran_in_order():
     counts = []
     for i, c in code_cells():
-        assert not [o for o in c["outputs"] if o["output_type"] == "error"], f"cell {i} holds an error"
+        assert not [o for o in c["outputs"] if o["output_type"] == "error"], (
+            f"cell {i} holds an error"
+        )
         assert c["execution_count"] is not None, f"cell {i} was not executed"
         counts.append(c["execution_count"])
-    assert counts == sorted(counts) and len(set(counts)) == len(counts)  # one "Run all", top to bottom
+    # one "Run all", top to bottom
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
 
 
 def test_the_saved_run_is_the_full_one_and_matches_the_committed_run():
@@ -53,11 +61,17 @@ def test_the_saved_run_is_the_full_one_and_matches_the_committed_run():
     assert "full run: 20 epochs" in outputs and "smoke run" not in outputs
     assert cfg["epochs"] == res["epochs"] == len(history) == 20 and cfg["limit_train"] is None
     assert res["test_total"] == 10000
-    sv = f"single view: {res['single_view_correct']}/{res['test_total']} = {res['single_view_accuracy']:.2f}%"
+    sv = (
+        f"single view: {res['single_view_correct']}/{res['test_total']} ="
+        f" {res['single_view_accuracy']:.2f}%"
+    )
     tta = f"{res['tta_correct']}/{res['test_total']} = {res['tta_accuracy']:.2f}%"
     assert sv in outputs and tta in outputs
     assert f"[PASS] test accuracy >= 80%       {res['single_view_accuracy']:.2f}%" in outputs
-    assert f"{res['hardware']}" in outputs and f"wall time          {res['wall_seconds'] / 60:.1f} min" in outputs
+    assert (
+        f"{res['hardware']}" in outputs
+        and f"wall time          {res['wall_seconds'] / 60:.1f} min" in outputs
+    )
     # every per-epoch test line of the training cell is an epoch of the committed history
     (train,) = [c for _, c in code_cells() if source(c).startswith("result = ck.fit(")]
     lines = re.findall(r"Accuracy: (\d+)/10000", text(train))
@@ -80,9 +94,18 @@ def test_the_committed_notebook_passes_the_hand_in_check():
 def test_the_findings_are_the_runs_own_numbers():
     res = json.loads((RUN / "results.json").read_text())
     (cell,) = [c for _, c in code_cells() if source(c).startswith("ck.findings(")]
-    md = "".join("".join(o["data"]["text/markdown"]) for o in cell["outputs"] if "text/markdown" in o.get("data", {}))
-    assert f"{res['single_view_accuracy']:.2f}% single view ({res['single_view_correct']}/10000" in md
-    assert f"{res['tta_accuracy']:.2f}% with {res['tta']} TTA" in md and "All six course rules pass" in md
+    md = "".join(
+        "".join(o["data"]["text/markdown"])
+        for o in cell["outputs"]
+        if "text/markdown" in o.get("data", {})
+    )
+    assert (
+        f"{res['single_view_accuracy']:.2f}% single view ({res['single_view_correct']}/10000" in md
+    )
+    assert (
+        f"{res['tta_accuracy']:.2f}% with {res['tta']} TTA" in md
+        and "All six course rules pass" in md
+    )
     assert "**Confusions**" in md and "**Grad-CAM on the 8 most confident mistakes**" in md
 
 

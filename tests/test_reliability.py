@@ -1,10 +1,12 @@
-"""Nothing lost: kills, Ctrl-C / SIGTERM, two runs on one folder, resuming without --data, full and read-only
-disks, hostile checkpoints, no partial files.
+"""Nothing lost: kills, Ctrl-C / SIGTERM, two runs on one folder, resuming without --data, full and
+read-only disks, hostile checkpoints, no partial files.
 
-Real `python -m cifarkit` subprocesses only where a process must really die, be interrupted or race another
-one; everything else runs in this process through `cifarkit.cli.main`. All runs train the seed network on a
-tiny dataset the tests write themselves (100 train / 50 test images, two steps per epoch).
+Real `python -m cifarkit` subprocesses only where a process must really die, be interrupted or race
+another one; everything else runs in this process through `cifarkit.cli.main`. All runs train the
+seed network on a tiny dataset the tests write themselves (100 train / 50 test images, two steps per
+epoch).
 """
+
 import contextlib
 import io
 import json
@@ -24,23 +26,44 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarkit.runfolder.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models import build_model
-from cifarkit.runfolder.checkpoint import save_checkpoint
-from cifarkit.cli import main
+from cifarkit.runfolder.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from cifarkit.runfolder.files import LOCK, RUN_FILES
 from cifarkit.runfolder.state import checkpoint_epoch
+
 from conftest import tiny_arrays, write_archive, write_tree
 
 pytestmark = pytest.mark.slow  # real processes killed and interrupted, seconds each
 
 EPOCHS = 5
 TIMING = ("train_seconds", "eval_seconds", "images_per_second")
-# fp32: on a CPU with native bf16 the first bf16 steps of every fresh process cost ~2 s of kernel set-up
-RECIPE = ("--batch-size", "50", "--eval-batch-size", "100", "--lr", "0.05", "--dropout", "0.1", "--ema", "0.9",
-          "--no-lookahead", "--no-progress", "--precision", "fp32")
-WAIT = 900  # seconds: generous, for a loaded 2-core machine (or a niced test run); each step's own work is tiny
+# fp32: on a CPU with native bf16 the first bf16 steps of every fresh process cost ~2 s of kernel
+# set-up
+RECIPE = (
+    "--batch-size",
+    "50",
+    "--eval-batch-size",
+    "100",
+    "--lr",
+    "0.05",
+    "--dropout",
+    "0.1",
+    "--ema",
+    "0.9",
+    "--no-lookahead",
+    "--no-progress",
+    "--precision",
+    "fp32",
+)
+# seconds: generous, for a loaded 2-core machine (or a niced test run); each step's own work is tiny
+WAIT = 900
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
@@ -51,7 +74,8 @@ def data_tree(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """The subprocesses' environment: a private decode cache, and no CIFARKIT_DATA (runs name their data)."""
+    """The subprocesses' environment: a private decode cache, and no CIFARKIT_DATA (runs name their
+    data)."""
     e = dict(os.environ, CIFARKIT_CACHE=str(tmp_path_factory.mktemp("cache")), PYTHONUNBUFFERED="1")
     e.pop("CIFARKIT_DATA", None)
     return e
@@ -64,7 +88,17 @@ def no_data_default(monkeypatch):
 
 
 def train_args(out: Path, data: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), "--epochs", str(EPOCHS), *RECIPE, *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(EPOCHS),
+        *RECIPE,
+        *extra,
+    ]
 
 
 def train_cmd(out: Path, data: Path, *extra: str) -> list[str]:
@@ -83,7 +117,8 @@ def cli(*argv: str) -> tuple[int, str, str]:
 
 
 def wait_until_locked(run: Path, proc: subprocess.Popen, timeout: float = WAIT) -> None:
-    """Return once `proc` holds the flock on RUN/.lock (its pid written there and the lock not free)."""
+    """Return once `proc` holds the flock on RUN/.lock (its pid written there and the lock not
+    free)."""
     import fcntl
 
     deadline = time.monotonic() + timeout
@@ -94,7 +129,8 @@ def wait_until_locked(run: Path, proc: subprocess.Popen, timeout: float = WAIT) 
                 if f.read().strip() == str(proc.pid):
                     try:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        fcntl.flock(f, fcntl.LOCK_UN)  # free after all: the owner is about to take it
+                        # free after all: the owner is about to take it
+                        fcntl.flock(f, fcntl.LOCK_UN)
                     except BlockingIOError:
                         return
         except FileNotFoundError:
@@ -135,7 +171,9 @@ def files(run: Path) -> dict[str, bytes]:
 
 def assert_clean(run: Path) -> None:
     """No lock file (the owner is gone) and no temp file of a cut-short write."""
-    assert not (run / LOCK).exists() and not list(run.glob(".*.tmp")), sorted(p.name for p in run.iterdir())
+    assert not (run / LOCK).exists() and not list(run.glob(".*.tmp")), sorted(
+        p.name for p in run.iterdir()
+    )
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -146,16 +184,21 @@ def stop(p: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_tree, env):
-    """One uninterrupted run: the history, weights and test accuracy every resumed run must match."""
+    """One uninterrupted run: the history, weights and test accuracy every resumed run must
+    match."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    subprocess.run(train_cmd(out, data_tree), env=env, check=True, capture_output=True, timeout=WAIT)
+    subprocess.run(
+        train_cmd(out, data_tree), env=env, check=True, capture_output=True, timeout=WAIT
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def unfinished(tmp_path_factory, data_tree):
-    """A run of 2 epochs stopped by Ctrl-C after epoch 1, made in this process: the SIGINT is sent from inside
-    the first history write, so it waits for the critical section and stops the run right after it."""
+    """A run of 2 epochs stopped by Ctrl-C after epoch 1, made in this process: the SIGINT is sent
+    from inside the first history write, so it waits for the critical section and stops the run
+    right after it.
+    """
     import cifarkit.training.trainer as trainer
 
     run = tmp_path_factory.mktemp("unfinished") / "run"
@@ -172,7 +215,11 @@ def unfinished(tmp_path_factory, data_tree):
         code, _, err = cli(*train_args(run, data_tree, "--epochs", "2"))
     assert code == 130, err
     assert f"after epoch 1 is {run / 'last.pt'}" in error_line(err)
-    assert checkpoint_epoch(run / "last.pt") == 1 and len(rows(run)) == 1 and not (run / "results.json").exists()
+    assert (
+        checkpoint_epoch(run / "last.pt") == 1
+        and len(rows(run)) == 1
+        and not (run / "results.json").exists()
+    )
     return run
 
 
@@ -185,19 +232,25 @@ def copy_run(src: Path, dst: Path) -> Path:
 def test_results_keys_single_view_and_separate_tta(reference):
     res = json.loads((reference / "results.json").read_text())
     history = rows(reference)
-    assert len(history) == EPOCHS and all(h["eval_tta"] == "none" for h in history)  # per epoch: single view
+    # per epoch: single view
+    assert len(history) == EPOCHS and all(h["eval_tta"] == "none" for h in history)
     last = history[-1]
     assert res["test_total"] == last["eval_total"] == 50 and res["epochs"] == EPOCHS
-    assert (res["single_view_correct"], res["single_view_accuracy"]) == (last["eval_correct"], last["eval_accuracy"])
-    assert res["tta"] == "flip-translate" and 0 <= res["tta_correct"] <= 50  # the final TTA, kept apart
+    assert (res["single_view_correct"], res["single_view_accuracy"]) == (
+        last["eval_correct"],
+        last["eval_accuracy"],
+    )
+    # the final TTA, kept apart
+    assert res["tta"] == "flip-translate" and 0 <= res["tta_correct"] <= 50
     assert not any(k.startswith("final_test_") for k in res)
     assert sorted(p.name for p in reference.iterdir()) == sorted(RUN_FILES)
 
 
-# ---------------------------------------------------------------- SIGKILL at any moment, then resume exactly
+# ---------------------------------------------------------------- SIGKILL at any moment, then
+# resume exactly
 def kill_after(cmd, env, run: Path, min_epochs: int, extra_delay: float) -> bool:
-    """Start a training run, SIGKILL it `extra_delay` s after `min_epochs` epochs are in its history.
-    Returns True if the process was still running when killed."""
+    """Start a training run, SIGKILL it `extra_delay` s after `min_epochs` epochs are in its
+    history. Returns True if the process was still running when killed."""
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + WAIT
@@ -214,18 +267,30 @@ def kill_after(cmd, env, run: Path, min_epochs: int, extra_delay: float) -> bool
 
 @posix_only
 def test_sigkill_twice_then_resume_is_exact(tmp_path, data_tree, env, reference):
-    """SIGKILL a run just as epoch 1 reaches its history (the next epoch is starting), resume it, SIGKILL the
-    resumed run at a random moment after its first epoch, resume again: the same history, weights and test
-    results as the run that was never stopped. Resuming is the command the interrupt message prints: no
-    --data (it comes from the run) and no CIFARKIT_DATA."""
+    """SIGKILL a run just as epoch 1 reaches its history (the next epoch is starting), resume it,
+    SIGKILL the resumed run at a random moment after its first epoch, resume again: the same
+    history, weights and test results as the run that was never stopped. Resuming is the command the
+    interrupt message prints: no --data (it comes from the run) and no CIFARKIT_DATA."""
     run = tmp_path / "run"
-    resume = [sys.executable, "-m", "cifarkit", "train", "--resume", str(run / "last.pt"), "--no-progress"]
+    resume = [
+        sys.executable,
+        "-m",
+        "cifarkit",
+        "train",
+        "--resume",
+        str(run / "last.pt"),
+        "--no-progress",
+    ]
     saved = 0
-    for cmd, delay in ((train_cmd(run, data_tree), 0.0), (resume, random.Random(0).uniform(0.05, 0.25))):
+    for cmd, delay in (
+        (train_cmd(run, data_tree), 0.0),
+        (resume, random.Random(0).uniform(0.05, 0.25)),
+    ):
         assert kill_after(cmd, env, run, saved + 1, delay), "run finished before the kill"
         ckpt = load_checkpoint(run / "last.pt")  # intact and loadable, whatever moment the kill hit
         assert saved < ckpt["epoch"] < EPOCHS
-        assert len(rows(run)) in (ckpt["epoch"] - 1, ckpt["epoch"])  # the history follows the checkpoint
+        # the history follows the checkpoint
+        assert len(rows(run)) in (ckpt["epoch"] - 1, ckpt["epoch"])
         saved = ckpt["epoch"]
     p = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=WAIT)
     assert p.returncode == 0, p.stderr
@@ -246,15 +311,16 @@ def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path):
     """A writer saving 16 MB checkpoints in a loop is killed at random moments: the file on disk is
     always a complete checkpoint (every value equals its epoch), never a torn one."""
     script = (
-        "import sys, torch\n"
-        "from cifarkit.runfolder.checkpoint import save_checkpoint\n"
-        "for i in range(10**6):\n"
-        "    save_checkpoint(sys.argv[1], {'config': {}, 'epoch': i, 'model': {'w': torch.full((4_000_000,), float(i))}})\n"
-        "    print(i, flush=True)\n")
+        "import sys, torch\nfrom cifarkit.runfolder.checkpoint import save_checkpoint\nfor i in"
+        " range(10**6):\n    save_checkpoint(sys.argv[1], {'config': {}, 'epoch': i, 'model': {'w':"
+        " torch.full((4_000_000,), float(i))}})\n    print(i, flush=True)\n"
+    )
     path = tmp_path / "last.pt"
     rng = random.Random(0)
     for _ in range(4):
-        p = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True
+        )
         try:
             p.stdout.readline()  # at least one complete checkpoint exists
             time.sleep(rng.uniform(0.0, 0.3))
@@ -266,7 +332,8 @@ def test_atomic_checkpoint_survives_sigkill_mid_write(tmp_path):
         assert bool((ckpt["model"]["w"] == ckpt["epoch"]).all())
 
 
-# ---------------------------------------------------------------- Ctrl-C / SIGTERM while last.pt is written
+# ---------------------------------------------------------------- Ctrl-C / SIGTERM while last.pt is
+# written
 def read_lines(p: subprocess.Popen) -> queue.Queue:
     """p's stdout lines in a queue (None at the end), so waiting for a line can time out."""
     q: queue.Queue = queue.Queue()
@@ -295,20 +362,27 @@ def wait_for_epoch_line(q: queue.Queue, p: subprocess.Popen) -> int:
     raise AssertionError("no epoch line in time")
 
 
-# A few milliseconds after an epoch's line the run is writing last.pt (5.7 MB, fsynced), best.pt, history.
-SIGNALS = [(signal.SIGINT, d) for d in (0.0, 0.002, 0.005, 0.010, 0.020)] + [(signal.SIGTERM, 0.005)]
+# A few milliseconds after an epoch's line the run is writing last.pt (5.7 MB, fsynced), best.pt,
+# history.
+SIGNALS = [(signal.SIGINT, d) for d in (0.0, 0.002, 0.005, 0.010, 0.020)] + [
+    (signal.SIGTERM, 0.005)
+]
 
 
 @posix_only
 def test_signal_right_after_an_epoch_line_saves_says_and_resumes(tmp_path, data_tree, env):
-    """Each signal stops a run within ms of an epoch line: exit 130 / 143, no traceback, one stderr line
-    naming the epoch really in last.pt; the next run is the command that line prints (no --data), or, if
-    no epoch was saved yet, the same command again. Both files agree: the history ends where last.pt does."""
+    """Each signal stops a run within ms of an epoch line: exit 130 / 143, no traceback, one stderr
+    line naming the epoch really in last.pt; the next run is the command that line prints (no
+    --data), or, if no epoch was saved yet, the same command again. Both files agree: the history
+    ends where last.pt does.
+    """
     run, last = tmp_path / "run", tmp_path / "run" / "last.pt"
     first = train_cmd(run, data_tree, "--epochs", "20")  # never reached: every run here is stopped
     cmd, saved_epochs = first, []
     for sig, delay in SIGNALS:
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             lines = read_lines(p)
             shown = wait_for_epoch_line(lines, p)
@@ -322,32 +396,49 @@ def test_signal_right_after_an_epoch_line_saves_says_and_resumes(tmp_path, data_
         assert p.returncode == (130 if sig == signal.SIGINT else 143), (case, err)
         msg = error_line(err)
         name = "Ctrl-C (SIGINT)" if sig == signal.SIGINT else "SIGTERM"
-        assert re.match(rf"Interrupted during epoch ({shown}|{shown + 1}) by {re.escape(name)}: ", msg), (case, msg)
+        assert re.match(
+            rf"Interrupted during epoch ({shown}|{shown + 1}) by {re.escape(name)}: ", msg
+        ), (case, msg)
         saved = checkpoint_epoch(last)
-        if saved is None:  # stopped before the first checkpoint: nothing is promised, the same command restarts
-            assert shown == 1 and "no epoch had finished" in msg and "last.pt" not in msg, (case, msg)
+        # stopped before the first checkpoint: nothing is promised, the same command restarts
+        if saved is None:
+            assert shown == 1 and "no epoch had finished" in msg and "last.pt" not in msg, (
+                case,
+                msg,
+            )
             assert not rows(run)
             cmd = first
         else:
             load_checkpoint(last)  # complete, not only its header
-            assert saved in (shown - 1, shown), case  # stopped before or after the epoch's checkpoint
-            assert f"the checkpoint after epoch {saved} is {last}; resume with: " in msg, (case, msg)
+            # stopped before or after the epoch's checkpoint
+            assert saved in (shown - 1, shown), case
+            assert f"the checkpoint after epoch {saved} is {last}; resume with: " in msg, (
+                case,
+                msg,
+            )
             assert [h["epoch"] for h in rows(run)] == list(range(1, saved + 1)), case
             resume = msg.split("resume with: ")[1]
             assert resume == f"python -m cifarkit train --resume {last}"
-            cmd = [sys.executable, *shlex.split(resume)[1:], "--no-progress"]  # --no-progress: one line per epoch
+            # --no-progress: one line per epoch
+            cmd = [sys.executable, *shlex.split(resume)[1:], "--no-progress"]
         saved_epochs.append(saved)
         assert_clean(run)
-    assert saved_epochs[-1] is not None and saved_epochs[-1] >= 2, saved_epochs  # runs did resume and go on
+    # runs did resume and go on
+    assert saved_epochs[-1] is not None and saved_epochs[-1] >= 2, saved_epochs
 
 
 @posix_only
 @pytest.mark.parametrize("gap", [0.03, 0.0])
 def test_ctrl_c_twice_is_still_one_line(tmp_path, data_tree, env, gap):
-    """An impatient second Ctrl-C (30 ms later, or at once) while the run stops: exit 130, the one line, no
-    KeyboardInterrupt traceback."""
-    p = subprocess.Popen(train_cmd(tmp_path / "run", data_tree, "--epochs", "20"), env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    """An impatient second Ctrl-C (30 ms later, or at once) while the run stops: exit 130, the one
+    line, no KeyboardInterrupt traceback."""
+    p = subprocess.Popen(
+        train_cmd(tmp_path / "run", data_tree, "--epochs", "20"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_epoch_line(read_lines(p), p)
         p.send_signal(signal.SIGINT)
@@ -385,14 +476,25 @@ class Swallow(nn.Module):
 
 @posix_only
 def test_ctrl_c_stops_a_network_that_swallows_it(tmp_path, data_tree, env):
-    """A forward with a bare except catches the Ctrl-C: the run still stops (at the next batch, outside the
-    network's code), saves what it finished and exits 130 with one line. (That a second Ctrl-C raises
-    again is tested in this process: tests/test_runfolder.py.)"""
+    """A forward with a bare except catches the Ctrl-C: the run still stops (at the next batch,
+    outside the network's code), saves what it finished and exits 130 with one line. (That a second
+    Ctrl-C raises again is tested in this process: tests/test_runfolder.py.)"""
     (tmp_path / "net.py").write_text(SWALLOWING_NET)
     marker = tmp_path / "swallowed.txt"
-    p = subprocess.Popen(train_cmd(tmp_path / "run", data_tree, "--epochs", "50", "--model",
-                                   f"{tmp_path / 'net.py'}:Swallow(marker={str(marker)!r})"),
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        train_cmd(
+            tmp_path / "run",
+            data_tree,
+            "--epochs",
+            "50",
+            "--model",
+            f"{tmp_path / 'net.py'}:Swallow(marker={str(marker)!r})",
+        ),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = wait_for_epoch_line(read_lines(p), p)
         time.sleep(0.5)  # past the checkpoint writes, into the next step's forward
@@ -401,7 +503,9 @@ def test_ctrl_c_stops_a_network_that_swallows_it(tmp_path, data_tree, env):
         err = p.stderr.read()
     finally:
         stop(p)
-    assert marker.exists(), "the Ctrl-C did not land in the network's except (the test proves nothing)"
+    assert marker.exists(), (
+        "the Ctrl-C did not land in the network's except (the test proves nothing)"
+    )
     assert p.returncode == 130 and "Traceback" not in err, err
     assert error_line(err).startswith("Interrupted during epoch ")
     assert checkpoint_epoch(tmp_path / "run" / "last.pt") >= first  # what finished is saved
@@ -411,22 +515,36 @@ def test_ctrl_c_stops_a_network_that_swallows_it(tmp_path, data_tree, env):
 @posix_only
 def test_second_run_on_the_same_folder_fails_at_once(tmp_path, data_tree, env):
     run = tmp_path / "run"
-    first = subprocess.Popen(train_cmd(run, data_tree, "--epochs", "2", "--seed", "1"), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        train_cmd(run, data_tree, "--epochs", "2", "--seed", "1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_locked(run, first)  # the observable fact, not a guess at how long start-up takes
-        second = subprocess.run(train_cmd(run, data_tree, "--epochs", "2", "--seed", "2"), env=env,
-                                capture_output=True, text=True, timeout=WAIT)
+        second = subprocess.run(
+            train_cmd(run, data_tree, "--epochs", "2", "--seed", "2"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
         first_running = first.poll() is None  # the second did not wait for the first
         out, err = first.communicate(timeout=WAIT)
     finally:
         stop(first)
     assert second.returncode == 2 and not second.stdout, second.stderr
-    assert second.stderr == (f"cifarkit: error: {run} is in use by another cifarkit run (pid {first.pid}); "
-                             "wait for it or choose another --out\n")
+    assert (
+        second.stderr
+        == f"cifarkit: error: {run} is in use by another cifarkit run (pid {first.pid}); "
+        "wait for it or choose another --out\n"
+    )
     assert first_running
     assert first.returncode == 0, err
-    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)  # no lock left, nothing of the second
+    # no lock left, nothing of the second
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
     assert json.loads((run / "config.json").read_text())["seed"] == 1
     for name in ("last.pt", "best.pt"):
         assert load_checkpoint(run / name)["config"]["seed"] == 1
@@ -435,27 +553,38 @@ def test_second_run_on_the_same_folder_fails_at_once(tmp_path, data_tree, env):
     assert strip(rows(run)) == strip(load_checkpoint(run / "last.pt")["history"])
 
 
-# ---------------------------------------------------------------- resume: the data comes from the run
+# ---------------------------------------------------------------- resume: the data comes from the
+# run
 def test_resume_without_data_uses_the_runs_data(tmp_path, unfinished):
     run = copy_run(unfinished, tmp_path / "run")
     code, out, err = cli("train", "--resume", str(run / "last.pt"), "--no-progress")
     assert code == 0, err
     assert f"resuming {run / 'last.pt'} after epoch 1/2" in out
     assert [h["epoch"] for h in rows(run)] == [1, 2] and (run / "results.json").is_file()
-    assert json.loads((run / "config.json").read_text())["data"] == load_checkpoint(run / "last.pt")["config"]["data"]
+    assert (
+        json.loads((run / "config.json").read_text())["data"]
+        == load_checkpoint(run / "last.pt")["config"]["data"]
+    )
 
 
-def test_resume_refuses_other_images_and_accepts_the_same_in_another_format(tmp_path, unfinished, data_tree):
+def test_resume_refuses_other_images_and_accepts_the_same_in_another_format(
+    tmp_path, unfinished, data_tree
+):
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
-    other = write_tree(tmp_path / "other", "png", tiny_arrays(10, 5, seed=2))  # same counts, other pixels
-    line = assert_one_line(cli("train", "--resume", str(run / "last.pt"), "--data", str(other), "--no-progress"),
-                           "is not the dataset this run started on")
+    # same counts, other pixels
+    other = write_tree(tmp_path / "other", "png", tiny_arrays(10, 5, seed=2))
+    line = assert_one_line(
+        cli("train", "--resume", str(run / "last.pt"), "--data", str(other), "--no-progress"),
+        "is not the dataset this run started on",
+    )
     assert str(other) in line and "--data" in line
     assert files(run) == before and sorted(p.name for p in run.iterdir()) == sorted(before)
 
     packed = write_archive(data_tree, tmp_path / "same.tar")  # the same PNGs, packed
-    code, out, err = cli("train", "--resume", str(run / "last.pt"), "--data", str(packed), "--no-progress")
+    code, out, err = cli(
+        "train", "--resume", str(run / "last.pt"), "--data", str(packed), "--no-progress"
+    )
     assert code == 0, err
     assert [h["epoch"] for h in rows(run)] == [1, 2] and (run / "results.json").is_file()
     cfg = json.loads((run / "config.json").read_text())
@@ -468,8 +597,10 @@ def test_resume_names_cifarkit_data_when_it_chose_other_images(tmp_path, unfinis
     before = files(run)
     other = write_tree(tmp_path / "other", "png", tiny_arrays(10, 5, seed=2))
     monkeypatch.setenv("CIFARKIT_DATA", str(other))  # left over in the shell from another project
-    line = assert_one_line(cli("train", "--resume", str(run / "last.pt"), "--no-progress"),
-                           "is not the dataset this run started on")
+    line = assert_one_line(
+        cli("train", "--resume", str(run / "last.pt"), "--no-progress"),
+        "is not the dataset this run started on",
+    )
     assert f"$CIFARKIT_DATA={other} chose it: unset it, or pass --data " in line
     assert files(run) == before and sorted(p.name for p in run.iterdir()) == sorted(before)
 
@@ -477,8 +608,10 @@ def test_resume_names_cifarkit_data_when_it_chose_other_images(tmp_path, unfinis
 def test_resume_refuses_a_recipe_change_in_one_line(tmp_path, unfinished):
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
-    line = assert_one_line(cli("train", "--resume", str(run / "last.pt"), "--lr", "0.1", "--no-progress"),
-                           "refusing to change lr=0.1 (run: 0.05)")
+    line = assert_one_line(
+        cli("train", "--resume", str(run / "last.pt"), "--lr", "0.1", "--no-progress"),
+        "refusing to change lr=0.1 (run: 0.05)",
+    )
     assert "another --out" in line
     assert files(run) == before
 
@@ -487,17 +620,24 @@ def test_dry_run_cannot_resume(tmp_path, unfinished):
     """--dry-run is a throwaway check; with --resume it would train (or rewrite) the real run."""
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
-    assert_one_line(cli("train", "--dry-run", "--resume", str(run / "last.pt"), "--no-progress"), "--dry-run")
+    assert_one_line(
+        cli("train", "--dry-run", "--resume", str(run / "last.pt"), "--no-progress"), "--dry-run"
+    )
     assert files(run) == before
 
 
-# ---------------------------------------------------------------- stopped before the first checkpoint
+# ---------------------------------------------------------------- stopped before the first
+# checkpoint
 @posix_only
 def test_killed_before_the_first_checkpoint_the_same_command_just_starts(tmp_path, data_tree, env):
     run = tmp_path / "run"
     argv = train_args(run, data_tree, "--epochs", "1")
-    p = subprocess.Popen([sys.executable, "-m", "cifarkit", *argv], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cifarkit", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + WAIT
         while not (run / "config.json").exists() and p.poll() is None and time.time() < deadline:
@@ -518,26 +658,32 @@ def test_killed_before_the_first_checkpoint_the_same_command_just_starts(tmp_pat
 
 def ctrl_c_then(real):
     """`real`, wrapped so that it sends this process a Ctrl-C first and is cut short by it."""
+
     def wrapped(*a, **k):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # the work the signal interrupts
         return real(*a, **k)
+
     return wrapped
 
 
 @posix_only
 def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, data_tree, monkeypatch):
-    """Ctrl-C during epoch 1 (sent from inside this process as the epoch starts): exit 130, one line that
-    promises no last.pt; the same command then just starts."""
+    """Ctrl-C during epoch 1 (sent from inside this process as the epoch starts): exit 130, one line
+    that promises no last.pt; the same command then just starts."""
     import cifarkit.training.trainer as trainer
+
     run = tmp_path / "run"
     argv = train_args(run, data_tree, "--epochs", "1")
     real = trainer.train_one_epoch
     monkeypatch.setattr(trainer, "train_one_epoch", ctrl_c_then(real))
-    line = assert_one_line(cli(*argv), "Interrupted during epoch 1 by Ctrl-C (SIGINT): no epoch had finished", 130)
+    line = assert_one_line(
+        cli(*argv), "Interrupted during epoch 1 by Ctrl-C (SIGINT): no epoch had finished", 130
+    )
     assert "last.pt" not in line and "the same command starts the run afresh" in line
     assert sorted(q.name for q in run.iterdir()) == ["config.json"]
-    monkeypatch.setattr(trainer, "train_one_epoch", real)  # (not undo(): that would drop the private cache too)
+    # (not undo(): that would drop the private cache too)
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
     code, out, err = cli(*argv)
     assert code == 0, err
     assert "last.pt" not in out + err and "unfinished" not in out + err
@@ -546,15 +692,21 @@ def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, data_tree
 
 @posix_only
 def test_ctrl_c_while_a_resume_loads_its_data(tmp_path, unfinished, monkeypatch):
-    """Ctrl-C before the first epoch of a resumed run: one line (no "during epoch"), naming the epoch in last.pt."""
+    """Ctrl-C before the first epoch of a resumed run: one line (no "during epoch"), naming the
+    epoch in last.pt."""
     run = copy_run(unfinished, tmp_path / "run")
     before = files(run)
     import cifarkit.training.build as build
+
     monkeypatch.setattr(build, "load_run_data", ctrl_c_then(build.load_run_data))
     code, _, err = cli("train", "--resume", str(run / "last.pt"), "--no-progress")
     last = run / "last.pt"
-    assert code == 130 and err == (f"Interrupted by Ctrl-C (SIGINT): the checkpoint after epoch 1 is {last}; "
-                                   f"resume with: python -m cifarkit train --resume {last}\n"), err
+    assert (
+        code == 130
+        and err
+        == f"Interrupted by Ctrl-C (SIGINT): the checkpoint after epoch 1 is {last}; "
+        f"resume with: python -m cifarkit train --resume {last}\n"
+    ), err
     assert files(run) == before
 
 
@@ -571,30 +723,45 @@ def test_diverged_before_the_first_checkpoint_the_next_command_just_starts(tmp_p
     assert json.loads((run / "config.json").read_text())["lr"] == 0.05
 
 
-# ---------------------------------------------------------------- read-only and full disks, for real
+# ---------------------------------------------------------------- read-only and full disks, for
+# real
 def test_read_only_out_fails_before_training(mount_tmpfs, data_tree, reference):
     mnt = mount_tmpfs(1 << 20, read_only=True, prepare=lambda m: (m / "run").mkdir())
     for out in (mnt / "run", mnt / "new", mnt / "new" / "deeper"):
         code, stdout, err = cli(*train_args(out, data_tree))
         assert code == 2 and stdout == "", stdout  # nothing loaded, nothing trained
-        assert err == f"cifarkit: error: {out} is on a read-only file system; choose another --out\n"
+        assert (
+            err == f"cifarkit: error: {out} is on a read-only file system; choose another --out\n"
+        )
         assert not (mnt / "new").exists()
     # a finished run on a read-only disk: resuming it fails the same way, and it stays as it was
-    ro = mount_tmpfs(4 * (reference / "last.pt").stat().st_size, read_only=True,
-                     prepare=lambda m: shutil.copytree(reference, m / "run"))
+    ro = mount_tmpfs(
+        4 * (reference / "last.pt").stat().st_size,
+        read_only=True,
+        prepare=lambda m: shutil.copytree(reference, m / "run"),
+    )
     before = files(ro / "run")
-    assert_one_line(cli("train", "--resume", str(ro / "run" / "last.pt"), "--no-progress"), "read-only file system")
+    assert_one_line(
+        cli("train", "--resume", str(ro / "run" / "last.pt"), "--no-progress"),
+        "read-only file system",
+    )
     assert files(ro / "run") == before
 
 
 def test_full_disk_one_line_and_the_previous_checkpoint_loads(mount_tmpfs, data_tree, reference):
-    size = (reference / "last.pt").stat().st_size  # every checkpoint of this recipe is about this size
+    # every checkpoint of this recipe is about this size
+    size = (reference / "last.pt").stat().st_size
     # room for epoch 1's last.pt and best.pt, not for epoch 2's new last.pt beside them
     run = mount_tmpfs(int(2.5 * size)) / "run"
     line = assert_one_line(cli(*train_args(run, data_tree)), "no space left on device", code=1)
-    assert line == (f"cifarkit: error: no space left on device while writing {run / 'last.pt'}; "
-                    "the previous checkpoint is intact")
-    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and load_checkpoint(run / "best.pt")["epoch"] == 1
+    assert (
+        line == f"cifarkit: error: no space left on device while writing {run / 'last.pt'}; "
+        "the previous checkpoint is intact"
+    )
+    assert (
+        load_checkpoint(run / "last.pt")["epoch"] == 1
+        and load_checkpoint(run / "best.pt")["epoch"] == 1
+    )
     assert [h["epoch"] for h in rows(run)] == [1]
     assert_clean(run)
     # room for no checkpoint at all: the first write fails, and says that nothing was created
@@ -604,7 +771,8 @@ def test_full_disk_one_line_and_the_previous_checkpoint_loads(mount_tmpfs, data_
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
 
-# ---------------------------------------------------------------- hostile checkpoints: one line each
+# ---------------------------------------------------------------- hostile checkpoints: one line
+# each
 @pytest.fixture(scope="module")
 def good_checkpoint(reference):
     return reference / "last.pt"
@@ -624,7 +792,9 @@ def test_not_a_checkpoint(tmp_path):
     tensor = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), tensor)
     assert_one_line(cli("evaluate", "--checkpoint", str(tensor)), "is not a cifarkit checkpoint")
-    assert_one_line(cli("evaluate", "--checkpoint", str(tmp_path / "none.pt")), "checkpoint not found")
+    assert_one_line(
+        cli("evaluate", "--checkpoint", str(tmp_path / "none.pt")), "checkpoint not found"
+    )
 
 
 class Payload:
@@ -662,29 +832,37 @@ def test_model_from_checkpoint_gives_the_evaluated_weights(good_checkpoint):
 # ---------------------------------------------------------------- bad input leaves nothing behind
 def test_bad_data_leaves_no_run_folder(tmp_path):
     out = tmp_path / "never"
-    assert_one_line(cli("train", "--data", str(tmp_path / "missing"), "--out", str(out)), "data path not found")
+    assert_one_line(
+        cli("train", "--data", str(tmp_path / "missing"), "--out", str(out)), "data path not found"
+    )
     assert not out.exists()
 
 
 def test_overwrite_keeps_the_old_run_if_setup_fails(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
     before = files(run)
-    assert_one_line(cli("train", "--data", str(tmp_path / "missing"), "--out", str(run), "--overwrite"),
-                    "data path not found")
+    assert_one_line(
+        cli("train", "--data", str(tmp_path / "missing"), "--out", str(run), "--overwrite"),
+        "data path not found",
+    )
     assert files(run) == before and sorted(p.name for p in run.iterdir()) == sorted(before)
 
 
 def test_out_that_is_a_file(tmp_path, data_tree):
     f = tmp_path / "file"
     f.write_text("x")
-    assert_one_line(cli("train", "--data", str(data_tree), "--out", str(f)), "is a file, not a folder")
+    assert_one_line(
+        cli("train", "--data", str(data_tree), "--out", str(f)), "is a file, not a folder"
+    )
     assert f.read_text() == "x"
 
 
 def test_out_that_is_a_dangling_link_says_so(tmp_path, data_tree):
     link = tmp_path / "run"
     link.symlink_to(tmp_path / "gone" / "run")
-    line = assert_one_line(cli("train", "--data", str(data_tree), "--out", str(link)), "is a symbolic link to")
+    line = assert_one_line(
+        cli("train", "--data", str(data_tree), "--out", str(link)), "is a symbolic link to"
+    )
     assert "which does not exist" in line and not (tmp_path / "gone").exists() and link.is_symlink()
 
 
@@ -702,26 +880,40 @@ class Net(nn.Module):  # written in a notebook cell: the class lives in __main__
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
 
 torch.randn(int(sys.argv[3]))  # earlier cells used the global RNG, differently in each session
-cfg = ck.TrainConfig(epochs=2, batch_size=50, device="cpu", precision="fp32", progress=False, lookahead=False,
-                     tta="none", data=sys.argv[1], out=sys.argv[2])
+cfg = ck.TrainConfig(epochs=2, batch_size=50, device="cpu", precision="fp32", progress=False,
+                     lookahead=False, tta="none", data=sys.argv[1], out=sys.argv[2])
 r = ck.fit(cfg, model=Net if sys.argv[4] == "class" else Net())
 print(json.dumps([h["train_loss"] for h in r.history] + [r.final["seeded_init"]]))
 """
 
 
 def test_a_network_class_trains_the_same_in_two_fresh_processes(tmp_path, data_tree, env):
-    """fit(cfg, model=Net) builds the network after seeding: two sessions that used the RNG differently
-    before still train identically. A network object's weights are the session's: results say so."""
+    """fit(cfg, model=Net) builds the network after seeding: two sessions that used the RNG
+    differently before still train identically. A network object's weights are the session's:
+    results say so."""
     script = tmp_path / "nb.py"
     script.write_text(NOTEBOOK_STYLE)
 
     def session(i: int, how: str) -> list:
-        out = subprocess.run([sys.executable, str(script), str(data_tree), str(tmp_path / f"{how}{i}"), str(7 * i + 1),
-                              how], env=env, capture_output=True, text=True, timeout=WAIT)
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(data_tree),
+                str(tmp_path / f"{how}{i}"),
+                str(7 * i + 1),
+                how,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     a, b = session(1, "class"), session(2, "class")
     assert a == b and a[-1] is True  # bit for bit, and recorded as seeded
     c, d = session(1, "object"), session(2, "object")
-    assert c[-1] is False and d[-1] is False and c[:-1] != d[:-1]  # the seed does not cover them, and says so
+    # the seed does not cover them, and says so
+    assert c[-1] is False and d[-1] is False and c[:-1] != d[:-1]

@@ -2,19 +2,26 @@
 
 Every receptive field below is computed by hand in the comments, with
     rf_out = rf_in + dilation * (kernel - 1) * jump_in,    jump_out = jump_in * stride
-and the RF the rule counts is the one ENTERING global pooling (each output of a global pool sees the whole
-image). The verdicts are what a course assistant would give; a tool that says otherwise makes a student
-"fix" a network that was fine.
+and the RF the rule counts is the one ENTERING global pooling (each output of a global pool sees the
+whole image). The verdicts are what a course assistant would give; a tool that says otherwise makes
+a student "fix" a network that was fine.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarkit.analysis.rules import (
+    check_rules,
+    final_receptive_field,
+    format_rf_table,
+    format_rules,
+    receptive_field,
+)
+from cifarkit.analysis.summary import summary_text
 from cifarkit.base import CifarkitError
 from cifarkit.models import build_model
-from cifarkit.analysis.rules import check_rules, final_receptive_field, format_rf_table, format_rules, receptive_field
-from cifarkit.analysis.summary import summary_text
 
 
 def verdicts(model, accuracy=None):
@@ -23,8 +30,10 @@ def verdicts(model, accuracy=None):
 
 def local_rfs(model):
     """RF of every spatial row; "all" for a global pool, "?" where it cannot be followed."""
-    return [r.rf if r.scope == "local" else {"global": "all", "unknown": "?"}[r.scope]
-            for r in receptive_field(model)]
+    return [
+        r.rf if r.scope == "local" else {"global": "all", "unknown": "?"}[r.scope]
+        for r in receptive_field(model)
+    ]
 
 
 def assert_verdicts(checks, rf, separable, dilated, gap):
@@ -37,23 +46,43 @@ def assert_verdicts(checks, rf, separable, dilated, gap):
 
 # ---------------------------------------------------------------- (1) EVA4 Session 7 style
 class Eva4S7(nn.Module):
-    """Plain Sequential blocks, two dilated convs, depthwise + BN + ReLU + 1x1, nn.AvgPool2d(4) on a 4x4 map."""
+    """Plain Sequential blocks, two dilated convs, depthwise + BN + ReLU + 1x1, nn.AvgPool2d(4) on a
+    4x4 map."""
 
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+            nn.Conv2d(3, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+        )
         self.pool1 = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Sequential(
-            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU(),  # depthwise
-            nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())                        # pointwise
+            # depthwise
+            nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            # pointwise
+            nn.Conv2d(32, 64, 1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        )
         self.pool2 = nn.MaxPool2d(2, 2)
         self.conv3 = nn.Sequential(
-            nn.Conv2d(64, 64, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+            nn.Conv2d(64, 64, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(),
+        )
         self.pool3 = nn.MaxPool2d(2, 2)
-        self.conv4 = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU())
+        self.conv4 = nn.Sequential(
+            nn.Conv2d(128, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.ReLU()
+        )
         self.gap = nn.Sequential(nn.AvgPool2d(4))
         self.head = nn.Conv2d(128, 10, 1, bias=False)
 
@@ -76,7 +105,8 @@ def test_eva4_session7_network():
     checks = verdicts(model)
     assert_verdicts(checks, rf=True, separable=True, dilated=True, gap=True)
     assert checks["receptive field > 44"].value == "58 px"
-    assert checks["depthwise-separable conv"].value == "conv2.0 + conv2.3"   # BN + ReLU between them is fine
+    # BN + ReLU between them is fine
+    assert checks["depthwise-separable conv"].value == "conv2.0 + conv2.3"
     assert checks["dilated conv"].value == "conv1.3 (dilation 2), conv3.0 (dilation 2)"
     assert checks["global average pooling"].value == "gap.0"
     table = format_rf_table(receptive_field(model))
@@ -86,7 +116,8 @@ def test_eva4_session7_network():
 
 # ---------------------------------------------------------------- (2) functional calls
 class Functional(nn.Module):
-    """Layers as attributes, but relu, pooling, global pooling and flattening written as functions."""
+    """Layers as attributes, but relu, pooling, global pooling and flattening written as
+    functions."""
 
     def __init__(self):
         super().__init__()
@@ -107,9 +138,9 @@ class Functional(nn.Module):
 
 
 def test_functional_network():
-    # conv3 -> 3 | F.max_pool2d 2: 3 + 1 = 4, jump 2 | conv3: 4 + 2*2 = 8 | pool: 8 + 1*2 = 10, jump 4
-    # conv3: 10 + 2*4 = 18 | pool: 18 + 1*4 = 22, jump 8 | depthwise conv3 d2: 22 + 2*2*8 = 54 | 1x1: 54
-    # (hooking nn layers only would see 3, 5, 7, 11, 11: an RF of 11 and no pooling at all)
+    # conv3 -> 3 | F.max_pool2d 2: 3 + 1 = 4, jump 2 | conv3: 4 + 2*2 = 8 | pool: 8 + 1*2 = 10, jump
+    # 4 conv3: 10 + 2*4 = 18 | pool: 18 + 1*4 = 22, jump 8 | depthwise conv3 d2: 22 + 2*2*8 = 54 |
+    # 1x1: 54 (hooking nn layers only would see 3, 5, 7, 11, 11: an RF of 11 and no pooling at all)
     model = Functional()
     rows = receptive_field(model)
     assert local_rfs(model) == [3, 4, 8, 10, 18, 22, 54, 54, "all"]
@@ -125,12 +156,18 @@ def test_functional_network():
     assert "  F.max_pool2d in forward -> [16, 16, 16]" in text
 
 
-# ---------------------------------------------------------------- (3) residual network, x.mean((2, 3))
+# ---------------------------------------------------------------- (3) residual network, x.mean((2,
+# 3))
 class ResBlock(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+        )
 
     def forward(self, x):
         return F.relu(x + self.body(x))
@@ -139,7 +176,9 @@ class ResBlock(nn.Module):
 class Residual(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
         self.res1 = ResBlock(32)
         self.down1 = nn.Conv2d(32, 64, 3, stride=2, padding=1)
         self.branch_a = nn.Conv2d(64, 32, 1)
@@ -162,9 +201,10 @@ class Residual(nn.Module):
 def test_residual_network_takes_the_largest_path():
     # stem conv3 -> 3 | res1 body: 3 + 2 = 5, 5 + 2 = 7; x + body(x) -> max(3, 7) = 7
     # down1 conv3 stride 2: 7 + 2*1 = 9, jump 2 | branch_a 1x1: 9; branch_b conv3 d2: 9 + 2*2*2 = 17
-    # cat -> max(9, 17) = 17 | max_pool 2: 17 + 1*2 = 19, jump 4 | res2 body: 19 + 2*4 = 27, 27 + 8 = 35
-    # dw conv3: 35 + 2*4 = 43 | pw 1x1: 43 | x + pw(..) -> max(35, 43) = 43
-    # max_pool 2: 43 + 1*4 = 47, jump 8 (4x4) | torch.mean over (2, 3): global average pool, entering RF 47
+    # cat -> max(9, 17) = 17 | max_pool 2: 17 + 1*2 = 19, jump 4 | res2 body: 19 + 2*4 = 27, 27 + 8
+    # = 35 dw conv3: 35 + 2*4 = 43 | pw 1x1: 43 | x + pw(..) -> max(35, 43) = 43
+    # max_pool 2: 43 + 1*4 = 47, jump 8 (4x4) | torch.mean over (2, 3): global average pool,
+    # entering RF 47
     model = Residual()
     assert local_rfs(model) == [3, 5, 7, 9, 9, 17, 19, 27, 35, 43, 43, 47, "all"]
     checks = verdicts(model)
@@ -175,13 +215,20 @@ def test_residual_network_takes_the_largest_path():
     assert checks["global average pooling"].value == "torch.mean in forward"
 
 
-# ---------------------------------------------------------------- (4) nested Sequentials, global max pool
+# ---------------------------------------------------------------- (4) nested Sequentials, global
+# max pool
 def nested_with_global_max_pool():
     return nn.Sequential(
-        nn.Sequential(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()),
-                      nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())),
+        nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()),
+        ),
         nn.MaxPool2d(2),
-        nn.Sequential(nn.Sequential(nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()))),
+        nn.Sequential(
+            nn.Sequential(
+                nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+            )
+        ),
         nn.MaxPool2d(2),
         nn.Sequential(nn.Conv2d(32, 64, 5, padding=2), nn.ReLU()),
         nn.AdaptiveMaxPool2d(1),
@@ -191,8 +238,9 @@ def nested_with_global_max_pool():
 
 
 def test_nested_sequentials_with_a_global_max_pool():
-    # conv3 -> 3 | conv3: 5 | maxpool2: 5 + 1 = 6, jump 2 | conv3: 6 + 2*2 = 10 | maxpool2: 10 + 2 = 12, jump 4
-    # conv5: 12 + 4*4 = 28 | AdaptiveMaxPool2d(1): global MAX pool (not GAP), entering RF 28
+    # conv3 -> 3 | conv3: 5 | maxpool2: 5 + 1 = 6, jump 2 | conv3: 6 + 2*2 = 10 | maxpool2: 10 + 2 =
+    # 12, jump 4 conv5: 12 + 4*4 = 28 | AdaptiveMaxPool2d(1): global MAX pool (not GAP), entering RF
+    # 28
     model = nested_with_global_max_pool()
     rows = receptive_field(model)
     assert [r.name for r in rows] == ["0.0.0", "0.1.0", "1", "2.0.0.0", "3", "4.0", "5"]
@@ -200,7 +248,10 @@ def test_nested_sequentials_with_a_global_max_pool():
     checks = verdicts(model)
     assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=False)
     assert checks["receptive field > 44"].value == "28 px"
-    assert checks["global average pooling"].value == "none (5 (AdaptiveMaxPool2d) is a global max pool, not an average)"
+    assert (
+        checks["global average pooling"].value
+        == "none (5 (AdaptiveMaxPool2d) is a global max pool, not an average)"
+    )
 
 
 # ---------------------------------------------------------------- (5) almost-separable convs
@@ -208,12 +259,14 @@ class AlmostSeparable(nn.Module):
     def __init__(self):
         super().__init__()
         self.c1 = nn.Conv2d(3, 32, 3, padding=1)
-        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)  # grouped, but 4 groups != 32 channels
+        # grouped, but 4 groups != 32 channels
+        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4)
         self.pw1 = nn.Conv2d(32, 32, 1)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)      # depthwise ...
-        self.c3 = nn.Conv2d(32, 64, 3, padding=1)                 # ... followed by a 3x3, not a 1x1
-        self.dw2 = nn.Conv2d(64, 64, 3, padding=1, groups=64)     # depthwise ...
-        self.pw2 = nn.Conv2d(64, 128, 1, dilation=2)              # ... a max pool, then a "dilated" 1x1
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)  # depthwise ...
+        self.c3 = nn.Conv2d(32, 64, 3, padding=1)  # ... followed by a 3x3, not a 1x1
+        self.dw2 = nn.Conv2d(64, 64, 3, padding=1, groups=64)  # depthwise ...
+        # ... a max pool, then a "dilated" 1x1
+        self.pw2 = nn.Conv2d(64, 128, 1, dilation=2)
 
     def forward(self, x):
         x = F.max_pool2d(self.pw1(F.relu(self.grouped(self.c1(x)))), 2)
@@ -223,9 +276,11 @@ class AlmostSeparable(nn.Module):
 
 
 def test_grouped_and_lonely_depthwise_convs_are_not_separable():
-    # c1 conv3 -> 3 | grouped conv3: 5 | 1x1: 5 | pool2: 6, jump 2 | dw conv3: 6 + 2*2 = 10 | conv3: 14
-    # pool2: 14 + 2 = 16, jump 4 | dw2 conv3: 16 + 2*4 = 24 | pool2: 24 + 4 = 28, jump 8 | 1x1 (dilation 2): 28
-    # F.avg_pool2d(x, x.shape[-1]) on the 4x4 map -> 1x1: global average pooling, entering RF 28
+    # c1 conv3 -> 3 | grouped conv3: 5 | 1x1: 5 | pool2: 6, jump 2 | dw conv3: 6 + 2*2 = 10 | conv3:
+    # 14
+    # pool2: 14 + 2 = 16, jump 4 | dw2 conv3: 16 + 2*4 = 24 | pool2: 24 + 4 = 28, jump 8 | 1x1
+    # (dilation 2): 28 F.avg_pool2d(x, x.shape[-1]) on the 4x4 map -> 1x1: global average pooling,
+    # entering RF 28
     model = AlmostSeparable()
     assert local_rfs(model) == [3, 5, 5, 6, 10, 14, 16, 24, 28, 28, "all"]
     checks = verdicts(model)
@@ -262,25 +317,38 @@ def test_untracked_op_makes_the_rf_unknown_not_wrong():
     checks = verdicts(model)
     rf = checks["receptive field > 44"]
     assert rf.passed is None and rf.value.startswith("UNKNOWN (") and "F.interpolate" in rf.value
-    assert ("[ ?? ] receptive field > 44       UNKNOWN (the RF cannot be followed past F.interpolate in forward, "
-            "which changes the map size, 16x16 -> 32x32)") in format_rules(list(checks.values()))
-    assert_verdicts(checks, rf=None, separable=False, dilated=True, gap=True)  # the rest is still known
+    assert (
+        "[ ?? ] receptive field > 44       UNKNOWN (the RF cannot be followed past F.interpolate in"
+        " forward, which changes the map size, 16x16 -> 32x32)"
+        in format_rules(list(checks.values()))
+    )
+    # the rest is still known
+    assert_verdicts(checks, rf=None, separable=False, dilated=True, gap=True)
     table = format_rf_table(receptive_field(model))
     assert "forward         F.interpolate        -  -  -  -     ?    ?  [16, 32, 32]" in table
-    assert "receptive field unknown: the RF cannot be followed past F.interpolate in forward" in table
+    assert (
+        "receptive field unknown: the RF cannot be followed past F.interpolate in forward" in table
+    )
 
 
-@pytest.mark.parametrize("step", [
-    lambda x: x[:, :, ::2, ::2],                        # strided slicing of the spatial axes
-    lambda x: F.pixel_shuffle(x.repeat(1, 4, 1, 1), 2),  # channels into space
-    lambda x: torch.flip(x.softmax(dim=-1), [1]),       # softmax along the width mixes positions
-    lambda x: x.flatten(2).transpose(1, 2).bmm(x.flatten(2)).view(-1, 256, 16, 16)[:, :4],  # attention
-])
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda x: x[:, :, ::2, ::2],  # strided slicing of the spatial axes
+        lambda x: F.pixel_shuffle(x.repeat(1, 4, 1, 1), 2),  # channels into space
+        lambda x: torch.flip(x.softmax(dim=-1), [1]),  # softmax along the width mixes positions
+        # attention
+        lambda x: x.flatten(2).transpose(1, 2).bmm(x.flatten(2)).view(-1, 256, 16, 16)[:, :4],
+    ],
+)
 def test_other_untracked_ops_are_unknown(step):
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.Conv2d(4, 8, 3, padding=1)
+            self.c1, self.c2 = (
+                nn.Conv2d(3, 4, 3, padding=1, stride=2),
+                nn.Conv2d(4, 8, 3, padding=1),
+            )
 
         def forward(self, x):
             return self.c2(step(self.c1(x))).mean((2, 3))
@@ -290,7 +358,8 @@ def test_other_untracked_ops_are_unknown(step):
     assert checks["global average pooling"].passed is True
 
 
-# ---------------------------------------------------------------- the seed network and the accuracy rule
+# ---------------------------------------------------------------- the seed network and the accuracy
+# rule
 def test_seed_network_all_pass():
     checks = verdicts(build_model("seed"), accuracy=83.61)
     assert all(c.passed is True for c in checks.values())
@@ -308,12 +377,16 @@ def test_accuracy_rule():
     assert low.passed is False and low.value == "79.90%"
     text = format_rules(check_rules(seed, accuracy=79.9))
     assert "[FAIL] test accuracy >= 80%       79.90%" in text
-    assert "[ ?? ] test accuracy >= 80%       UNKNOWN (not trained / not measured yet)" in format_rules(
-        check_rules(seed))
+    assert (
+        "[ ?? ] test accuracy >= 80%       UNKNOWN (not trained / not measured yet)"
+        in format_rules(check_rules(seed))
+    )
 
 
 # ---------------------------------------------------------------- the model is left as it was
-@pytest.mark.parametrize("analyse", [check_rules, receptive_field, summary_text, final_receptive_field])
+@pytest.mark.parametrize(
+    "analyse", [check_rules, receptive_field, summary_text, final_receptive_field]
+)
 def test_analysis_leaves_the_model_unchanged(analyse):
     model = Eva4S7().double().train()
     model.conv2[3].eval()  # a mix of modes must survive too
@@ -338,7 +411,10 @@ def test_forward_failure_is_one_line():
         with pytest.raises(CifarkitError) as err:
             analyse(net)
         msg = str(err.value)
-        assert "\n" not in msg and "forward pass fails on a (2, 3, 32, 32) input: RuntimeError: " in msg
+        assert (
+            "\n" not in msg
+            and "forward pass fails on a (2, 3, 32, 32) input: RuntimeError: " in msg
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -352,8 +428,8 @@ def test_analysis_of_a_gpu_model_leaves_it_on_the_gpu():
 
 # ================================================================ part 2: more idioms (issue 21)
 class ReflectPadded(nn.Module):
-    """Every conv pads by reflection / replication (Conv2d pads with F.pad first, even at padding 0), and GAP is
-    written as a sum divided by the number of positions."""
+    """Every conv pads by reflection / replication (Conv2d pads with F.pad first, even at padding
+    0), and GAP is written as a sum divided by the number of positions."""
 
     def __init__(self):
         super().__init__()
@@ -364,15 +440,16 @@ class ReflectPadded(nn.Module):
         self.fc = nn.Linear(32, 10)
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.c1(x)), 2)          # 32 -> 16
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)  # 32 -> 16
         x = F.relu(self.pw(F.relu(self.dw(x))))
-        x = F.relu(self.dil(x))                          # 16x16
+        x = F.relu(self.dil(x))  # 16x16
         return self.fc(x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3]))
 
 
 def test_reflect_and_replicate_padding_keep_the_pair_and_the_padding():
     # c1 3x3 -> 3 | maxpool2 -> 3 + 1*1 = 4, jump 2 | dw 3x3 -> 4 + 2*2 = 8 | pw 1x1 -> 8
-    # dil 3x3 d2 -> 8 + 2*2*2 = 16 | sum / (16 * 16): an average over the whole 16x16 map, entering RF 16
+    # dil 3x3 d2 -> 8 + 2*2*2 = 16 | sum / (16 * 16): an average over the whole 16x16 map, entering
+    # RF 16
     model = ReflectPadded()
     assert local_rfs(model) == [3, 4, 8, 8, 16, "all"]
     checks = verdicts(model)
@@ -380,24 +457,36 @@ def test_reflect_and_replicate_padding_keep_the_pair_and_the_padding():
     assert checks["depthwise-separable conv"].value == "dw + pw"
     assert checks["global average pooling"].value == "x.sum in forward"
     rows = {r.name: r for r in receptive_field(model)}
-    assert rows["dw"].padding == 1 and rows["dil"].padding == 2 and rows["pw"].padding == 0  # what was padded
+    # what was padded
+    assert rows["dw"].padding == 1 and rows["dil"].padding == 2 and rows["pw"].padding == 0
 
 
 def conv_bn(cin, cout, k=3, s=1, d=1, g=1):
     """The helper most students write: conv -> BN -> ReLU as one nn.Sequential."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, padding=d * (k // 2), dilation=d, groups=g, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, padding=d * (k // 2), dilation=d, groups=g, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
 
 
 def one_sequential():
     """The whole network as one nn.Sequential of helpers, a strided conv instead of a pool."""
-    return nn.Sequential(conv_bn(3, 16), conv_bn(16, 32, s=2), conv_bn(32, 32, g=32), conv_bn(32, 64, k=1),
-                         conv_bn(64, 64, d=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    return nn.Sequential(
+        conv_bn(3, 16),
+        conv_bn(16, 32, s=2),
+        conv_bn(32, 32, g=32),
+        conv_bn(32, 64, k=1),
+        conv_bn(64, 64, d=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
 
 
 def test_one_sequential_of_helpers_names_layers_by_path_and_class():
-    # 0.0 3x3 -> 3 | 1.0 3x3 s2 -> 3 + 2*1 = 5, jump 2 | 2.0 depthwise 3x3 -> 5 + 2*2 = 9 | 3.0 1x1 -> 9
-    # 4.0 3x3 d2 -> 9 + 2*2*2 = 17 | 5 AdaptiveAvgPool2d(1) on 16x16: GAP, entering RF 17
+    # 0.0 3x3 -> 3 | 1.0 3x3 s2 -> 3 + 2*1 = 5, jump 2 | 2.0 depthwise 3x3 -> 5 + 2*2 = 9 | 3.0 1x1
+    # -> 9 4.0 3x3 d2 -> 9 + 2*2*2 = 17 | 5 AdaptiveAvgPool2d(1) on 16x16: GAP, entering RF 17
     model = one_sequential()
     assert local_rfs(model) == [3, 5, 9, 9, 17, "all"]
     checks = verdicts(model)
@@ -409,7 +498,8 @@ def test_one_sequential_of_helpers_names_layers_by_path_and_class():
 
 
 class Bottleneck(nn.Module):
-    """A residual block with a strided first conv and a strided 1x1 shortcut, added after the second BN."""
+    """A residual block with a strided first conv and a strided 1x1 shortcut, added after the second
+    BN."""
 
     def __init__(self, cin, cout):
         super().__init__()
@@ -436,9 +526,11 @@ class ResNetLike(nn.Module):
 
 def test_residual_blocks_with_strided_shortcuts():
     # stem 3x3 -> 3, jump 1
-    # layer1: conv1 3x3 s2 -> 3 + 2*1 = 5, jump 2 | conv2 3x3 -> 5 + 2*2 = 9 | shortcut 1x1 s2 -> 3, jump 2
+    # layer1: conv1 3x3 s2 -> 3 + 2*1 = 5, jump 2 | conv2 3x3 -> 5 + 2*2 = 9 | shortcut 1x1 s2 -> 3,
+    # jump 2
     #   add: both jump 2, largest RF 9
-    # layer2: conv1 3x3 s2 -> 9 + 2*2 = 13, jump 4 | conv2 -> 13 + 2*4 = 21 | shortcut 1x1 s2 -> 9, jump 4
+    # layer2: conv1 3x3 s2 -> 9 + 2*2 = 13, jump 4 | conv2 -> 13 + 2*4 = 21 | shortcut 1x1 s2 -> 9,
+    # jump 4
     #   add -> 21 | F.avg_pool2d(x, 8) on 8x8: GAP, entering RF 21
     model = ResNetLike()
     assert local_rfs(model) == [3, 5, 9, 3, 13, 21, 9, "all"]
@@ -472,8 +564,10 @@ def test_a_failed_separable_rule_says_which_layers_and_why():
     checks = verdicts(model)
     assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=True)
     value = checks["depthwise-separable conv"].value
-    assert value == ("none (dw is followed by c5, a 3x3 conv, not a 1x1; g has groups=2 of 32 channels: grouped, "
-                     "not depthwise (depthwise needs groups = channels = 32))")
+    assert (
+        value == "none (dw is followed by c5, a 3x3 conv, not a 1x1; g has groups=2 of 32 channels:"
+        " grouped, not depthwise (depthwise needs groups = channels = 32))"
+    )
     assert "\n" not in format_rules(list(checks.values())).split("\n")[2]
 
 
@@ -517,4 +611,7 @@ def test_a_sum_divided_by_something_else_is_not_an_average():
     assert local_rfs(model) == [3, "all"]
     checks = verdicts(model)
     assert_verdicts(checks, rf=False, separable=False, dilated=False, gap=False)
-    assert checks["global average pooling"].value == "none (x.sum in forward is a global sum pool, not an average)"
+    assert (
+        checks["global average pooling"].value
+        == "none (x.sum in forward is a global sum pool, not an average)"
+    )

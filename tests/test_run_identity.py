@@ -1,7 +1,8 @@
-"""A run belongs to the code that made it, and nothing in a run folder is lost: resume="auto", --resume and
-the same command refuse, in one line and touching nothing, a network whose code changed, a damaged folder
-(best.pt or history without a readable last.pt) and unreadable results; a resumed run keeps the layout
-and precision it started with."""
+"""A run belongs to the code that made it, and nothing in a run folder is lost: resume="auto",
+--resume and the same command refuse, in one line and touching nothing, a network whose code
+changed, a damaged folder (best.pt or history without a readable last.pt) and unreadable results; a
+resumed run keeps the layout and precision it started with."""
+
 import linecache
 
 import pytest
@@ -14,6 +15,7 @@ from cifarkit.config import TrainConfig
 from cifarkit.models.identity import identity_changes, network_identity
 from cifarkit.runfolder.checkpoint import load_checkpoint
 from cifarkit.training.trainer import fit
+
 from conftest import interrupt_in_epoch_2
 
 NET = '''
@@ -33,16 +35,20 @@ class Net(nn.Module):
         x = F.max_pool2d(x, 2)
         return self.fc(x.mean((2, 3)))
 '''
-OTHER_POOL = NET.replace("F.max_pool2d(x, 2)", "F.avg_pool2d(x, 2)")         # same name, same shapes
+# same name, same shapes
+OTHER_POOL = NET.replace("F.max_pool2d(x, 2)", "F.avg_pool2d(x, 2)")
 OTHER_ACT = NET.replace("F.relu(self.c1(x))", "F.gelu(self.c1(x))")
-COMMENTED = NET.replace("        x = F.max_pool2d(x, 2)", "        # pool once\n\n        x = F.max_pool2d( x, 2 )"
-                        ).replace('"""A student\'s network."""', '"""Another docstring."""')
-WIDER = NET.replace("nn.Conv2d(3, 8, 3, padding=1)", "nn.Conv2d(3, 8, 5, padding=2)")  # weights of another shape
+COMMENTED = NET.replace(
+    "        x = F.max_pool2d(x, 2)", "        # pool once\n\n        x = F.max_pool2d( x, 2 )"
+).replace('"""A student\'s network."""', '"""Another docstring."""')
+# weights of another shape
+WIDER = NET.replace("nn.Conv2d(3, 8, 3, padding=1)", "nn.Conv2d(3, 8, 5, padding=2)")
 _cells = iter(range(10**6))
 
 
 def cell(source: str):
-    """The class `Net` as a notebook cell defines it: code in __main__, its source only in linecache."""
+    """The class `Net` as a notebook cell defines it: code in __main__, its source only in
+    linecache."""
     name = f"<ipython-input-{next(_cells)}>"
     linecache.cache[name] = (len(source), None, source.splitlines(True), name)
     ns = {"__name__": "__main__"}
@@ -51,8 +57,16 @@ def cell(source: str):
 
 
 def cfg_for(tmp_path, **kw):
-    base = dict(epochs=1, batch_size=50, lr=0.05, progress=False, out=str(tmp_path / "run"), precision="fp32",
-                eval_batch_size=50, tta="none")
+    base = dict(
+        epochs=1,
+        batch_size=50,
+        lr=0.05,
+        progress=False,
+        out=str(tmp_path / "run"),
+        precision="fp32",
+        eval_batch_size=50,
+        tta="none",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -71,14 +85,28 @@ def one_line(e, *needles) -> str:
 def test_what_counts_as_a_change():
     base = network_identity(cell(NET)())
     assert identity_changes(base, network_identity(cell(NET)())) == []
-    assert identity_changes(base, network_identity(cell(COMMENTED)())) == []  # comments, blank lines, docstrings
+    # comments, blank lines, docstrings
+    assert identity_changes(base, network_identity(cell(COMMENTED)())) == []
     assert identity_changes(base, network_identity(cell(OTHER_POOL)())) == ["forward", "code"]
     assert identity_changes(base, network_identity(cell(OTHER_ACT)())) == ["forward", "code"]
     assert identity_changes(base, network_identity(cell(WIDER)()))[:2] == ["parameters", "layers"]
-    dropout = cell(NET.replace("self.fc = nn.Linear(8, 10)", "self.fc = nn.Sequential(nn.Dropout(0.1), "
-                               "nn.Linear(8, 10))"))
-    assert "layers" in identity_changes(network_identity(dropout()), network_identity(cell(
-        NET.replace("self.fc = nn.Linear(8, 10)", "self.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(8, 10))"))()))
+    dropout = cell(
+        NET.replace(
+            "self.fc = nn.Linear(8, 10)",
+            "self.fc = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 10))",
+        )
+    )
+    assert "layers" in identity_changes(
+        network_identity(dropout()),
+        network_identity(
+            cell(
+                NET.replace(
+                    "self.fc = nn.Linear(8, 10)",
+                    "self.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(8, 10))",
+                )
+            )()
+        ),
+    )
     assert identity_changes(None, base) == []  # an older cifarkit's run records nothing to compare
 
 
@@ -103,10 +131,22 @@ class Net(nn.Module):
         return self.fc(pool(self.c1(x)).mean((2, 3)))
 """
     base = network_identity(cell(helper)())
-    # an edit two calls down that changes no op and no shape (eval-mode dropout): only the code shows it
-    assert identity_changes(base, network_identity(cell(helper.replace("0.1", "0.3"))())) == ["code"]
-    assert identity_changes(base, network_identity(cell(helper.replace("    return F.max_pool2d",
-                                                                       "    # pool\n    return F.max_pool2d"))())) == []
+    # an edit two calls down that changes no op and no shape (eval-mode dropout): only the code
+    # shows it
+    assert identity_changes(base, network_identity(cell(helper.replace("0.1", "0.3"))())) == [
+        "code"
+    ]
+    assert (
+        identity_changes(
+            base,
+            network_identity(
+                cell(
+                    helper.replace("    return F.max_pool2d", "    # pool\n    return F.max_pool2d")
+                )()
+            ),
+        )
+        == []
+    )
 
 
 def test_identity_leaves_the_network_and_the_random_stream_alone():
@@ -125,13 +165,17 @@ def test_an_edited_network_is_never_loaded_as_the_finished_run(tmp_path, learnab
     run = tmp_path / "run"
     assert not first.loaded and load_checkpoint(run / "last.pt")["network"]["forward"]
     before = files(run)
-    for edited, what in ((OTHER_POOL, "forward and code"), (OTHER_ACT, "forward and code"),
-                         (WIDER, "parameter shapes")):
+    for edited, what in (
+        (OTHER_POOL, "forward and code"),
+        (OTHER_ACT, "forward and code"),
+        (WIDER, "parameter shapes"),
+    ):
         with pytest.raises(CifarkitError) as e:
             fit(cfg_for(tmp_path), data=learnable_data, model=cell(edited), resume="auto")
         one_line(e, f"the network's {what}", "changed since", "overwrite=True", "cfg.out")
         assert files(run) == before  # nothing written, nothing deleted
-    again = fit(cfg_for(tmp_path), data=learnable_data, model=cell(COMMENTED), resume="auto")  # comments only
+    # comments only
+    again = fit(cfg_for(tmp_path), data=learnable_data, model=cell(COMMENTED), resume="auto")
     assert again.loaded and again.final == first.final
     assert files(run) == before
 
@@ -145,11 +189,21 @@ def test_an_edited_network_never_resumes_an_unfinished_run(tmp_path, learnable_d
         fit(cfg_for(tmp_path, epochs=2), data=learnable_data, model=cell(OTHER_POOL), resume="auto")
     one_line(e, "the network's forward and code changed")
     with pytest.raises(CifarkitError) as e:  # resume=PATH compares too
-        fit(cfg_for(tmp_path, epochs=2), data=learnable_data, model=cell(OTHER_POOL), resume=run / "last.pt")
+        fit(
+            cfg_for(tmp_path, epochs=2),
+            data=learnable_data,
+            model=cell(OTHER_POOL),
+            resume=run / "last.pt",
+        )
     one_line(e, "the network's forward and code changed")
     assert files(run) == before
-    retrained = fit(cfg_for(tmp_path, epochs=2), data=learnable_data, model=cell(OTHER_POOL), resume="auto",
-                    overwrite=True)
+    retrained = fit(
+        cfg_for(tmp_path, epochs=2),
+        data=learnable_data,
+        model=cell(OTHER_POOL),
+        resume="auto",
+        overwrite=True,
+    )
     assert not retrained.loaded and retrained.final
 
 
@@ -157,8 +211,24 @@ def test_the_cli_refuses_to_resume_an_edited_network_file(tmp_path, tree, capsys
     net = tmp_path / "net.py"
     net.write_text(NET)
     run = tmp_path / "run"
-    args = ["train", "--model", f"{net}:Net", "--data", str(tree), "--out", str(run), "--epochs", "2",
-            "--batch-size", "10", "--no-progress", "--precision", "fp32", "--tta", "none"]
+    args = [
+        "train",
+        "--model",
+        f"{net}:Net",
+        "--data",
+        str(tree),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "10",
+        "--no-progress",
+        "--precision",
+        "fp32",
+        "--tta",
+        "none",
+    ]
     assert main(args) == 0
     (run / "results.json").unlink()
     net.write_text(OTHER_ACT)
@@ -166,12 +236,18 @@ def test_the_cli_refuses_to_resume_an_edited_network_file(tmp_path, tree, capsys
     capsys.readouterr()
     assert main(["train", "--resume", str(run / "last.pt"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "the network's forward and code changed" in err and "--overwrite" in err, err
+    assert (
+        err.count("\n") == 1
+        and "the network's forward and code changed" in err
+        and "--overwrite" in err
+    ), err
     assert files(run) == before
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_a_damaged_folder_is_refused_not_started_over(tmp_path, learnable_data, tree, capsys, damage):
+def test_a_damaged_folder_is_refused_not_started_over(
+    tmp_path, learnable_data, tree, capsys, damage
+):
     fit(cfg_for(tmp_path, epochs=2), data=learnable_data, resume="auto")
     run = tmp_path / "run"
     (run / "results.json").unlink()
@@ -184,13 +260,25 @@ def test_a_damaged_folder_is_refused_not_started_over(tmp_path, learnable_data, 
     for call in (dict(resume="auto"), dict()):  # the notebook's cell, and fit without resume
         with pytest.raises(CifarkitError) as e:
             fit(cfg_for(tmp_path, epochs=2), data=learnable_data, **call)
-        one_line(e, "last.pt", "best.pt (after epoch", "history.csv", "nothing was changed", "overwrite=True",
-                 "resume=")
+        one_line(
+            e,
+            "last.pt",
+            "best.pt (after epoch",
+            "history.csv",
+            "nothing was changed",
+            "overwrite=True",
+            "resume=",
+        )
         assert files(run) == before
     capsys.readouterr()
-    assert main(["train", "--data", str(tree), "--out", str(run), "--epochs", "2", "--no-progress"]) == 2
+    assert (
+        main(["train", "--data", str(tree), "--out", str(run), "--epochs", "2", "--no-progress"])
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "best.pt" in err and "--overwrite" in err and "--resume" in err, err
+    assert (
+        err.count("\n") == 1 and "best.pt" in err and "--overwrite" in err and "--resume" in err
+    ), err
     assert files(run) == before
     # best.pt is a whole checkpoint: the run can go on from it, as the line says
     resumed = fit(cfg_for(tmp_path, epochs=2), data=learnable_data, resume=run / "best.pt")
@@ -214,33 +302,44 @@ def test_a_resumed_run_keeps_the_layout_it_started_with(tmp_path, learnable_data
 
     def cfg(name):
         return cfg_for(tmp_path / name, epochs=2, channels_last="auto", dropout=0.0)
-    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))  # nothing measured earlier
-    monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (100.0, 200.0))  # NHWC measured faster
+
+    # nothing measured earlier
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "layout.json"))
+    # NHWC measured faster
+    monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (100.0, 200.0))
     straight = fit(cfg("straight"), data=learnable_data)
     real = interrupt_in_epoch_2(monkeypatch)
     assert fit(cfg("cut"), data=learnable_data).interrupted
-    assert load_checkpoint(tmp_path / "cut" / "run" / "last.pt")["choices"] == {"precision": "fp32",
-                                                                                "channels_last": True}
+    assert load_checkpoint(tmp_path / "cut" / "run" / "last.pt")["choices"] == {
+        "precision": "fp32",
+        "channels_last": True,
+    }
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
-    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "fresh-layout.json"))  # a new machine, say,
-    monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (200.0, 100.0))        # where NCHW measures faster
+    # a new machine, say,
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(tmp_path / "fresh-layout.json"))
+    # where NCHW measures faster
+    monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (200.0, 100.0))
     resumed = fit(cfg("cut"), data=learnable_data, resume="auto")
     assert straight.final["layout"] == resumed.final["layout"] == "channels_last"
     strip = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(straight.history)
-    assert fit(cfg("fresh"), data=learnable_data).final["layout"] == "NCHW"  # a new run measures again
+    # a new run measures again
+    assert fit(cfg("fresh"), data=learnable_data).final["layout"] == "NCHW"
 
 
 def test_export_to_a_long_file_name_and_onto_a_folder(tmp_path, learnable_data, capsys):
     fit(cfg_for(tmp_path), data=learnable_data)
     last = str(tmp_path / "run" / "last.pt")
-    name = "m" * 246 + ".pt"  # 249 bytes: a valid name, 14 bytes short of the limit with a temp suffix
+    # 249 bytes: a valid name, 14 bytes short of the limit with a temp suffix
+    name = "m" * 246 + ".pt"
     assert main(["export", "--checkpoint", last, "--out", str(tmp_path / name)]) == 0
     assert (tmp_path / name).is_file() and not list(tmp_path.glob(".*.tmp"))
     (tmp_path / "folder").mkdir()
     capsys.readouterr()
     for extra in ([], ["--overwrite"]):
-        assert main(["export", "--checkpoint", last, "--out", str(tmp_path / "folder"), *extra]) == 2
+        assert (
+            main(["export", "--checkpoint", last, "--out", str(tmp_path / "folder"), *extra]) == 2
+        )
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is a folder" in err and "--overwrite" not in err, err
 
@@ -252,10 +351,19 @@ def test_a_record_of_another_identity_version_is_not_compared(tmp_path, learnabl
     fit(cfg_for(tmp_path), data=learnable_data, model=cell(NET), resume="auto")
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["network"]["version"] == identity.VERSION
-    old = {**ckpt["network"], "version": identity.VERSION - 1, "forward": "0" * 16}  # as an older cifarkit wrote
-    assert identity_changes(old, network_identity(cell(NET)())) == []  # a change there may be cifarkit's own
+    # as an older cifarkit wrote
+    old = {**ckpt["network"], "version": identity.VERSION - 1, "forward": "0" * 16}
+    # a change there may be cifarkit's own
+    assert identity_changes(old, network_identity(cell(NET)())) == []
     from cifarkit.runfolder.checkpoint import save_checkpoint
-    save_checkpoint(run / "last.pt", {k: v for k, v in {**ckpt, "network": old}.items() if k not in ("format", "version")})
+
+    save_checkpoint(
+        run / "last.pt",
+        {k: v for k, v in {**ckpt, "network": old}.items() if k not in ("format", "version")},
+    )
     capsys.readouterr()
     assert fit(cfg_for(tmp_path), data=learnable_data, model=cell(NET), resume="auto").loaded
-    assert "cannot check that the network passed now is the one that trained it" in capsys.readouterr().out
+    assert (
+        "cannot check that the network passed now is the one that trained it"
+        in capsys.readouterr().out
+    )

@@ -1,4 +1,6 @@
-"""Run folder safety: the exclusive lock, the folder's state, a writable --out, and stopping on signals."""
+"""Run folder safety: the exclusive lock, the folder's state, a writable --out, and stopping on
+signals."""
+
 import errno
 import json
 import os
@@ -13,12 +15,19 @@ import pytest
 import torch
 
 from cifarkit.atomic import atomic_write_text
-from cifarkit.runfolder.checkpoint import load_checkpoint, save_checkpoint
 from cifarkit.base import CifarkitError
+from cifarkit.runfolder.checkpoint import load_checkpoint, save_checkpoint
 from cifarkit.runfolder.files import LOCK, RUN_FILES
 from cifarkit.runfolder.lock import RunDirError, RunLock
 from cifarkit.runfolder.signals import RunInterrupted, StopSignals
-from cifarkit.runfolder.state import check_run_dir, checkpoint_epoch, clear_run_dir, ensure_writable, interrupt_message, run_state
+from cifarkit.runfolder.state import (
+    check_run_dir,
+    checkpoint_epoch,
+    clear_run_dir,
+    ensure_writable,
+    interrupt_message,
+    run_state,
+)
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="flock and POSIX signals")
 
@@ -30,10 +39,13 @@ def one_line(e: pytest.ExceptionInfo, *needles: str) -> str:
 
 
 def write_ckpt(path: Path, epoch: int) -> None:
-    save_checkpoint(path, {"config": {}, "model": {"w": torch.full((4,), float(epoch))}, "epoch": epoch})
+    save_checkpoint(
+        path, {"config": {}, "model": {"w": torch.full((4,), float(epoch))}, "epoch": epoch}
+    )
 
 
-# ------------------------------------------------------------------------------------------ the lock
+# ------------------------------------------------------------------------------------------ the
+# lock
 @posix_only
 def test_lock_is_exclusive_and_fails_at_once(tmp_path):
     run = tmp_path / "runs" / "seed"
@@ -85,11 +97,15 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
 
 
 def test_the_command_line_locks_before_importing_torch():
-    # `train` takes its lock from cifarkit.runfolder.lock right after parsing: neither may pull in torch, or a
-    # second command started during the first's imports could take the folder.
-    code = ("import sys, cifarkit, cifarkit.cli, cifarkit.runfolder.lock; cifarkit.cli.build_parser(); "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # `train` takes its lock from cifarkit.runfolder.lock right after parsing: neither may pull in
+    # torch, or a second command started during the first's imports could take the folder.
+    code = (
+        "import sys, cifarkit, cifarkit.cli, cifarkit.runfolder.lock; cifarkit.cli.build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "False"
 
 
@@ -105,9 +121,13 @@ def test_lock_is_released_on_error(tmp_path):
 @posix_only
 def test_sigkilled_owner_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
-    script = ("import sys, time\nfrom cifarkit.runfolder.lock import RunLock\n"
-              "RunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n")
-    p = subprocess.Popen([sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True)
+    script = (
+        "import sys, time\nfrom cifarkit.runfolder.lock import RunLock\n"
+        "RunLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirError) as e:
@@ -123,22 +143,29 @@ def test_sigkilled_owner_leaves_no_stale_lock(tmp_path):
 
 @posix_only
 def test_lock_waiter_follows_a_removed_lock_file(tmp_path, monkeypatch):
-    """A second run opens the lock file, then its owner releases (unlinks) it before the second run locks:
-    it must not end up owning a file nobody else can see, but lock the current one."""
+    """A second run opens the lock file, then its owner releases (unlinks) it before the second run
+    locks: it must not end up owning a file nobody else can see, but lock the current one."""
     import cifarkit.runfolder.lock as rundir
+
     run = tmp_path / "run"
     first = RunLock(run).acquire()
     (run / "config.json").write_text("{}")  # the folder stays
     real, calls = rundir._try_lock, []
+
     def owner_releases_first(fd):
         if not calls:
             first.release()
         calls.append(fd)
         return real(fd)
+
     monkeypatch.setattr(rundir, "_try_lock", owner_releases_first)
     with RunLock(run) as second:
         assert len(calls) == 2  # locked the unlinked file, noticed, retried on the new one
-        assert os.path.samefile(run / LOCK, f"/proc/self/fd/{second._fd}") if sys.platform == "linux" else True
+        assert (
+            os.path.samefile(run / LOCK, f"/proc/self/fd/{second._fd}")
+            if sys.platform == "linux"
+            else True
+        )
         monkeypatch.setattr(rundir, "_try_lock", real)
         with pytest.raises(RunDirError):
             RunLock(run).acquire()
@@ -160,11 +187,14 @@ def test_run_state(tmp_path):
     run.mkdir()
     assert run_state(run) == "empty"
     (run / "config.json").write_text("{}")  # killed or diverged before the first checkpoint
-    assert run_state(run) == "empty"  # a config.json alone holds nothing a new run would not write again
+    # a config.json alone holds nothing a new run would not write again
+    assert run_state(run) == "empty"
     (run / "history.json").write_text("[]")
-    assert run_state(run) == "damaged"  # any other run file without a loadable last.pt: never "empty"
+    # any other run file without a loadable last.pt: never "empty"
+    assert run_state(run) == "damaged"
     (run / "history.json").unlink()
-    (run / "last.pt").write_bytes(os.urandom(100))  # not loadable: nothing to resume, and not to be deleted
+    # not loadable: nothing to resume, and not to be deleted
+    (run / "last.pt").write_bytes(os.urandom(100))
     assert run_state(run) == "damaged" and checkpoint_epoch(run / "last.pt") is None
     write_ckpt(run / "last.pt", 3)
     assert run_state(run) == "unfinished" and checkpoint_epoch(run / "last.pt") == 3
@@ -183,7 +213,13 @@ def test_check_run_dir(tmp_path):
     write_ckpt(run / "last.pt", 2)
     with pytest.raises(RunDirError) as e:
         check_run_dir(run, overwrite=False)
-    one_line(e, f"{run} already holds an unfinished run", "epoch 2", f"--resume {run / 'last.pt'}", "--overwrite")
+    one_line(
+        e,
+        f"{run} already holds an unfinished run",
+        "epoch 2",
+        f"--resume {run / 'last.pt'}",
+        "--overwrite",
+    )
     assert check_run_dir(run, overwrite=True) == "unfinished"
     (run / "results.json").write_text("{}")
     with pytest.raises(CifarkitError, match="already holds a finished run.*--overwrite") as e:
@@ -225,12 +261,21 @@ def test_ensure_writable_leaves_no_trace(tmp_path):
     one_line(e, str(f / "run"))
 
 
-@pytest.mark.parametrize("code, needle", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied"),
-                                          (errno.EPERM, "permission denied")])
+@pytest.mark.parametrize(
+    "code, needle",
+    [
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+        (errno.EPERM, "permission denied"),
+    ],
+)
 def test_ensure_writable_injected_errors(tmp_path, monkeypatch, code, needle):
-    """chmod 0o555 does not stop root, so the OS error is injected (a real read-only mount is tested below)."""
+    """chmod 0o555 does not stop root, so the OS error is injected (a real read-only mount is tested
+    below)."""
+
     def refuse(*a, **k):
         raise OSError(code, os.strerror(code))
+
     monkeypatch.setattr("cifarkit.runfolder.state.tempfile.mkstemp", refuse)
     with pytest.raises(RunDirError) as e:
         ensure_writable(tmp_path / "new" / "run")
@@ -240,11 +285,13 @@ def test_ensure_writable_injected_errors(tmp_path, monkeypatch, code, needle):
 
 @pytest.fixture
 def readonly_dir(mount_tmpfs):
-    """A real read-only file system (a 4 MiB tmpfs remounted ro) holding one finished file; skipped where
-    mounting is not permitted (not root, not Linux, a container without CAP_SYS_ADMIN)."""
+    """A real read-only file system (a 4 MiB tmpfs remounted ro) holding one finished file; skipped
+    where mounting is not permitted (not root, not Linux, a container without CAP_SYS_ADMIN)."""
+
     def prepare(mnt):
         (mnt / "run").mkdir()
         write_ckpt(mnt / "run" / "last.pt", 4)
+
     return mount_tmpfs(4 << 20, read_only=True, prepare=prepare)
 
 
@@ -273,7 +320,11 @@ def test_signal_outside_a_critical_section_stops_at_once(sig, code):
             os.kill(os.getpid(), sig)
             time.sleep(5)  # "training": the signal cuts it short
     assert time.perf_counter() - start < 2
-    assert isinstance(e.value, KeyboardInterrupt) and e.value.signum == sig and e.value.exit_code == code
+    assert (
+        isinstance(e.value, KeyboardInterrupt)
+        and e.value.signum == sig
+        and e.value.exit_code == code
+    )
 
 
 @posix_only
@@ -286,12 +337,14 @@ def test_signal_inside_a_critical_section_waits_for_the_write(tmp_path, sig, cod
         with pytest.raises(RunInterrupted) as e:
             with stop.critical():
                 os.kill(os.getpid(), sig)
-                time.sleep(0.05)  # the handler has run by now (sleep is where Python checks for signals)
+                # the handler has run by now (sleep is where Python checks for signals)
+                time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGINT)  # a second signal is deferred too
                 time.sleep(0.05)
                 write_ckpt(path, 2)
                 done.append(True)
-            done.append("after the section")  # never reached: the signal is raised as the section ends
+            # never reached: the signal is raised as the section ends
+            done.append("after the section")
     assert done == [True] and e.value.signum == sig and e.value.exit_code == code
     assert load_checkpoint(path)["epoch"] == 2
     assert not list(tmp_path.glob(".*.tmp"))
@@ -300,8 +353,10 @@ def test_signal_inside_a_critical_section_waits_for_the_write(tmp_path, sig, cod
 @posix_only
 def test_handlers_are_restored():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
     def mine(signum, frame):
         pass
+
     signal.signal(signal.SIGTERM, mine)
     try:
         with pytest.raises(RunInterrupted):
@@ -322,7 +377,8 @@ def test_later_signals_are_ignored_while_the_run_unwinds():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         stop.delivered()  # what fit does first when it catches the interrupt
-        os.kill(os.getpid(), signal.SIGTERM)  # e.g. Ctrl-C pressed twice: the cleanup is not cut short
+        # e.g. Ctrl-C pressed twice: the cleanup is not cut short
+        os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         stop.check()  # nothing to raise: the caller has it
     assert stop.received == signal.SIGINT
@@ -335,14 +391,16 @@ def test_a_swallowed_interrupt_is_raised_again_on_the_next_signal_and_at_the_nex
             time.sleep(5)
         except BaseException:
             pass
-        with pytest.raises(RunInterrupted):  # the loop's check between batches (outside the network's code)
+        # the loop's check between batches (outside the network's code)
+        with pytest.raises(RunInterrupted):
             stop.check()
         with pytest.raises(RunInterrupted) as e:  # a second Ctrl-C raises again, as in plain Python
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         assert e.value.exit_code == 130
         written = False
-        with pytest.raises(RunInterrupted):  # but never inside a checkpoint write: raised when it ends
+        # but never inside a checkpoint write: raised when it ends
+        with pytest.raises(RunInterrupted):
             with stop.critical():
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)
@@ -354,6 +412,7 @@ def test_a_swallowed_interrupt_is_raised_again_on_the_next_signal_and_at_the_nex
 def test_stop_signals_in_another_thread_do_nothing():
     before = signal.getsignal(signal.SIGINT)
     errors = []
+
     def work():
         try:
             with StopSignals() as stop:
@@ -361,6 +420,7 @@ def test_stop_signals_in_another_thread_do_nothing():
                     assert signal.getsignal(signal.SIGINT) == before
         except Exception as e:  # signal.signal outside the main thread would raise ValueError
             errors.append(e)
+
     t = threading.Thread(target=work)
     t.start()
     t.join()
@@ -370,13 +430,21 @@ def test_stop_signals_in_another_thread_do_nothing():
 def test_interrupt_message_names_the_saved_epoch(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "history.json").write_text(json.dumps([{"epoch": 1}, {"epoch": 2}]))  # history may run ahead
+    # history may run ahead
+    (run / "history.json").write_text(json.dumps([{"epoch": 1}, {"epoch": 2}]))
     msg = interrupt_message(run, signal.SIGTERM, epoch=3)
-    assert msg.startswith("Interrupted during epoch 3 by SIGTERM") and "no epoch had finished" in msg
+    assert (
+        msg.startswith("Interrupted during epoch 3 by SIGTERM") and "no epoch had finished" in msg
+    )
     assert "last.pt" not in msg and "\n" not in msg  # never promise a last.pt that is not there
     write_ckpt(run / "last.pt", 2)
     msg = interrupt_message(run, signal.SIGINT, epoch=3)
-    assert "Ctrl-C" in msg and "after epoch 2" in msg and f"--resume {run / 'last.pt'}" in msg and "\n" not in msg
+    assert (
+        "Ctrl-C" in msg
+        and "after epoch 2" in msg
+        and f"--resume {run / 'last.pt'}" in msg
+        and "\n" not in msg
+    )
     assert interrupt_message(run).startswith("Interrupted by Ctrl-C")
 
 
@@ -396,8 +464,9 @@ try:
         for epoch in range(1000):
             time.sleep(0.02)  # "training"
             with stop.critical():
-                save_checkpoint(run + "/last.pt", {"config": {}, "epoch": epoch + 1,
-                                                   "model": {"w": torch.full((250_000,), float(epoch + 1))}})
+                w = torch.full((250_000,), float(epoch + 1))
+                state = {"config": {}, "epoch": epoch + 1, "model": {"w": w}}
+                save_checkpoint(run + "/last.pt", state)
                 atomic_write_json(run + "/history.json", list(range(epoch + 1)))
             print(epoch + 1, flush=True)
 except RunInterrupted as e:
@@ -410,11 +479,16 @@ except RunInterrupted as e:
 @posix_only
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signalled_run_saves_says_and_exits_with_the_code(tmp_path, sig, code):
-    """What `fit` + the CLI will do, end to end with a signal from outside: the lock stops a second run,
-    the signal stops the first with 130 / 143, one stderr line names the epoch really in last.pt."""
+    """What `fit` + the CLI will do, end to end with a signal from outside: the lock stops a second
+    run, the signal stops the first with 130 / 143, one stderr line names the epoch really in
+    last.pt."""
     run = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-c", FAKE_FIT, str(run)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", FAKE_FIT, str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "1"
         with pytest.raises(RunDirError, match=f"in use by another cifarkit run \\(pid {p.pid}\\)"):
@@ -430,6 +504,7 @@ def test_signalled_run_saves_says_and_exits_with_the_code(tmp_path, sig, code):
     assert bool((saved["model"]["w"] == saved["epoch"]).all()) and saved["epoch"] >= 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"after epoch {saved['epoch']} is {run / 'last.pt'}" in err
-    assert len(json.loads((run / "history.json").read_text())) == saved["epoch"]  # both written, or neither
+    # both written, or neither
+    assert len(json.loads((run / "history.json").read_text())) == saved["epoch"]
     assert not list(run.glob(".*.tmp")) and not (run / LOCK).exists()
     assert check_run_dir(run, overwrite=True) == "unfinished"

@@ -1,4 +1,6 @@
-"""speed: the measured seconds per epoch by device kind, the estimate the notebook prints, and docs/speed.md."""
+"""speed: the measured seconds per epoch by device kind, the estimate the notebook prints, and
+docs/speed.md."""
+
 from pathlib import Path
 
 import torch
@@ -11,18 +13,26 @@ def test_every_measurement_names_its_source_and_is_in_the_docs():
     table = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text()
     assert len({m.kind for m in MEASURED}) == len(MEASURED)
     for m in MEASURED:
-        assert m.seconds > 0 and m.source and m.device in table and f"| {m.seconds:.1f} |" in table, m
+        assert (
+            m.seconds > 0 and m.source and m.device in table and f"| {m.seconds:.1f} |" in table
+        ), m
 
 
 def test_the_estimate_for_a_measured_and_an_unmeasured_device(monkeypatch):
-    monkeypatch.setattr(speed, "MEASURED", (Measured("cpu:TESTKIND", 50.0, "test CPU", "fp32", "a test"),))
+    monkeypatch.setattr(
+        speed, "MEASURED", (Measured("cpu:TESTKIND", 50.0, "test CPU", "fp32", "a test"),)
+    )
     monkeypatch.setattr(speed, "cpu_kind", lambda: "TESTKIND")
     cpu = torch.device("cpu")
     line = epoch_estimate(cpu, 20, threads=2)
-    assert line == ("time per epoch: about 50 s on a test CPU (fp32), so 20 epochs take about 17 min; "
-                    "source: a test")
+    assert (
+        line == "time per epoch: about 50 s on a test CPU (fp32), so 20 epochs take about 17 min; "
+        "source: a test"
+    )
     assert "measured with 2 threads, this process has 8" in epoch_estimate(cpu, 20, threads=8)
     assert "yours may differ" in epoch_estimate(cpu, 1, model="mine.py:Net", threads=2)
     assert "about 50 s;" in epoch_estimate(cpu, 1, threads=2)
     monkeypatch.setattr(speed, "cpu_kind", lambda: "OTHER")
-    assert epoch_estimate(cpu, 20).startswith("time per epoch: not measured on this device (cpu:OTHER)")
+    assert epoch_estimate(cpu, 20).startswith(
+        "time per epoch: not measured on this device (cpu:OTHER)"
+    )

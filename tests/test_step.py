@@ -1,31 +1,40 @@
-"""train_one_epoch / evaluate return dicts, learn, stop on divergence; precision by device, the compile / CUDA-graph
-fallback, optimisers and schedules, and the throughput benchmark's rows."""
+"""train_one_epoch / evaluate return dicts, learn, stop on divergence; precision by device, the
+compile / CUDA-graph fallback, optimisers and schedules, and the throughput benchmark's rows."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cifarkit import hardware
+from cifarkit.compiled import CompiledModel, prepare_train_model
+from cifarkit.config import TrainConfig
 from cifarkit.data.loader import DeviceLoader
+from cifarkit.hardware import choose_precision
+from cifarkit.models import NetworkError, build_model
+from cifarkit.optim import EMA, lr_factor, make_grad_scaler, make_optimizer, make_scheduler
+from cifarkit.training import step as engine
 from cifarkit.training.evaluate import evaluate, predict, score
 from cifarkit.training.step import DivergenceError, TrainStep, train_one_epoch
-from cifarkit.config import TrainConfig
-from cifarkit.models import build_model
-from cifarkit.optim import make_optimizer, make_scheduler
-from cifarkit.hardware import choose_precision
-from cifarkit import hardware
-from cifarkit.training import step as engine
-from cifarkit.optim import EMA, lr_factor, make_grad_scaler
-from cifarkit.compiled import CompiledModel, prepare_train_model
-from cifarkit.models import NetworkError
 
 
 def loaders(data, batch=50):
-    # The augmentation these tests were calibrated with (the loader's defaults now follow TrainConfig:
-    # reflection padding, alternating flips, which learn this 200-image set more slowly in 6 epochs).
-    return (DeviceLoader(data.train_images, data.train_labels, batch, train=True, seed=0, flip="random",
-                         pad_mode="zeros"),
-            DeviceLoader(data.test_images, data.test_labels, 100, train=False))
+    # The augmentation these tests were calibrated with (the loader's defaults now follow
+    # TrainConfig: reflection padding, alternating flips, which learn this 200-image set more slowly
+    # in 6 epochs).
+    return (
+        DeviceLoader(
+            data.train_images,
+            data.train_labels,
+            batch,
+            train=True,
+            seed=0,
+            flip="random",
+            pad_mode="zeros",
+        ),
+        DeviceLoader(data.test_images, data.test_labels, 100, train=False),
+    )
 
 
 @pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
@@ -40,14 +49,19 @@ def test_training_learns_and_reports(learnable_data, capsys):
     epochs = []
     for epoch in range(cfg.epochs):
         train.set_epoch(epoch)
-        epochs.append(train_one_epoch(TrainStep(model, opt, scheduler=sched), train, epoch=epoch, progress=False))
+        epochs.append(
+            train_one_epoch(
+                TrainStep(model, opt, scheduler=sched), train, epoch=epoch, progress=False
+            )
+        )
     r = epochs[-1]
     assert set(r) >= {"loss", "accuracy", "correct", "total", "seconds", "lr", "lrs"}
     assert r["total"] == 200 and len(r["lrs"]) == len(train)
     after = evaluate(model, test)
-    # Margins with slack for every CPU kind (fp32 here; kernels differ by instruction set). Measured on a
-    # 2-core AMD EPYC Zen 3 (AVX2), the slowest learner seen: train loss 1.89 -> 0.35, train accuracy 84%,
-    # test accuracy 40% (10% before; only 24 steps, so BatchNorm's running statistics lag behind).
+    # Margins with slack for every CPU kind (fp32 here; kernels differ by instruction set). Measured
+    # on a 2-core AMD EPYC Zen 3 (AVX2), the slowest learner seen: train loss 1.89 -> 0.35, train
+    # accuracy 84%, test accuracy 40% (10% before; only 24 steps, so BatchNorm's running statistics
+    # lag behind).
     assert r["loss"] < 0.5 * epochs[0]["loss"]
     assert r["accuracy"] > 60.0
     assert after["accuracy"] >= max(25.0, before["accuracy"] + 15)
@@ -62,17 +76,25 @@ def test_nan_loss_stops_with_step_and_lr(learnable_data):
     before = [p.detach().clone() for p in model.parameters()]
     train, _ = loaders(learnable_data)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 3, step 1 \(lr 0.5\).*Lower --lr"):
-        train_one_epoch(TrainStep(model, opt), train, epoch=2, progress=False, check_every=50)  # CPU: checks every step
+    with pytest.raises(
+        DivergenceError, match=r"loss is nan at epoch 3, step 1 \(lr 0.5\).*Lower --lr"
+    ):
+        # CPU: checks every step
+        train_one_epoch(TrainStep(model, opt), train, epoch=2, progress=False, check_every=50)
     # stopped before the optimiser applied the NaN gradients
-    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(before, model.parameters()))
+    assert all(
+        torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+        for a, b in zip(before, model.parameters())
+    )
 
 
 def test_score_matches_counts():
     probs = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]])
     r = score(probs, torch.tensor([0, 0, 0]), verbose=False)
     assert (r["correct"], r["total"]) == (2, 3) and r["accuracy"] == pytest.approx(200 / 3)
-    assert r["loss"] == pytest.approx(-(torch.log(torch.tensor([0.7, 0.4, 0.9]))).mean().item(), rel=1e-5)
+    assert r["loss"] == pytest.approx(
+        -(torch.log(torch.tensor([0.7, 0.4, 0.9]))).mean().item(), rel=1e-5
+    )
 
 
 def test_flip_tta_is_invariant_to_mirroring(learnable_data):
@@ -103,7 +125,11 @@ def test_schedules_peak_at_lr_and_end_low(schedule):
 
 def test_lr_factor_linear_shape():
     f = [lr_factor(s, 10, "linear", 0.2) for s in range(10)]
-    assert f[:2] == [0.5, 1.0] and f[-1] == pytest.approx(1 / 8) and all(a >= b for a, b in zip(f[1:], f[2:]))
+    assert (
+        f[:2] == [0.5, 1.0]
+        and f[-1] == pytest.approx(1 / 8)
+        and all(a >= b for a, b in zip(f[1:], f[2:]))
+    )
 
 
 def test_weight_decay_spares_batchnorm_and_biases():
@@ -152,14 +178,15 @@ def test_bias_lr_scale_applies_to_batchnorm_parameters_only():
 
 def test_lookahead_pulls_weights_towards_their_average():
     from cifarkit.optim import Lookahead
+
     model = torch.nn.Linear(1, 1, bias=False)
     la = Lookahead(total=20, start=0.0, every=1)
     with torch.no_grad():
         model.weight.fill_(0.0)
-    la.update(model)                      # step 1: the average starts at the current weights (0)
+    la.update(model)  # step 1: the average starts at the current weights (0)
     with torch.no_grad():
-        model.weight.fill_(1.0)           # an optimiser step moves the weight to 1
-    la.update(model)                      # step 2: pulled back towards 0 by decay 0.95 * (2/20)^3
+        model.weight.fill_(1.0)  # an optimiser step moves the weight to 1
+    la.update(model)  # step 2: pulled back towards 0 by decay 0.95 * (2/20)^3
     d = 0.95 * (2 / 20) ** 3
     assert model.weight.item() == pytest.approx(1 - d)
     la.sync(model)
@@ -168,8 +195,12 @@ def test_lookahead_pulls_weights_towards_their_average():
 
 def test_flip_translate_tta_averages_six_views(learnable_data):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 5), torch.nn.Flatten(), torch.nn.LazyLinear(10))
-    loader = DeviceLoader(learnable_data.test_images[:10], learnable_data.test_labels[:10], 10, train=False)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 10, 5), torch.nn.Flatten(), torch.nn.LazyLinear(10)
+    )
+    loader = DeviceLoader(
+        learnable_data.test_images[:10], learnable_data.test_labels[:10], 10, train=False
+    )
     plain, _ = predict(model, loader, tta="none")
     six, _ = predict(model, loader, tta="flip-translate")
     assert six.shape == plain.shape and torch.allclose(six.sum(1), torch.ones(10))
@@ -178,43 +209,94 @@ def test_flip_translate_tta_averages_six_views(learnable_data):
 
 # ---------------------------------------------------------------- precision by card
 def fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> torch.device:
-    """Pretend torch sees one CUDA card `name` of compute `capability` (nothing touches a real GPU)."""
+    """Pretend torch sees one CUDA card `name` of compute `capability` (nothing touches a real
+    GPU)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as on a T4
+    # as on a T4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     return torch.device("cuda")
 
 
-@pytest.mark.parametrize("name, cc, dtype, reason", [
-    ("Tesla T4", (7, 5), torch.float16, "fp16 + gradient scaler: Tesla T4 has compute capability 7.5 (no native bf16)"),
-    ("Tesla V100-SXM2-16GB", (7, 0), torch.float16, "fp16 + gradient scaler: Tesla V100-SXM2-16GB has compute "
-                                                     "capability 7.0 (no native bf16)"),
-    ("Tesla P100-PCIE-16GB", (6, 0), None, "fp32: Tesla P100-PCIE-16GB has compute capability 6.0 (no tensor cores"),
-    ("NVIDIA A100-SXM4-40GB", (8, 0), torch.bfloat16, "bf16: NVIDIA A100-SXM4-40GB has compute capability 8.0 "
-                                                      "(native bf16)"),
-    ("NVIDIA L4", (8, 9), torch.bfloat16, "bf16: NVIDIA L4 has compute capability 8.9 (native bf16)"),
-    ("NVIDIA H100 80GB HBM3", (9, 0), torch.bfloat16, "bf16: NVIDIA H100 80GB HBM3 has compute capability 9.0"),
-])
+@pytest.mark.parametrize(
+    "name, cc, dtype, reason",
+    [
+        (
+            "Tesla T4",
+            (7, 5),
+            torch.float16,
+            "fp16 + gradient scaler: Tesla T4 has compute capability 7.5 (no native bf16)",
+        ),
+        (
+            "Tesla V100-SXM2-16GB",
+            (7, 0),
+            torch.float16,
+            (
+                "fp16 + gradient scaler: Tesla V100-SXM2-16GB has compute "
+                "capability 7.0 (no native bf16)"
+            ),
+        ),
+        (
+            "Tesla P100-PCIE-16GB",
+            (6, 0),
+            None,
+            "fp32: Tesla P100-PCIE-16GB has compute capability 6.0 (no tensor cores",
+        ),
+        (
+            "NVIDIA A100-SXM4-40GB",
+            (8, 0),
+            torch.bfloat16,
+            "bf16: NVIDIA A100-SXM4-40GB has compute capability 8.0 (native bf16)",
+        ),
+        (
+            "NVIDIA L4",
+            (8, 9),
+            torch.bfloat16,
+            "bf16: NVIDIA L4 has compute capability 8.9 (native bf16)",
+        ),
+        (
+            "NVIDIA H100 80GB HBM3",
+            (9, 0),
+            torch.bfloat16,
+            "bf16: NVIDIA H100 80GB HBM3 has compute capability 9.0",
+        ),
+    ],
+)
 def test_auto_precision_follows_compute_capability(monkeypatch, name, cc, dtype, reason):
     device = fake_gpu(monkeypatch, name, cc)
     got, why = choose_precision("auto", device)
     assert got == dtype and why.startswith(reason) and "\n" not in why
     assert choose_precision("auto", device)[0] == dtype
-    scaler = make_grad_scaler(got, torch.device("cpu"))  # a CUDA scaler would warn without a real GPU
+    # a CUDA scaler would warn without a real GPU
+    scaler = make_grad_scaler(got, torch.device("cpu"))
     assert scaler.is_enabled() == (dtype == torch.float16)
 
 
 def test_explicit_precision_is_honoured_and_emulation_named(monkeypatch):
     t4 = fake_gpu(monkeypatch, "Tesla T4", (7, 5))
     dtype, why = choose_precision("bf16", t4)
-    assert dtype == torch.bfloat16 and why.startswith("bf16 (requested): Tesla T4") and "emulated" in why
-    assert choose_precision("fp32", t4) == (None, "fp32 (requested): Tesla T4 has compute capability 7.5 "
-                                                  "(auto picks fp16 + gradient scaler)")
+    assert (
+        dtype == torch.bfloat16
+        and why.startswith("bf16 (requested): Tesla T4")
+        and "emulated" in why
+    )
+    assert choose_precision("fp32", t4) == (
+        None,
+        "fp32 (requested): Tesla T4 has compute capability 7.5 (auto picks fp16 + gradient scaler)",
+    )
     a100 = fake_gpu(monkeypatch, "NVIDIA A100", (8, 0))
-    assert choose_precision("fp16", a100) == (torch.float16, "fp16 + gradient scaler (requested): NVIDIA A100 has "
-                                                            "compute capability 8.0 (auto picks bf16, which needs no scaler)")
-    assert choose_precision("bf16", a100)[1] == "bf16 (requested): NVIDIA A100 has compute capability 8.0 (native bf16)"
+    assert choose_precision("fp16", a100) == (
+        torch.float16,
+        (
+            "fp16 + gradient scaler (requested): NVIDIA A100 has "
+            "compute capability 8.0 (auto picks bf16, which needs no scaler)"
+        ),
+    )
+    assert (
+        choose_precision("bf16", a100)[1]
+        == "bf16 (requested): NVIDIA A100 has compute capability 8.0 (native bf16)"
+    )
     p100 = fake_gpu(monkeypatch, "Tesla P100", (6, 0))
     assert choose_precision("fp16", p100)[1].endswith("(no tensor cores: fp16 is not faster there)")
 
@@ -224,7 +306,9 @@ def test_cpu_and_mps_precision(monkeypatch, native):
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: native)
     dtype, why = choose_precision("auto", torch.device("cpu"))
     assert dtype == (torch.bfloat16 if native else None)
-    assert why.startswith("bf16: this CPU has native bf16" if native else "fp32: this CPU has no native bf16")
+    assert why.startswith(
+        "bf16: this CPU has native bf16" if native else "fp32: this CPU has no native bf16"
+    )
     dtype, why = choose_precision("bf16", torch.device("cpu"))
     assert dtype == torch.bfloat16 and ("emulated" in why) != native
     assert choose_precision("auto", torch.device("mps"))[0] is None
@@ -233,7 +317,10 @@ def test_cpu_and_mps_precision(monkeypatch, native):
 
 def test_grad_scaler_only_for_fp16():
     cpu = torch.device("cpu")
-    assert not make_grad_scaler(None, cpu).is_enabled() and not make_grad_scaler(torch.bfloat16, cpu).is_enabled()
+    assert (
+        not make_grad_scaler(None, cpu).is_enabled()
+        and not make_grad_scaler(torch.bfloat16, cpu).is_enabled()
+    )
     scaler = make_grad_scaler(torch.float16, cpu)
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
 
@@ -242,8 +329,14 @@ def test_grad_scaler_only_for_fp16():
 def tiny_setup(n: int = 48, batch: int = 8, seed: int = 0):
     """A small conv + BatchNorm network and a loader of random uint8 images (6 steps of 8)."""
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    )
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     loader = DeviceLoader(images, torch.arange(n) % 10, batch, train=True, seed=seed)
@@ -284,18 +377,30 @@ def test_checks_every_n_steps_name_the_step_range(monkeypatch, capsys):
             return out * float("nan") if len(calls) == 3 else out
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, between steps 3 and 4 \(lr 0.1\)"):
-        train_one_epoch(TrainStep(NaNAtThird(), opt), loader, epoch=1, progress=False, check_every=2)
+    with pytest.raises(
+        DivergenceError, match=r"loss is nan at epoch 2, between steps 3 and 4 \(lr 0.1\)"
+    ):
+        train_one_epoch(
+            TrainStep(NaNAtThird(), opt), loader, epoch=1, progress=False, check_every=2
+        )
     assert len(calls) == 4  # steps 1-2 passed the check at step 2; found at the check of step 4
     fresh, _ = tiny_setup()
-    r = train_one_epoch(TrainStep(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1)), loader, progress=False,
-                        check_every=4)  # 6 steps: checked at steps 4 and 6 (the last)
+    r = train_one_epoch(
+        TrainStep(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1)),
+        loader,
+        progress=False,
+        check_every=4,
+    )  # 6 steps: checked at steps 4 and 6 (the last)
     assert r["total"] == 48 and math.isfinite(r["loss"])
 
 
 def test_divergence_message_lr_range():
-    err = engine._divergence(float("inf"), 0, 51, 100, [0.1] * 50 + [0.1 + i / 1000 for i in range(50)])
-    assert str(err).startswith("loss is inf at epoch 1, between steps 51 and 100 (lr 0.1 to 0.149); stopping.")
+    err = engine._divergence(
+        float("inf"), 0, 51, 100, [0.1] * 50 + [0.1 + i / 1000 for i in range(50)]
+    )
+    assert str(err).startswith(
+        "loss is inf at epoch 1, between steps 51 and 100 (lr 0.1 to 0.149); stopping."
+    )
 
 
 # ---------------------------------------------------------------- CUDA graphs / compile switches
@@ -305,24 +410,39 @@ def test_prepare_train_model_is_a_no_op_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
     assert prepare_train_model(model, device=cpu, cuda_graphs=True, compile=False) is model
     assert prepare_train_model(model, device=cpu, cuda_graphs=False, compile=False) is model
-    assert prepare_train_model(model, device=torch.device("cuda"), cuda_graphs=False, compile=False) is model
+    assert (
+        prepare_train_model(model, device=torch.device("cuda"), cuda_graphs=False, compile=False)
+        is model
+    )
 
 
-@pytest.mark.parametrize("device, kwargs, label", [("cuda", dict(cuda_graphs=True, compile=False), "cuda_graphs"),
-                                                   ("cuda", dict(cuda_graphs=True, compile=True), "cuda_graphs"),
-                                                   ("cpu", dict(cuda_graphs=True, compile=True), "compile")])
-def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch, capsys, device, kwargs, label):
+@pytest.mark.parametrize(
+    "device, kwargs, label",
+    [
+        ("cuda", dict(cuda_graphs=True, compile=False), "cuda_graphs"),
+        ("cuda", dict(cuda_graphs=True, compile=True), "cuda_graphs"),
+        ("cpu", dict(cuda_graphs=True, compile=True), "compile"),
+    ],
+)
+def test_compile_failure_falls_back_to_eager_with_one_line(
+    monkeypatch, capsys, device, kwargs, label
+):
     def broken(*args, **kw):
         raise RuntimeError("Cannot find a working triton installation\nmore detail")
+
     monkeypatch.setattr(torch, "compile", broken)
     model = torch.nn.Linear(2, 2)
     assert prepare_train_model(model, device=torch.device(device), **kwargs) is model
     out = capsys.readouterr().out
-    assert out == f"{label}: falling back to eager (RuntimeError: Cannot find a working triton installation)\n"
+    assert (
+        out == f"{label}: falling back to eager (RuntimeError: Cannot find a working triton"
+        " installation)\n"
+    )
 
 
 class FailingBackward(torch.autograd.Function):
-    """Identity forward; a backward that raises, like a CUDA graph whose backward recording fails."""
+    """Identity forward; a backward that raises, like a CUDA graph whose backward recording
+    fails."""
 
     @staticmethod
     def forward(ctx, x):
@@ -340,17 +460,29 @@ def test_lazy_failure_of_compiled_model_trains_eagerly(monkeypatch, capsys, wher
             if where == "forward":
                 raise AssertionError("tracing failed")
             return FailingBackward.apply(module(x))
+
         return call
+
     monkeypatch.setattr(torch, "compile", fake_compile)
     model, loader = tiny_setup()
-    train_model = prepare_train_model(model, device=torch.device("cpu"), cuda_graphs=False, compile=True)
-    assert isinstance(train_model, CompiledModel) and list(train_model.parameters()) == list(model.parameters())
+    train_model = prepare_train_model(
+        model, device=torch.device("cpu"), cuda_graphs=False, compile=True
+    )
+    assert isinstance(train_model, CompiledModel) and list(train_model.parameters()) == list(
+        model.parameters()
+    )
     before = [p.detach().clone() for p in model.parameters()]
-    r = train_one_epoch(TrainStep(train_model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False)
+    r = train_one_epoch(
+        TrainStep(train_model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False
+    )
     assert r["total"] == 48 and math.isfinite(r["loss"]) and not train_model.active
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     lines = capsys.readouterr().out.splitlines()
-    expected = "AssertionError: tracing failed" if where == "forward" else "RuntimeError: CUDA error: operation"
+    expected = (
+        "AssertionError: tracing failed"
+        if where == "forward"
+        else "RuntimeError: CUDA error: operation"
+    )
     assert len(lines) == 1 and lines[0].startswith(f"compile: falling back to eager ({expected}")
 
 
@@ -358,18 +490,27 @@ def test_errors_of_an_eager_model_are_not_swallowed():
     class Broken(torch.nn.Linear):
         def forward(self, x):
             raise ValueError("bug in my network")
+
     _, loader = tiny_setup()
     model = Broken(2, 2)
-    with pytest.raises(NetworkError, match=r"Broken's forward fails on a batch of shape \(8, 3, 32, 32\): ValueError: bug in "
-                                           "my network") as e:
-        train_one_epoch(TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False)
-    assert isinstance(e.value.__cause__, ValueError)  # in Python the student's own traceback is kept behind it
+    with pytest.raises(
+        NetworkError,
+        match=r"Broken's forward fails on a batch of shape \(8, 3, 32, 32\): ValueError: bug in "
+        "my network",
+    ) as e:
+        train_one_epoch(
+            TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1)), loader, progress=False
+        )
+    # in Python the student's own traceback is kept behind it
+    assert isinstance(e.value.__cause__, ValueError)
 
 
 # ---------------------------------------------------------------- optimisers and the step schedule
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_adam_and_adamw_groups_and_betas(name, cls):
-    cfg = TrainConfig(model="compact", optimizer=name, lr=1e-3, momentum=0.85, weight_decay=0.05, bias_lr_scale=4)
+    cfg = TrainConfig(
+        model="compact", optimizer=name, lr=1e-3, momentum=0.85, weight_decay=0.05, bias_lr_scale=4
+    )
     opt = make_optimizer(build_model("compact"), cfg)
     assert type(opt) is cls
     weights, biases, norms = opt.param_groups
@@ -381,7 +522,11 @@ def test_adam_and_adamw_groups_and_betas(name, cls):
 
 def test_sgd_stays_nesterov_by_default():
     opt = make_optimizer(build_model("seed"), TrainConfig())
-    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+    assert (
+        type(opt) is torch.optim.SGD
+        and opt.param_groups[0]["nesterov"]
+        and opt.param_groups[0]["momentum"] == 0.9
+    )
 
 
 def lrs_per_epoch(cfg: TrainConfig, steps_per_epoch: int) -> list[list[float]]:
@@ -398,18 +543,27 @@ def lrs_per_epoch(cfg: TrainConfig, steps_per_epoch: int) -> list[list[float]]:
     return epochs
 
 
-@pytest.mark.parametrize("kwargs, factors", [(dict(step_size=2), [1, 1, 0.1, 0.1, 0.01, 0.01]),
-                                             (dict(milestones=[1, 4]), [1, 0.1, 0.1, 0.1, 0.01, 0.01])])
+@pytest.mark.parametrize(
+    "kwargs, factors",
+    [
+        (dict(step_size=2), [1, 1, 0.1, 0.1, 0.01, 0.01]),
+        (dict(milestones=[1, 4]), [1, 0.1, 0.1, 0.1, 0.01, 0.01]),
+    ],
+)
 def test_step_schedule_counts_epochs_not_batches(kwargs, factors):
     cfg = TrainConfig(epochs=6, lr=0.4, schedule="step", gamma=0.1, **kwargs)
     epochs = lrs_per_epoch(cfg, steps_per_epoch=7)
-    for lrs, factor in zip(epochs, factors):  # constant within an epoch, x gamma at the epoch boundaries
+    # constant within an epoch, x gamma at the epoch boundaries
+    for lrs, factor in zip(epochs, factors):
         assert lrs == pytest.approx([0.4 * factor] * 7)
 
 
-@pytest.mark.parametrize("schedule, extra", [("onecycle", {}), ("linear", {}), ("step", dict(milestones=[2]))])
+@pytest.mark.parametrize(
+    "schedule, extra", [("onecycle", {}), ("linear", {}), ("step", dict(milestones=[2]))]
+)
 def test_scheduler_state_dict_round_trip_resumes_the_same_lrs(schedule, extra):
     import io
+
     cfg = TrainConfig(epochs=3, lr=0.4, schedule=schedule, **extra)
     straight = [lr for epoch in lrs_per_epoch(cfg, 5) for lr in epoch]
     model = build_model("seed")
@@ -439,26 +593,48 @@ def load_throughput():
     import importlib.util
     import sys
     from pathlib import Path
+
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
     spec = importlib.util.spec_from_file_location("throughput", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["throughput"] = module  # its dataclass looks its module up while the class is created
+    # its dataclass looks its module up while the class is created
+    sys.modules["throughput"] = module
     spec.loader.exec_module(module)
     return module
 
 
 def test_throughput_rows_run_on_cpu(capsys):
     tp = load_throughput()
-    assert tp.main(["--rows", "B,C", "--steps", "1", "--warmup", "1", "--train-images", "300",
-                    "--test-images", "100", "--epoch", "estimate"]) == 0
+    assert (
+        tp.main(
+            [
+                "--rows",
+                "B,C",
+                "--steps",
+                "1",
+                "--warmup",
+                "1",
+                "--train-images",
+                "300",
+                "--test-images",
+                "100",
+                "--epoch",
+                "estimate",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     row_b = next(line for line in out.splitlines() if line.startswith("B "))
     assert " est. " in row_b and "failed" not in out
-    assert "N/A on cpu: CUDA graphs are CUDA-only" in next(line for line in out.splitlines() if line.startswith("C "))
+    assert "N/A on cpu: CUDA graphs are CUDA-only" in next(
+        line for line in out.splitlines() if line.startswith("C ")
+    )
 
 
 def test_classic_row_reads_the_images_we_wrote(tmp_path):
     from cifarkit.base import CIFAR10_MEAN, CIFAR10_STD
+
     tp = load_throughput()
     data = tp.synthetic_cifar10(20, 10)
     tp.write_batches(data, tmp_path / "cifar-10-batches-py")
@@ -470,7 +646,8 @@ def test_classic_row_reads_the_images_we_wrote(tmp_path):
 
 
 def test_a_batch_hook_changes_every_training_batch_and_soft_labels_train():
-    # MixUp as a student writes it: mix each batch with a shuffled copy, labels become probabilities.
+    # MixUp as a student writes it: mix each batch with a shuffled copy, labels become
+    # probabilities.
     model, loader = tiny_setup()
     seen = []
 
@@ -484,6 +661,8 @@ def test_a_batch_hook_changes_every_training_batch_and_soft_labels_train():
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     before = [p.detach().clone() for p in model.parameters()]
     r = train_one_epoch(TrainStep(model, opt, batch_fn=mixup), loader, progress=False)
-    assert seen == [len(y) for _, y in loader] and math.isfinite(r["loss"])  # once per batch, before the forward
-    assert 0 <= r["accuracy"] <= 100 and r["total"] == sum(seen)  # soft labels count as their likeliest class
+    # once per batch, before the forward
+    assert seen == [len(y) for _, y in loader] and math.isfinite(r["loss"])
+    # soft labels count as their likeliest class
+    assert 0 <= r["accuracy"] <= 100 and r["total"] == sum(seen)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

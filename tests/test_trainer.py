@@ -1,4 +1,6 @@
-"""fit(): the run folder, history, resume, Ctrl-C, divergence, overwrite protection, validation split."""
+"""fit(): the run folder, history, resume, Ctrl-C, divergence, overwrite protection, validation
+split."""
+
 import csv
 import json
 
@@ -7,24 +9,38 @@ import torch
 
 import cifarkit.training.trainer as trainer_mod
 from cifarkit.base import CifarkitError
-from cifarkit.training.step import DivergenceError
 from cifarkit.config import TrainConfig
-from cifarkit.training.trainer import fit
 from cifarkit.runfolder.checkpoint import load_checkpoint
+from cifarkit.training.step import DivergenceError
+from cifarkit.training.trainer import fit
+
 from conftest import interrupt_in_epoch_2
 
 
 def cfg_for(tmp_path, **kw):
-    base = dict(epochs=2, batch_size=50, lr=0.05, progress=False, out=str(tmp_path / "run"), precision="fp32",
-                eval_batch_size=50)
+    base = dict(
+        epochs=2,
+        batch_size=50,
+        lr=0.05,
+        progress=False,
+        out=str(tmp_path / "run"),
+        precision="fp32",
+        eval_batch_size=50,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def test_fit_writes_the_run_folder(tmp_path, learnable_data):
     r = fit(cfg_for(tmp_path), data=learnable_data)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.json", "history.csv", "history.json", "last.pt",
-                                               "best.pt", "results.json"}  # the .lock is gone
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "history.csv",
+        "history.json",
+        "last.pt",
+        "best.pt",
+        "results.json",
+    }  # the .lock is gone
     assert json.loads((run / "config.json").read_text()) == r.config.to_dict()
     assert r.config.data_fingerprint.startswith("200+100:")
     rows = list(csv.DictReader(open(run / "history.csv")))
@@ -55,12 +71,22 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, mo
     cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data)
     assert cut.interrupted and len(cut.history) == 1
     err = capsys.readouterr().err  # the interrupt message goes to stderr
-    assert "Interrupted during epoch 2" in err and 'fit(cfg, resume="auto")' in err and "last.pt" in err
+    assert (
+        "Interrupted during epoch 2" in err
+        and 'fit(cfg, resume="auto")' in err
+        and "last.pt" in err
+    )
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
 
-    resumed = fit(TrainConfig(progress=False), data=learnable_data, resume=tmp_path / "cut" / "run" / "last.pt")
+    resumed = fit(
+        TrainConfig(progress=False),
+        data=learnable_data,
+        resume=tmp_path / "cut" / "run" / "last.pt",
+    )
     keys = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "lrs")
-    assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in straight.history]
+    assert [[h[k] for k in keys] for h in resumed.history] == [
+        [h[k] for k in keys] for h in straight.history
+    ]
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -77,13 +103,18 @@ def test_finished_run_is_not_overwritten(tmp_path, learnable_data):
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, learnable_data, monkeypatch):
     real = trainer_mod.train_one_epoch
+
     def poison_epoch_2(step, *a, **k):
         if k["epoch"] == 1:
             with torch.no_grad():
-                step.model.fc.weight.mul_(float("inf"))  # what an exploding learning rate does, at once
+                # what an exploding learning rate does, at once
+                step.model.fc.weight.mul_(float("inf"))
         return real(step, *a, **k)
+
     monkeypatch.setattr(trainer_mod, "train_one_epoch", poison_epoch_2)
-    with pytest.raises(DivergenceError, match=r"loss is nan at epoch 2, step 1 \(lr .*\).*Lower --lr"):
+    with pytest.raises(
+        DivergenceError, match=r"loss is nan at epoch 2, step 1 \(lr .*\).*Lower --lr"
+    ):
         fit(cfg_for(tmp_path, epochs=3), data=learnable_data)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # the good one from epoch 1, intact
     assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
@@ -136,13 +167,18 @@ def test_resume_refuses_changes_and_other_data(tmp_path, learnable_data):
     (tmp_path / "run" / "results.json").unlink()  # as if it had been stopped during the final test
     with pytest.raises(CifarkitError, match="refusing to change lr"):
         fit(cfg_for(tmp_path, epochs=2, lr=0.3), data=learnable_data, resume=last)
-    other = type(learnable_data)(learnable_data.train_images.flip(3), learnable_data.train_labels,
-                                 learnable_data.test_images, learnable_data.test_labels)
+    other = type(learnable_data)(
+        learnable_data.train_images.flip(3),
+        learnable_data.train_labels,
+        learnable_data.test_images,
+        learnable_data.test_labels,
+    )
     with pytest.raises(CifarkitError, match="not the dataset this run started on"):
         fit(cfg_for(tmp_path, epochs=2), data=other, resume=last)
 
 
-# ---------------------------------------------------------------- resume="auto": the notebook's mode
+# ---------------------------------------------------------------- resume="auto": the notebook's
+# mode
 def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, monkeypatch, capsys):
     first = fit(cfg_for(tmp_path), data=learnable_data, resume="auto")
     assert not first.loaded and first.final
@@ -150,13 +186,16 @@ def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, mo
 
     def no_training(*a, **k):
         raise AssertionError("a finished run must not train again")
+
     monkeypatch.setattr(trainer_mod, "train_one_epoch", no_training)
     capsys.readouterr()
-    again = fit(cfg_for(tmp_path, progress=True), data=learnable_data, resume="auto")  # runtime field differs
+    # runtime field differs
+    again = fit(cfg_for(tmp_path, progress=True), data=learnable_data, resume="auto")
     out = capsys.readouterr().out
     assert again.loaded and again.final == first.final and again.history == first.history
     assert "loaded, not trained again" in out and "final test accuracy: single view" in out
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # nothing rewritten
+    # nothing rewritten
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     # the loaded weights are the evaluated ones: the same predictions as the trained model
     _, _, p1 = first.test_predictions()
     _, _, p2 = again.test_predictions()
@@ -171,8 +210,12 @@ def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, monke
     cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")
     assert cut.interrupted and len(cut.history) == 1
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
-    resumed = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")  # the same cell again
-    assert not resumed.loaded and resumed.final["single_view_correct"] == straight.final["single_view_correct"]
+    # the same cell again
+    resumed = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")
+    assert (
+        not resumed.loaded
+        and resumed.final["single_view_correct"] == straight.final["single_view_correct"]
+    )
     strip = lambda h: [{k: v for k, v in row.items() if "second" not in k} for row in h]  # noqa: E731
     assert strip(resumed.history) == strip(straight.history)
 
@@ -184,8 +227,16 @@ def test_auto_refuses_other_settings_in_python_words(tmp_path, learnable_data):
     with pytest.raises(CifarkitError) as e:
         fit(cfg_for(tmp_path, lr=0.1), data=learnable_data, resume="auto")
     msg = str(e.value)
-    assert "\n" not in msg and "lr=0.1 (run: 0.05)" in msg and "overwrite=True" in msg and "cfg.out" in msg
+    assert (
+        "\n" not in msg
+        and "lr=0.1 (run: 0.05)" in msg
+        and "overwrite=True" in msg
+        and "cfg.out" in msg
+    )
     assert "--" not in msg  # Python words, not command-line flags
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     retrained = fit(cfg_for(tmp_path, lr=0.1), data=learnable_data, resume="auto", overwrite=True)
-    assert not retrained.loaded and json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 0.1
+    assert (
+        not retrained.loaded
+        and json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 0.1
+    )

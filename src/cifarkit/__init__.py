@@ -1,10 +1,11 @@
 """cifarkit: compact CIFAR-10 networks, data on the device, one training step, plots and analysis.
 
 The public face is the names below, one per job (the notebook, README and docs use only these); the
-modules behind them are laid out in README.md ("Layout"). Each name is imported on first use (PEP 562),
-so ``import cifarkit`` and the command line start without importing torch: ``python -m cifarkit train``
-takes its run-folder lock first, and ``--help`` answers at once.
+modules behind them are laid out in README.md ("Layout"). Each name is imported on first use (PEP
+562), so ``import cifarkit`` and the command line start without importing torch: ``python -m
+cifarkit train`` takes its run-folder lock first, and ``--help`` answers at once.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -37,8 +38,18 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["compare_runs"], "analysis.compare"),
     **dict.fromkeys(["findings"], "analysis.findings"),
     **dict.fromkeys(["check_notebook", "check_this_notebook"], "handin"),
-    **dict.fromkeys(["plot_history", "plot_compare", "plot_lr", "plot_confusion", "plot_misclassified",
-                     "show_images", "load_baseline"], "analysis.plots"),
+    **dict.fromkeys(
+        [
+            "plot_history",
+            "plot_compare",
+            "plot_lr",
+            "plot_confusion",
+            "plot_misclassified",
+            "show_images",
+            "load_baseline",
+        ],
+        "analysis.plots",
+    ),
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.2.0"
@@ -47,8 +58,10 @@ __version__ = "0.2.0"
 def __getattr__(name: str):
     module = _PUBLIC.get(name)
     if module is None:
-        raise AttributeError(f"module 'cifarkit' has no attribute {name!r} (its public names: cifarkit.__all__; "
-                             "everything else is imported from its module, e.g. cifarkit.models.seed)")
+        raise AttributeError(
+            f"module 'cifarkit' has no attribute {name!r} (its public names: cifarkit.__all__; "
+            "everything else is imported from its module, e.g. cifarkit.models.seed)"
+        )
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -1,4 +1,5 @@
 """`python -m cifarkit ...`"""
+
 import sys
 
 from .cli import main

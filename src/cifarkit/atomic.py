@@ -1,8 +1,9 @@
-"""Writing a file atomically: a temp file in the same folder, fsync, rename over the file. A crash at any
-moment (SIGKILL included) leaves the old file or the complete new one; a failed write (full disk,
-read-only mount, no permission) is one line naming the file. Run files, the data cache and the layout
-cache are all written here. No torch.
+"""Writing a file atomically: a temp file in the same folder, fsync, rename over the file. A crash
+at any moment (SIGKILL included) leaves the old file or the complete new one; a failed write (full
+disk, read-only mount, no permission) is one line naming the file. Run files, the data cache and the
+layout cache are all written here. No torch.
 """
+
 from __future__ import annotations
 
 import errno
@@ -21,7 +22,8 @@ class WriteError(CifarkitError):
     """A run file could not be written (disk full, read-only file system, no permission...).
 
     The message is one line naming the file; `errno` is the OS error number when one is known.
-    The previous version of the file is intact: writes go to a temp file that is renamed only when complete.
+    The previous version of the file is intact: writes go to a temp file that is renamed only when
+    complete.
     """
 
     def __init__(self, message: str, errno_: int | None = None):
@@ -30,16 +32,21 @@ class WriteError(CifarkitError):
 
 
 _UMASK = os.umask(0)  # read the process umask (the only way is to set it) ...
-os.umask(_UMASK)      # ... and put it back at once
+os.umask(_UMASK)  # ... and put it back at once
 
-# torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:...] unexpected pos
-# ...") or "PytorchStreamWriter failed writing file ...": the OSError (and its errno) is lost on the way.
-_TORCH_WRITE_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos|file write failed")
+# torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc:...]
+# unexpected pos ...") or "PytorchStreamWriter failed writing file ...": the OSError (and its errno)
+# is lost on the way.
+_TORCH_WRITE_FAILURE = re.compile(
+    r"inline_container|PytorchStreamWriter|unexpected pos|file write failed"
+)
 
 
 class _Recorder:
-    """The temp file as `write` sees it: remembers the first OSError its write() raised, so a failure that
-    torch.save turns into a RuntimeError can still be reported by its errno (ENOSPC, EDQUOT, EIO...)."""
+    """The temp file as `write` sees it: remembers the first OSError its write() raised, so a
+    failure that torch.save turns into a RuntimeError can still be reported by its errno (ENOSPC,
+    EDQUOT, EIO...).
+    """
 
     def __init__(self, f):
         self._f = f
@@ -60,7 +67,11 @@ def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
     """The one-line WriteError for OSError `e` raised while (atomically) writing `path`."""
     path = Path(path)
     if path.exists():
-        kept = "the previous checkpoint is intact" if path.suffix == ".pt" else "the previous version is intact"
+        kept = (
+            "the previous checkpoint is intact"
+            if path.suffix == ".pt"
+            else "the previous version is intact"
+        )
     else:
         kept = "it was not created"
     code = e.errno
@@ -78,7 +89,8 @@ def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
 
 
 def _os_error_behind(e: BaseException) -> OSError | None:
-    """The OSError an exception was raised while handling (torch keeps it as __context__), if any."""
+    """The OSError an exception was raised while handling (torch keeps it as __context__), if
+    any."""
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, OSError):
@@ -92,21 +104,27 @@ def temp_stem(name: str, limit: int = 200) -> str:
     """`name`, cut to at most `limit` bytes, for a temp file's name beside it: mkstemp adds 14 bytes
     (".", ".", 8 random characters, ".tmp"), and a file name may hold 255 bytes at most."""
     raw = os.fsencode(name)
-    return name if len(raw) <= limit else os.fsdecode(raw[:limit]).encode("utf-8", "ignore").decode() or "file"
+    return (
+        name
+        if len(raw) <= limit
+        else os.fsdecode(raw[:limit]).encode("utf-8", "ignore").decode() or "file"
+    )
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     """Call write(file_object) on a temp file in the same folder, fsync it, then rename over `path`.
 
     A crash at any moment (SIGKILL included) leaves either the old file or the complete new one.
-    Any OS failure (full disk, read-only, permissions) raises WriteError with one line; the temp file is
-    always removed and the old file left as it was.
+    Any OS failure (full disk, read-only, permissions) raises WriteError with one line; the temp
+    file is always removed and the old file left as it was.
     """
     path = Path(path)
     tmp: str | None = None
     recorder: _Recorder | None = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{temp_stem(path.name)}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{temp_stem(path.name)}.", suffix=".tmp"
+        )
         with os.fdopen(fd, "wb") as f:
             recorder = _Recorder(f)
             write(recorder)
@@ -121,9 +139,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
         cause = (recorder and recorder.error) or _os_error_behind(e)
         if cause is None and not _TORCH_WRITE_FAILURE.search(str(e)):
             raise  # a bug, not the file system
-        if cause is None:  # torch lost the errno; a full disk is by far the usual reason (temp file still there)
+        # torch lost the errno; a full disk is by far the usual reason (temp file still there)
+        if cause is None:
             full = shutil.disk_usage(path.parent).free < 1 << 20
-            cause = OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO))
+            cause = OSError(
+                errno.ENOSPC if full else errno.EIO,
+                os.strerror(errno.ENOSPC if full else errno.EIO),
+            )
         raise write_error(path, cause) from None
     finally:
         if tmp is not None:

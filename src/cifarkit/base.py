@@ -1,6 +1,8 @@
-"""The ground floor: constants, the error base classes and the small parsers that every other module may
-import. It imports only the standard library (no torch), so the command line can use it before torch loads.
+"""The ground floor: constants, the error base classes and the small parsers that every other module
+may import. It imports only the standard library (no torch), so the command line can use it before
+torch loads.
 """
+
 from __future__ import annotations
 
 import ast
@@ -9,27 +11,44 @@ from pathlib import Path
 from typing import Any
 
 # CIFAR-10 label order 0..9 (also the alphabetical order of the ImageFolder class folders).
-CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
-                            "dog", "frog", "horse", "ship", "truck")
+CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 # Per-channel mean / std of the original CIFAR-10 training set, RGB, for pixels scaled to [0, 1].
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 IMAGE_SHAPE: tuple[int, int, int] = (3, 32, 32)  # channels, height, width
 
 # The values a TrainConfig's choice fields may take (the CLI offers the same lists).
-SCHEDULES = ("onecycle", "linear", "constant", "step")  # learning-rate schedules `optim.make_scheduler` knows
-OPTIMIZERS = ("sgd", "adam", "adamw")            # `optim.make_optimizer`
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")   # autocast dtypes; "auto" picks what the device does natively
-CHANNELS_LAST_MODES = ("auto", "yes", "no")     # memory layout; "auto": measured on a CPU (hardware.py)
-TTA_MODES = ("none", "flip", "flip-translate")   # test-time augmentation of the separate final test
-TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}  # forward passes per image that each mode averages
-FLIP_MODES = ("random", "alternate", "none")     # training flips: per image, or airbench's alternating
-PAD_MODES = ("zeros", "reflect")                 # how the random crop pads the image
-FLOAT32_MAX = 3.4028234663852886e38  # the optimiser turns the LR into float32 tensors: larger values overflow
+# learning-rate schedules `optim.make_scheduler` knows
+SCHEDULES = ("onecycle", "linear", "constant", "step")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # `optim.make_optimizer`
+# autocast dtypes; "auto" picks what the device does natively
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# memory layout; "auto": measured on a CPU (hardware.py)
+CHANNELS_LAST_MODES = ("auto", "yes", "no")
+TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation of the separate final test
+# forward passes per image that each mode averages
+TTA_VIEWS = {"none": 1, "flip": 2, "flip-translate": 6}
+# training flips: per image, or airbench's alternating
+FLIP_MODES = ("random", "alternate", "none")
+PAD_MODES = ("zeros", "reflect")  # how the random crop pads the image
+# the optimiser turns the LR into float32 tensors: larger values overflow
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class CifarkitError(Exception):
-    """Base of every error cifarkit raises for bad input; its message is one line meant for a person."""
+    """Base of every error cifarkit raises for bad input; its message is one line meant for a
+    person."""
 
 
 class ConfigError(CifarkitError, ValueError):
@@ -37,8 +56,10 @@ class ConfigError(CifarkitError, ValueError):
 
 
 def parse_call(text: str, what: str = "spec") -> tuple[str, dict[str, Any]]:
-    """'Name' or 'Name(arg=literal, ...)' (dotted names allowed; positional literals become "_0", "_1", ...
-    only for transforms) -> (name, kwargs). Only Python literals are accepted, so a config never runs code."""
+    """'Name' or 'Name(arg=literal, ...)' (dotted names allowed; positional literals become "_0",
+    "_1", ... only for transforms) -> (name, kwargs). Only Python literals are accepted, so a config
+    never runs code.
+    """
     try:
         node = ast.parse(text.strip(), mode="eval").body
         call = node if isinstance(node, ast.Call) else None
@@ -50,14 +71,17 @@ def parse_call(text: str, what: str = "spec") -> tuple[str, dict[str, Any]]:
         if any(k is None for k in kwargs):
             raise ValueError
     except (SyntaxError, ValueError, TypeError):
-        raise ConfigError(f"bad {what} {text!r}: expected Name or Name(arg=value, ...) with literal values") from None
+        raise ConfigError(
+            f"bad {what} {text!r}: expected Name or Name(arg=value, ...) with literal values"
+        ) from None
     for i, a in enumerate(args):
         kwargs[f"_{i}"] = a
     return name, kwargs
 
 
 def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
-    """Inverse of `parse_call`: ('RandomRotation', {'degrees': 15}) -> 'RandomRotation(degrees=15)'."""
+    """Inverse of `parse_call`: ('RandomRotation', {'degrees': 15}) ->
+    'RandomRotation(degrees=15)'."""
     kwargs = kwargs or {}
     pos = [repr(kwargs[f"_{i}"]) for i in range(len(kwargs)) if f"_{i}" in kwargs]
     kw = [f"{k}={v!r}" for k, v in kwargs.items() if not k.startswith("_")]
@@ -65,15 +89,15 @@ def format_call(name: str, kwargs: dict[str, Any] | None = None) -> str:
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise ConfigError "NAME must be one of A, B, C, got VALUE" unless `value` is one of `choices`:
-    the one wording of that refusal, wherever a choice is checked."""
+    """Raise ConfigError "NAME must be one of A, B, C, got VALUE" unless `value` is one of
+    `choices`: the one wording of that refusal, wherever a choice is checked."""
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def first_line(e: BaseException, limit: int = 300, default: str = "") -> str:
-    """The first line of an error's message (at most `limit` characters), or `default` when it has none:
-    what every one-line error here quotes of another error."""
+    """The first line of an error's message (at most `limit` characters), or `default` when it has
+    none: what every one-line error here quotes of another error."""
     return (str(e).strip().splitlines() or [default])[0][:limit]
 
 
@@ -85,8 +109,8 @@ def show_path(path: str | os.PathLike) -> str:
 
 
 def cache_dir() -> Path:
-    """The folder cifarkit caches decoded datasets and layout measurements in (created on first write):
-    $CIFARKIT_CACHE, else $XDG_CACHE_HOME/cifarkit, else ~/.cache/cifarkit."""
+    """The folder cifarkit caches decoded datasets and layout measurements in (created on first
+    write): $CIFARKIT_CACHE, else $XDG_CACHE_HOME/cifarkit, else ~/.cache/cifarkit."""
     if os.environ.get("CIFARKIT_CACHE"):
         return Path(os.environ["CIFARKIT_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

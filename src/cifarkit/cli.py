@@ -1,10 +1,11 @@
 """Command line: ``python -m cifarkit {train,summary,evaluate,export,predict,runs,lr-find} ...``.
 
-The training options are generated from TrainConfig's fields, with each field's comment as its help, so
-the config is the one source of names, defaults and meanings. Every bad option or input ends in one line
-on stderr and a non-zero exit code, never a traceback: 2 for bad options / input, 1 for a diverged run or
-a failed write (disk full, read-only folder), 130 for Ctrl-C, 143 for SIGTERM.
+The training options are generated from TrainConfig's fields, with each field's comment as its help,
+so the config is the one source of names, defaults and meanings. Every bad option or input ends in
+one line on stderr and a non-zero exit code, never a traceback: 2 for bad options / input, 1 for a
+diverged run or a failed write (disk full, read-only folder), 130 for Ctrl-C, 143 for SIGTERM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,28 @@ import tempfile
 import typing
 
 from . import commands
-from .base import (CHANNELS_LAST_MODES, FLIP_MODES, OPTIMIZERS, PAD_MODES, PRECISIONS, SCHEDULES, TTA_MODES,
-                   CifarkitError)
-from .config import RECIPES, TrainConfig, field_help
+from .base import (
+    CHANNELS_LAST_MODES,
+    FLIP_MODES,
+    OPTIMIZERS,
+    PAD_MODES,
+    PRECISIONS,
+    SCHEDULES,
+    TTA_MODES,
+    CifarkitError,
+)
+from .config import TrainConfig, field_help
+from .recipes import RECIPES
 
-CHOICES = {"flip": FLIP_MODES, "pad_mode": PAD_MODES, "schedule": SCHEDULES, "optimizer": OPTIMIZERS,
-           "precision": PRECISIONS, "tta": TTA_MODES, "channels_last": CHANNELS_LAST_MODES}
+CHOICES = {
+    "flip": FLIP_MODES,
+    "pad_mode": PAD_MODES,
+    "schedule": SCHEDULES,
+    "optimizer": OPTIMIZERS,
+    "precision": PRECISIONS,
+    "tta": TTA_MODES,
+    "channels_last": CHANNELS_LAST_MODES,
+}
 NOT_OPTIONS = ("data_fingerprint",)  # set by fit, never by hand
 
 
@@ -32,7 +49,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field (--batch-size for batch_size), default None = "not given"."""
+    """One option per TrainConfig field (--batch-size for batch_size), default None = "not
+    given"."""
     hints = typing.get_type_hints(TrainConfig)
     helps = field_help()
     data_default = os.environ.get("CIFARKIT_DATA")  # the notebook and CI point this at a local copy
@@ -41,7 +59,10 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
             continue
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw: dict = {"help": f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%"), "default": None}
+        kw: dict = {
+            "help": f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%"),
+            "default": None,
+        }
         if f.name == "data":
             kw["default"] = data_default
         if kind is bool:
@@ -59,8 +80,11 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
-LOSS_FN_HELP = ("loss_fn(out, y) -> loss instead of label-smoothed cross-entropy, for a network whose forward returns "
-                "more than the logits in training mode (an auxiliary head); pass it again with --resume")
+LOSS_FN_HELP = (
+    "loss_fn(out, y) -> loss instead of label-smoothed cross-entropy, for a network whose forward"
+    " returns more than the logits in training mode (an auxiliary head); pass it again with"
+    " --resume"
+)
 
 
 def _loss_fn(args):
@@ -68,8 +92,12 @@ def _loss_fn(args):
     if not getattr(args, "loss_fn", None):
         return None
     from .models.registry import load_attr
+
     if ":" not in args.loss_fn:
-        raise CifarkitError(f"--loss-fn {args.loss_fn!r}: give an import path, file.py:function or package.module:function")
+        raise CifarkitError(
+            f"--loss-fn {args.loss_fn!r}: give an import path, file.py:function or"
+            " package.module:function"
+        )
     return load_attr(args.loss_fn, "--loss-fn")
 
 
@@ -78,89 +106,158 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a network; writes a run folder")
-    t.add_argument("--recipe", choices=list(RECIPES), default=None,
-                   help="preset to start from: 'default' (recommended), 'compact' or 'seed' (the original recipe)")
+    t.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=None,
+        help=(
+            "preset to start from: 'default' (recommended), 'compact' or 'seed' (the original"
+            " recipe)"
+        ),
+    )
     add_config_options(t)
-    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its last.pt (its own settings)")
+    t.add_argument(
+        "--resume", metavar="CHECKPOINT", help="continue a run from its last.pt (its own settings)"
+    )
     t.add_argument("--loss-fn", metavar="FILE.py:FUNCTION", help=LOSS_FN_HELP)
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    t.add_argument("--dry-run", action="store_true",
-                   help="1 epoch on 512 / 256 images in a throwaway folder (or an empty --out): checks the path")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=(
+            "1 epoch on 512 / 256 images in a throwaway folder (or an empty --out): checks the path"
+        ),
+    )
 
     s = sub.add_parser("summary", help="summary table, receptive field and course-rule checks")
-    s.add_argument("--model", default=None, help="registry name or import path file.py:Class (default: seed)")
+    s.add_argument(
+        "--model", default=None, help="registry name or import path file.py:Class (default: seed)"
+    )
     s.add_argument("--checkpoint", help="summarise the network of this checkpoint instead")
 
-    e = sub.add_parser("evaluate", help="single-view and TTA test accuracy, per class, of a checkpoint")
+    e = sub.add_parser(
+        "evaluate", help="single-view and TTA test accuracy, per class, of a checkpoint"
+    )
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--tta", choices=TTA_MODES, help="TTA of the second line (default: what the run used)")
+    e.add_argument(
+        "--tta", choices=TTA_MODES, help="TTA of the second line (default: what the run used)"
+    )
     e.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
-    e.add_argument("--val-split", type=int,
-                   help="evaluate on the validation split of N training images that `train --val-split N` holds out")
-    e.add_argument("--model", help="import path to rebuild a network the run was given as an object")
+    e.add_argument(
+        "--val-split",
+        type=int,
+        help=(
+            "evaluate on the validation split of N training images that `train --val-split N`"
+            " holds out"
+        ),
+    )
+    e.add_argument(
+        "--model", help="import path to rebuild a network the run was given as an object"
+    )
     _runtime_options(e)
 
-    x = sub.add_parser("export", help="slim copy of a checkpoint (weights, config, history) for sharing")
+    x = sub.add_parser(
+        "export", help="slim copy of a checkpoint (weights, config, history) for sharing"
+    )
     x.add_argument("--checkpoint", required=True, help="a run's last.pt or best.pt")
     x.add_argument("--out", required=True, help="where to write the slim .pt")
     x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-    q = sub.add_parser("predict", help="classify your own images (any size; resized to 32x32) with a checkpoint")
+    q = sub.add_parser(
+        "predict", help="classify your own images (any size; resized to 32x32) with a checkpoint"
+    )
     q.add_argument("--checkpoint", required=True)
     q.add_argument("images", nargs="+", metavar="IMAGE")
-    q.add_argument("--top", type=int, default=3, help="how many classes to list per image (default 3)")
-    q.add_argument("--model", help="import path to rebuild a network the run was given as an object")
+    q.add_argument(
+        "--top", type=int, default=3, help="how many classes to list per image (default 3)"
+    )
+    q.add_argument(
+        "--model", help="import path to rebuild a network the run was given as an object"
+    )
     q.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
 
-    r = sub.add_parser("runs", help="compare run folders: network, rules, accuracy, time; overlay their curves")
-    r.add_argument("folders", nargs="*", metavar="FOLDER",
-                   help="run folders (default: every folder in ./runs that holds a config.json)")
-    r.add_argument("--plot", help="also save the accuracy curves of all runs in one figure here (PNG)")
+    r = sub.add_parser(
+        "runs", help="compare run folders: network, rules, accuracy, time; overlay their curves"
+    )
+    r.add_argument(
+        "folders",
+        nargs="*",
+        metavar="FOLDER",
+        help="run folders (default: every folder in ./runs that holds a config.json)",
+    )
+    r.add_argument(
+        "--plot", help="also save the accuracy curves of all runs in one figure here (PNG)"
+    )
 
-    n = sub.add_parser("check-notebook", help="the hand-in check of an executed notebook and its run folder")
-    n.add_argument("notebook", metavar="NOTEBOOK", help="the executed .ipynb, e.g. Assignment7.ipynb")
-    n.add_argument("--run", help="its run folder (default: the out folder the notebook's fit printed)")
+    n = sub.add_parser(
+        "check-notebook", help="the hand-in check of an executed notebook and its run folder"
+    )
+    n.add_argument(
+        "notebook", metavar="NOTEBOOK", help="the executed .ipynb, e.g. Assignment7.ipynb"
+    )
+    n.add_argument(
+        "--run", help="its run folder (default: the out folder the notebook's fit printed)"
+    )
 
-    f = sub.add_parser("lr-find", help="learning-rate range test for the configured network and recipe")
+    f = sub.add_parser(
+        "lr-find", help="learning-rate range test for the configured network and recipe"
+    )
     f.add_argument("--recipe", choices=list(RECIPES), default=None)
     add_config_options(f)
     f.add_argument("--loss-fn", metavar="FILE.py:FUNCTION", help=LOSS_FN_HELP)
-    f.add_argument("--num-iter", type=int, default=100, help="optimiser steps of the range test (default 100)")
-    f.add_argument("--start-lr", type=float, default=1e-5, help="first learning rate (default 1e-5)")
+    f.add_argument(
+        "--num-iter", type=int, default=100, help="optimiser steps of the range test (default 100)"
+    )
+    f.add_argument(
+        "--start-lr", type=float, default=1e-5, help="first learning rate (default 1e-5)"
+    )
     f.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default 10)")
-    f.add_argument("--plot", default="lr_find.png", help="where to save the loss-vs-LR plot (default lr_find.png)")
+    f.add_argument(
+        "--plot",
+        default="lr_find.png",
+        help="where to save the loss-vs-LR plot (default lr_find.png)",
+    )
     return p
 
 
 def _runtime_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=os.environ.get("CIFARKIT_DATA"),
-                   help="CIFAR-10 folder or archive (default: $CIFARKIT_DATA, else the run's data / torchvision)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("CIFARKIT_DATA"),
+        help=(
+            "CIFAR-10 folder or archive (default: $CIFARKIT_DATA, else the run's data /"
+            " torchvision)"
+        ),
+    )
     p.add_argument("--data-root", help="torchvision download folder when --data is not given")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS)
 
 
 def given_fields(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields given on the command line (argparse leaves the others None); with the recipe's
-    fields, what `config.explicit_fields` counts as set on purpose."""
+    """The TrainConfig fields given on the command line (argparse leaves the others None); with the
+    recipe's fields, what `config.explicit_fields` counts as set on purpose."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def _out_folder(args: argparse.Namespace) -> str:
-    """The run folder a fresh `train` command line writes (the --dry-run folder is made here, once)."""
+    """The run folder a fresh `train` command line writes (the --dry-run folder is made here,
+    once)."""
     if getattr(args, "dry_run", False) and args.out is None:
         args.out = tempfile.mkdtemp(prefix="cifarkit-dry-run-")
     if args.out is not None:
         return args.out
     recipe = RECIPES[args.recipe or "default"]
-    return recipe.get("out", next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "out"))
+    return recipe.get(
+        "out", next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "out")
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig a parsed `train` command line asks for: its recipe, then the options given on top
-    (--dry-run: 1 epoch on 512 / 256 images unless limits are given, in a fresh temporary folder unless
-    --out is given)."""
+    """The TrainConfig a parsed `train` command line asks for: its recipe, then the options given on
+    top (--dry-run: 1 epoch on 512 / 256 images unless limits are given, in a fresh temporary folder
+    unless --out is given)."""
     fields = given_fields(args)
     if getattr(args, "dry_run", False):
         fields = {"limit_train": 512, "limit_test": 256, **fields, "epochs": 1}
@@ -169,12 +266,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args) -> int:
-    if args.dry_run and args.resume:  # the dry run's limits would not apply: it would train or rewrite the run
-        raise CifarkitError("--dry-run checks a fresh run in a throwaway folder; it cannot be combined with "
-                            "--resume")
+    # the dry run's limits would not apply: it would train or rewrite the run
+    if args.dry_run and args.resume:
+        raise CifarkitError(
+            "--dry-run checks a fresh run in a throwaway folder; it cannot be combined with "
+            "--resume"
+        )
     lock = None
     if not args.resume:  # a fresh run: own --out before torch is imported (seconds on a slow CPU)
         from .runfolder.lock import RunLock
+
         lock = RunLock(_out_folder(args)).acquire()
     try:
         cfg = config_from_args(args)
@@ -183,15 +284,20 @@ def _train(args) -> int:
             explicit |= set(RECIPES[args.recipe])
         from .report import final_line
         from .training.trainer import Caller, fit
+
         caller = Caller("cli", explicit=explicit if args.resume else None, lock=lock)
-        result = fit(cfg, resume=args.resume, overwrite=args.overwrite, loss_fn=_loss_fn(args), caller=caller)
+        result = fit(
+            cfg, resume=args.resume, overwrite=args.overwrite, loss_fn=_loss_fn(args), caller=caller
+        )
     finally:
         if lock is not None:
             lock.release()  # fit released it already unless it failed before taking it over
     if result.interrupted:
         return result.exit_code
-    print(f"{final_line(result.final)}, {result.final['wall_seconds']:.0f} s on {result.final['hardware']}; "
-          f"run folder: {result.run_dir}")
+    print(
+        f"{final_line(result.final)}, {result.final['wall_seconds']:.0f} s on"
+        f" {result.final['hardware']}; run folder: {result.run_dir}"
+    )
     return 0
 
 
@@ -200,7 +306,14 @@ def _lr_find(args) -> int:
     from .training.lrfind import lr_find
 
     cfg = config_from_args(args)
-    result = lr_find(cfg, loss_fn=_loss_fn(args), num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr, path=args.plot)
+    result = lr_find(
+        cfg,
+        loss_fn=_loss_fn(args),
+        num_iter=args.num_iter,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        path=args.plot,
+    )
     print(describe(result, cfg.lr))
     print(f"plot: {args.plot}")
     return 0
@@ -209,17 +322,29 @@ def _lr_find(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "summary": commands.summary, "evaluate": commands.evaluate,
-                "export": commands.export, "predict": commands.predict, "runs": commands.runs,
-                "check-notebook": commands.check_notebook,
-                "lr-find": _lr_find}[args.command](args)
+        return {
+            "train": _train,
+            "summary": commands.summary,
+            "evaluate": commands.evaluate,
+            "export": commands.export,
+            "predict": commands.predict,
+            "runs": commands.runs,
+            "check-notebook": commands.check_notebook,
+            "lr-find": _lr_find,
+        }[args.command](args)
     except CifarkitError as e:
-        from .training.step import DivergenceError
         from .atomic import WriteError
+        from .training.step import DivergenceError
+
         # one line whatever a path in it holds (a file name may contain a newline)
-        print(f"cifarkit: error: {str(e).replace(chr(10), '[newline]').replace(chr(13), '[return]')}", file=sys.stderr)
-        return 1 if isinstance(e, (DivergenceError, WriteError)) else 2  # 1: the run failed; 2: bad input
-    except KeyboardInterrupt as e:  # outside fit's own handling, or during its setup (then fit said what was saved)
+        print(
+            f"cifarkit: error: {str(e).replace(chr(10), '[newline]').replace(chr(13), '[return]')}",
+            file=sys.stderr,
+        )
+        # 1: the run failed; 2: bad input
+        return 1 if isinstance(e, (DivergenceError, WriteError)) else 2
+    # outside fit's own handling, or during its setup (then fit said what was saved)
+    except KeyboardInterrupt as e:
         if not getattr(e, "reported", False):
             print("cifarkit: interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)

@@ -1,10 +1,11 @@
 """What the machine is and what runs fast on it: device, precision, memory layout, a description.
 
-Every "auto" choice of a run is made here, from what the hardware has or from a measurement on it, and
-comes with a one-line reason that `fit` prints: bf16 autocast only where it is native (emulated bf16 is
-slower than fp32), and on a CPU the memory layout (NCHW or channels_last) that a few timed passes of the
-run's own network show to be faster on this machine (docs/speed.md).
+Every "auto" choice of a run is made here, from what the hardware has or from a measurement on it,
+and comes with a one-line reason that `fit` prints: bf16 autocast only where it is native (emulated
+bf16 is slower than fp32), and on a CPU the memory layout (NCHW or channels_last) that a few timed
+passes of the run's own network show to be faster on this machine (docs/speed.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,12 +26,14 @@ from .models.check import failure_text, output_sum
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto": CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
+    """ "auto": CUDA if present, then Apple MPS, then CPU; otherwise the named device."""
     if name != "auto":
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise CifarkitError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+            raise CifarkitError(
+                f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CifarkitError("device 'cuda' requested but torch sees no CUDA GPU")
         if device.type == "mps" and not torch.backends.mps.is_available():
@@ -44,7 +47,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 convolutions natively: AMX (Sapphire Rapids+) or AVX-512-BF16 (Zen 4+)."""
+    """True where oneDNN runs bf16 convolutions natively: AMX (Sapphire Rapids+) or AVX-512-BF16
+    (Zen 4+)."""
     return cpu_kind() in ("AMX-BF16", "AVX-512-BF16")
 
 
@@ -52,25 +56,33 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 _LABEL = {torch.bfloat16: "bf16", torch.float16: "fp16 + gradient scaler", None: "fp32"}
 
 
-def choose_precision(precision: str, device: torch.device, kept: str | None = None) -> tuple[torch.dtype | None, str]:
-    """The autocast dtype for `precision` on `device` (None: plain fp32) and a one-line reason to print.
+def choose_precision(
+    precision: str, device: torch.device, kept: str | None = None
+) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype for `precision` on `device` (None: plain fp32) and a one-line reason to
+    print.
 
     "auto" picks what the hardware runs natively:
-      CUDA compute capability >= 8.0 (A100, L4, H100): bf16 (fp32's range, so no loss scaling needed).
-      CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`: it returns True on
-        a T4 because it counts emulation (including_emulation=True by default, pytorch/pytorch#148322),
-        while cuDNN has no bf16 convolution engines below 8.0, so bf16 there is slow.
+      CUDA compute capability >= 8.0 (A100, L4, H100): bf16 (fp32's range, so no loss scaling
+      needed). CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`: it
+      returns True on
+        a T4 because it counts emulation (including_emulation=True by default,
+        pytorch/pytorch#148322), while cuDNN has no bf16 convolution engines below 8.0, so bf16
+        there is slow.
       CUDA < 7.0 (P100 and older: no tensor cores): fp32.
-      CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is slower).
-      MPS: fp32 (autocast support varies with the macOS / torch version).
-    An explicit "bf16" / "fp16" / "fp32" is always honoured; the reason says when the device only emulates it.
-    `kept`: the precision a resumed run chose when it started ("bf16", "fp16", "fp32"), used whatever
-    `precision` would choose now, so the run computes as it did.
+      CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is
+      slower). MPS: fp32 (autocast support varies with the macOS / torch version).
+    An explicit "bf16" / "fp16" / "fp32" is always honoured; the reason says when the device only
+    emulates it. `kept`: the precision a resumed run chose when it started ("bf16", "fp16", "fp32"),
+    used whatever `precision` would choose now, so the run computes as it did.
     """
     if kept is not None:
         dtype, reason = choose_precision(kept, device)
         head, _, why = reason.partition(": ")
-        return dtype, f"{head.replace(' (requested)', '')} (as the run chose when it started): {why}"
+        return (
+            dtype,
+            f"{head.replace(' (requested)', '')} (as the run chose when it started): {why}",
+        )
     check_choice("precision", precision, PRECISIONS)
     asked = "" if precision == "auto" else " (requested)"
     if device.type == "cuda":
@@ -79,10 +91,19 @@ def choose_precision(precision: str, device: torch.device, kept: str | None = No
         auto = torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
         dtype = auto if precision == "auto" else _DTYPES[precision]
         if dtype == torch.bfloat16:
-            note = "native bf16" if major >= 8 else f"no native bf16: emulated and slow; auto picks {_LABEL[auto]}"
+            note = (
+                "native bf16"
+                if major >= 8
+                else f"no native bf16: emulated and slow; auto picks {_LABEL[auto]}"
+            )
         elif dtype == torch.float16:
-            note = ("no tensor cores: fp16 is not faster there" if major < 7 else
-                    "no native bf16" if major < 8 else "auto picks bf16, which needs no scaler")
+            note = (
+                "no tensor cores: fp16 is not faster there"
+                if major < 7
+                else "no native bf16"
+                if major < 8
+                else "auto picks bf16, which needs no scaler"
+            )
         else:
             note = "no tensor cores for fp16 / bf16" if major < 7 else f"auto picks {_LABEL[auto]}"
         return dtype, f"{_LABEL[dtype]}{asked}: {card} ({note})"
@@ -96,7 +117,11 @@ def choose_precision(precision: str, device: torch.device, kept: str | None = No
             why += ": emulated, likely slower than fp32"
         return dtype, f"{_LABEL[dtype]}{asked}: {why}"
     dtype = None if precision == "auto" else _DTYPES[precision]
-    why = "autocast support on Apple MPS varies with the macOS / torch version" if precision == "auto" else device.type
+    why = (
+        "autocast support on Apple MPS varies with the macOS / torch version"
+        if precision == "auto"
+        else device.type
+    )
     return dtype, f"{_LABEL[dtype]}{asked}: {why}"
 
 
@@ -107,23 +132,32 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def choose_channels_last(setting: str, device: torch.device, amp_dtype: torch.dtype | None,
-                         model: nn.Module | None = None, batch: int = 64) -> tuple[bool, str]:
+def choose_channels_last(
+    setting: str,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    model: nn.Module | None = None,
+    batch: int = 64,
+) -> tuple[bool, str]:
     """(use channels_last, one-line reason) for the config's `channels_last` ("auto", "yes", "no").
 
-    "auto" on a CPU with `model`: measured. A copy of `model` runs a few forward + backward passes of a
-    `batch`-image batch in each layout, alternating, and the faster layout wins (the result is cached per
-    CPU, thread count, torch version and network in the cache folder, see `probe_cache_path`). Why measure:
-    on 2-core AMD EPYC Zen 3 CPUs (AVX2, fp32) NHWC came out 1.2-1.3x faster in one session and 0.8x in
-    another; a rule would be wrong on one of them. "auto" on CUDA: NHWC with fp16 / bf16 autocast (the
-    tensor cores' layout), NCHW in fp32; on a CPU without `model`: NHWC; elsewhere NCHW.
+    "auto" on a CPU with `model`: measured. A copy of `model` runs a few forward + backward passes
+    of a `batch`-image batch in each layout, alternating, and the faster layout wins (the result is
+    cached per CPU, thread count, torch version and network in the cache folder, see
+    `probe_cache_path`). Why measure: on 2-core AMD EPYC Zen 3 CPUs (AVX2, fp32) NHWC came out
+    1.2-1.3x faster in one session and 0.8x in another; a rule would be wrong on one of them. "auto"
+    on CUDA: NHWC with fp16 / bf16 autocast (the tensor cores' layout), NCHW in fp32; on a CPU
+    without `model`: NHWC; elsewhere NCHW.
     """
     check_choice("channels_last", setting, CHANNELS_LAST_MODES)
     if setting != "auto":
         return setting == "yes", f"{'channels_last' if setting == 'yes' else 'NCHW'} (requested)"
     if device.type == "cuda":
         if amp_dtype is not None:
-            return True, f"channels_last: {PRECISION_NAME[amp_dtype]} tensor-core convolutions want NHWC"
+            return (
+                True,
+                f"channels_last: {PRECISION_NAME[amp_dtype]} tensor-core convolutions want NHWC",
+            )
         return False, "NCHW: fp32 convolutions gain nothing from NHWC on a GPU"
     if device.type != "cpu":
         return False, f"NCHW on {device.type}"
@@ -132,19 +166,27 @@ def choose_channels_last(setting: str, device: torch.device, amp_dtype: torch.dt
     return _probe_layout(model, device, amp_dtype, batch)
 
 
-PRECISION_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}  # the names config.json uses
+# the names config.json uses
+PRECISION_NAME = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 PROBE_STEPS = 3  # timed forward + backward passes per layout (after one untimed pass each)
 
 
 def probe_cache_path() -> Path:
-    """The JSON file of layout measurements: $CIFARKIT_LAYOUT_CACHE, else layout.json in the data cache."""
+    """The JSON file of layout measurements: $CIFARKIT_LAYOUT_CACHE, else layout.json in the data
+    cache."""
     return Path(os.environ.get("CIFARKIT_LAYOUT_CACHE") or cache_dir() / "layout.json")
 
 
-def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple[bool, str]:
+def _probe_layout(
+    model: nn.Module, device: torch.device, amp_dtype, batch: int
+) -> tuple[bool, str]:
     n_params = sum(p.numel() for p in model.parameters())
-    key = (f"{cpu_name()}|{cpu_kind()}|{torch.get_num_threads()} threads|torch {torch.__version__}|"
-           f"{type(model).__module__}.{type(model).__qualname__}|{n_params}|{PRECISION_NAME[amp_dtype]}|batch {batch}")
+    key = (
+        f"{cpu_name()}|{cpu_kind()}|{torch.get_num_threads()} threads|torch"
+        f" {torch.__version__}|{type(model).__module__}.{type(model).__qualname__}|{n_params}"
+        f"|{PRECISION_NAME[amp_dtype]}|batch"
+        f" {batch}"
+    )
     path = probe_cache_path()
     try:
         cached = json.loads(path.read_text())
@@ -155,19 +197,34 @@ def _probe_layout(model: nn.Module, device: torch.device, amp_dtype, batch: int)
         nchw, nhwc = cached[key]
         how = "measured earlier on this machine"
     else:
-        nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)  # img/s, or why the layout failed
+        # img/s, or why the layout failed
+        nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)
         how = f"measured now, {PROBE_STEPS} passes of {batch} images each"
         if isinstance(nchw, float) and isinstance(nhwc, float):  # only a real measurement is kept
             _write_cache(path, {**cached, key: [nchw, nhwc]})
-    if isinstance(nchw, str) or isinstance(nhwc, str):  # chosen among the layouts the network runs correctly
-        if isinstance(nchw, str) and isinstance(nhwc, str):  # the network's own failure: the probe after says it
+    # chosen among the layouts the network runs correctly
+    if isinstance(nchw, str) or isinstance(nhwc, str):
+        # the network's own failure: the probe after says it
+        if isinstance(nchw, str) and isinstance(nhwc, str):
             return False, f"NCHW (the network fails in both layouts: {nchw})"
         use = isinstance(nchw, str)
-        return use, (f"{'channels_last' if use else 'NCHW'}: your network fails in "
-                     f"{'NCHW' if use else 'channels_last'} ({nchw if use else nhwc}), so {'NHWC' if use else 'NCHW'}")
+        return (
+            use,
+            (
+                f"{'channels_last' if use else 'NCHW'}: your network fails in"
+                f" {'NCHW' if use else 'channels_last'} ({nchw if use else nhwc}), so"
+                f" {'NHWC' if use else 'NCHW'}"
+            ),
+        )
     use = nhwc > nchw
-    return use, (f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f} img/s "
-                 f"({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {PRECISION_NAME[amp_dtype]}; {how})")
+    return (
+        use,
+        (
+            f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f}"
+            f" img/s ({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {PRECISION_NAME[amp_dtype]};"
+            f" {how})"
+        ),
+    )
 
 
 def _write_cache(path: Path, entries: dict) -> None:
@@ -179,10 +236,14 @@ def _write_cache(path: Path, entries: dict) -> None:
 
 
 def _time_layouts(model: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple:
-    """img/s of forward + backward of a copy of `model` in NCHW and in NHWC (best of PROBE_STEPS, alternating);
-    for a layout in which the network fails or gives a non-finite result, the reason (a str) instead."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's random stream
-        return _time_copy(copy.deepcopy(model).to(device).train(), device, amp_dtype, batch)  # is left alone
+    """img/s of forward + backward of a copy of `model` in NCHW and in NHWC (best of PROBE_STEPS,
+    alternating); for a layout in which the network fails or gives a non-finite result, the reason
+    (a str) instead.
+    """
+    # the run's random stream
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # is left alone
+        return _time_copy(copy.deepcopy(model).to(device).train(), device, amp_dtype, batch)
 
 
 def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) -> tuple:
@@ -214,17 +275,23 @@ def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) ->
 
 def is_nhwc(t: torch.Tensor) -> bool:
     """True for a 4-d tensor stored channels_last (an NCHW-contiguous one with C > 1 is not)."""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return (
+        t.dim() == 4
+        and t.is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    )
 
 
 def model_is_nhwc(model: nn.Module) -> bool:
-    """True when the model's 4-d weights are stored channels_last (inputs should then be NHWC too)."""
+    """True when the model's 4-d weights are stored channels_last (inputs should then be NHWC
+    too)."""
     return next((is_nhwc(p) for p in model.parameters() if p.dim() == 4), False)
 
 
 def channels_last_for(cfg, device: torch.device, precision: str | None = None) -> bool:
-    """Whether a run with TrainConfig `cfg` (and `precision` instead of the config's, if given) uses NHWC,
-    without measuring (evaluation and loaders built without a model: see `choose_channels_last`)."""
+    """Whether a run with TrainConfig `cfg` (and `precision` instead of the config's, if given) uses
+    NHWC, without measuring (evaluation and loaders built without a model: see
+    `choose_channels_last`)."""
     amp_dtype = choose_precision(precision or cfg.precision, device)[0]
     return choose_channels_last(cfg.channels_last, device, amp_dtype)[0]
 
@@ -234,7 +301,9 @@ def cpu_name() -> str:
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            name = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
     return name
@@ -243,7 +312,10 @@ def cpu_name() -> str:
 def cpu_kind() -> str:
     """The CPU's vector unit as it matters for training speed: "AMX-BF16", "AVX-512-BF16", else the
     instruction set torch dispatches to ("AVX512", "AVX2", "DEFAULT" ...)."""
-    for probe, kind in (("_is_amx_tile_supported", "AMX-BF16"), ("_is_avx512_bf16_supported", "AVX-512-BF16")):
+    for probe, kind in (
+        ("_is_amx_tile_supported", "AMX-BF16"),
+        ("_is_avx512_bf16_supported", "AVX-512-BF16"),
+    ):
         fn = getattr(torch.cpu, probe, None) or getattr(torch._C._cpu, probe, None)
         if fn is not None and fn():
             return kind
@@ -252,7 +324,8 @@ def cpu_kind() -> str:
 
 
 def hardware_string(device: torch.device) -> str:
-    """A short description of the device, e.g. 'CPU: AMD EPYC (AVX2, 2 threads)' or 'GPU: NVIDIA H100'."""
+    """A short description of the device, e.g. 'CPU: AMD EPYC (AVX2, 2 threads)' or 'GPU: NVIDIA
+    H100'."""
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
@@ -264,7 +337,9 @@ def peak_rss_mb() -> float | None:
     """Peak resident memory of this process in MB (None where the OS does not report it)."""
     try:
         import resource
+
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(kb / 1024 / (1024 if sys.platform == "darwin" else 1), 1)  # macOS reports bytes
+        # macOS reports bytes
+        return round(kb / 1024 / (1024 if sys.platform == "darwin" else 1), 1)
     except (ImportError, OSError):
         return None

@@ -1,8 +1,10 @@
-"""Classify your own pictures: any size or mode, resized to the 32x32 RGB the networks were trained on.
+"""Classify your own pictures: any size or mode, resized to the 32x32 RGB the networks were trained
+on.
 
-    python -m cifarkit predict --checkpoint checkpoints/seed-net-s0.pt my_cat.jpg
-    ck.predict_image(model, "my_cat.jpg")                      # in a notebook
+python -m cifarkit predict --checkpoint checkpoints/seed-net-s0.pt my_cat.jpg
+ck.predict_image(model, "my_cat.jpg")                      # in a notebook
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +38,12 @@ class Prediction:
 
 
 def load_image(image) -> tuple[torch.Tensor, list[str]]:
-    """A path or a PIL image -> uint8 (3, 32, 32) and notes ("resized from 640x480", "converted from RGBA").
+    """A path or a PIL image -> uint8 (3, 32, 32) and notes ("resized from 640x480", "converted from
+    RGBA").
 
-    Decoded as a viewer shows it (`data.decode.open_rgb`: 16-bit, transparency, EXIF orientation); a large
-    JPEG is decoded at a reduced scale. Non-square pictures are resized as a whole (not cropped), like
-    CIFAR-10's own downscaled photos.
+    Decoded as a viewer shows it (`data.decode.open_rgb`: 16-bit, transparency, EXIF orientation); a
+    large JPEG is decoded at a reduced scale. Non-square pictures are resized as a whole (not
+    cropped), like CIFAR-10's own downscaled photos.
     """
     from PIL import Image
 
@@ -49,7 +52,9 @@ def load_image(image) -> tuple[torch.Tensor, list[str]]:
         path = Path(image)
         shown = show_path(path)
         if path.is_dir():
-            raise ImageError(f"{shown} is a folder, not an image (give the image files: {shown}/*.jpg)")
+            raise ImageError(
+                f"{shown} is a folder, not an image (give the image files: {shown}/*.jpg)"
+            )
         if not path.is_file():
             raise ImageError(f"image not found: {shown}")
         try:
@@ -63,23 +68,37 @@ def load_image(image) -> tuple[torch.Tensor, list[str]]:
     else:
         raise ImageError(f"expected an image path or a PIL image, got {type(image).__name__}")
     if image.size != (32, 32):
-        w, h = image.info.get("source_size", image.size)  # a JPEG may have been decoded at a reduced scale
+        # a JPEG may have been decoded at a reduced scale
+        w, h = image.info.get("source_size", image.size)
         notes.append(f"resized from {w}x{h} to 32x32")
-        image = image.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=3.0)  # antialiased downscale
+        # antialiased downscale
+        image = image.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=3.0)
     import numpy as np
 
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous(), notes
 
 
-def predict_image(model: nn.Module, image, *, cfg: TrainConfig | None = None, top: int = 3,
-                  classes: tuple[str, ...] = CLASSES) -> Prediction:
-    """Top-`top` classes with probabilities for one image (path or PIL image), with the run's test-time
-    augmentation and precision when `cfg` is given (else single view, fp32)."""
+def predict_image(
+    model: nn.Module,
+    image,
+    *,
+    cfg: TrainConfig | None = None,
+    top: int = 3,
+    classes: tuple[str, ...] = CLASSES,
+) -> Prediction:
+    """Top-`top` classes with probabilities for one image (path or PIL image), with the run's
+    test-time augmentation and precision when `cfg` is given (else single view, fp32)."""
     pixels, notes = load_image(image)
     cfg = cfg or TrainConfig(tta="none", precision="fp32")
     was_training = model.training
-    probs, _ = predict_images(model, pixels[None], torch.zeros(1, dtype=torch.long), precision=cfg.precision,
-                              tta=cfg.tta, batch_size=1)
+    probs, _ = predict_images(
+        model,
+        pixels[None],
+        torch.zeros(1, dtype=torch.long),
+        precision=cfg.precision,
+        tta=cfg.tta,
+        batch_size=1,
+    )
     model.train(was_training)
     values, idx = probs[0].topk(min(top, len(classes)))
     source = str(image) if isinstance(image, (str, os.PathLike)) else "image"

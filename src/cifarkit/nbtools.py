@@ -2,10 +2,11 @@
 
     python -m cifarkit.nbtools Assignment7.ipynb [--timeout SECONDS]
 
-Runs every cell with nbclient (the same machinery as nbval), then collapses carriage returns in stream
-outputs: a tqdm bar redraws itself with '\\r', and a saved notebook should hold what the screen showed
-(the last state of each bar), not every intermediate redraw.
+Runs every cell with nbclient (the same machinery as nbval), then collapses carriage returns in
+stream outputs: a tqdm bar redraws itself with '\\r', and a saved notebook should hold what the
+screen showed (the last state of each bar), not every intermediate redraw.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ import sys
 
 
 def collapse_carriage_returns(text: str) -> str:
-    """What a terminal shows: on each line, only the text after the last carriage return survives."""
+    """What a terminal shows: on each line, only the text after the last carriage return
+    survives."""
     lines = []
     for line in text.split("\n"):
         parts = [p for p in re.split(r"\r", line) if p]
@@ -30,8 +32,12 @@ def clean_outputs(nb) -> None:
             continue
         merged = []
         for out in cell.get("outputs", []):
-            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
-                    and merged[-1]["name"] == out["name"]):
+            if (
+                out.get("output_type") == "stream"
+                and merged
+                and merged[-1].get("output_type") == "stream"
+                and merged[-1]["name"] == out["name"]
+            ):
                 merged[-1]["text"] += out["text"]
             else:
                 merged.append(out)
@@ -45,13 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     import nbformat
     from nbclient import NotebookClient
 
-    ap = argparse.ArgumentParser(description="Execute a notebook in place and tidy its stream outputs.")
+    ap = argparse.ArgumentParser(
+        description="Execute a notebook in place and tidy its stream outputs."
+    )
     ap.add_argument("notebook")
     ap.add_argument("--timeout", type=int, default=7200, help="seconds allowed per cell")
     args = ap.parse_args(argv)
     nb = nbformat.read(args.notebook, as_version=4)
-    NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
-                   resources={"metadata": {"path": os.path.dirname(os.path.abspath(args.notebook))}}).execute()
+    NotebookClient(
+        nb,
+        timeout=args.timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.path.dirname(os.path.abspath(args.notebook))}},
+    ).execute()
     clean_outputs(nb)
     nbformat.write(nb, args.notebook)
     return 0

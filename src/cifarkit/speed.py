@@ -1,11 +1,12 @@
 """Measured training time per epoch, by device kind: what a student sees before a run starts.
 
-One table, `MEASURED`, holds every seconds-per-epoch figure the project has measured for the Assignment 7
-network with the default recipe (batch 256, 50,000 training images, plus the per-epoch test pass), each
-with where it came from. `epoch_estimate` finds the row for the device a run will use and says how long
-the run will take, or that this device was never measured. The notebook prints it before training, and
-docs/speed.md shows the same table.
+One table, `MEASURED`, holds every seconds-per-epoch figure the project has measured for the
+Assignment 7 network with the default recipe (batch 256, 50,000 training images, plus the per-epoch
+test pass), each with where it came from. `epoch_estimate` finds the row for the device a run will
+use and says how long the run will take, or that this device was never measured. The notebook prints
+it before training, and docs/speed.md shows the same table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,29 +20,50 @@ from .hardware import cpu_kind
 class Measured:
     """Seconds per epoch (training + the per-epoch test pass) on one kind of device."""
 
-    kind: str          # what `device_kind` returns for such a device: "cpu:AVX2", "cuda:H200", ...
-    seconds: float     # per epoch, training + test pass, default recipe, Assignment 7 network
-    device: str        # the machine, in words
-    precision: str     # what "auto" chose there
-    source: str        # the command / run that measured it
+    kind: str  # what `device_kind` returns for such a device: "cpu:AVX2", "cuda:H200", ...
+    seconds: float  # per epoch, training + test pass, default recipe, Assignment 7 network
+    device: str  # the machine, in words
+    precision: str  # what "auto" chose there
+    source: str  # the command / run that measured it
 
 
 MEASURED: tuple[Measured, ...] = (
-    Measured("cpu:AMX-BF16", 38.5, "2-core Intel Xeon (Sapphire Rapids, AMX)", "bf16",
-             "benchmarks/throughput.py row B, 2026-11-26: 36.3 s train + 2.2 s test (estimated from the step "
-             "rate); the notebook's real epochs there took 30-44 s"),
-    Measured("cpu:AVX-512-BF16", 43.0, "2-core AMD EPYC Zen 4 (AVX-512-BF16)", "bf16",
-             "checkpoints/seed-net-s0/results.json: 20 epochs in 860 s wall"),
-    Measured("cpu:AVX2", 100.5, "2-core AMD EPYC Zen 3 (AVX2, no native bf16)", "fp32",
-             "benchmarks/throughput.py row B, 2026-12-01: 93.1 s train + 7.4 s test (estimated from the step "
-             "rate, channels_last as measured there)"),
-    Measured("cuda:H200", 4.0, "NVIDIA H200", "bf16",
-             "benchmarks/README.md: an earlier code path at batch 128, 3.8 s train + 0.2 s test"),
+    Measured(
+        "cpu:AMX-BF16",
+        38.5,
+        "2-core Intel Xeon (Sapphire Rapids, AMX)",
+        "bf16",
+        "benchmarks/throughput.py row B, 2026-11-26: 36.3 s train + 2.2 s test (estimated from the"
+        " step rate); the notebook's real epochs there took 30-44 s",
+    ),
+    Measured(
+        "cpu:AVX-512-BF16",
+        43.0,
+        "2-core AMD EPYC Zen 4 (AVX-512-BF16)",
+        "bf16",
+        "checkpoints/seed-net-s0/results.json: 20 epochs in 860 s wall",
+    ),
+    Measured(
+        "cpu:AVX2",
+        100.5,
+        "2-core AMD EPYC Zen 3 (AVX2, no native bf16)",
+        "fp32",
+        "benchmarks/throughput.py row B, 2026-12-01: 93.1 s train + 7.4 s test (estimated from the"
+        " step rate, channels_last as measured there)",
+    ),
+    Measured(
+        "cuda:H200",
+        4.0,
+        "NVIDIA H200",
+        "bf16",
+        "benchmarks/README.md: an earlier code path at batch 128, 3.8 s train + 0.2 s test",
+    ),
 )
 
 
 def device_kind(device: torch.device) -> str:
-    """The key of `MEASURED` for `device`: "cpu:<vector unit>" or "cuda:<card model>" (e.g. "cuda:T4")."""
+    """The key of `MEASURED` for `device`: "cpu:<vector unit>" or "cuda:<card model>" (e.g.
+    "cuda:T4")."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -58,14 +80,19 @@ def measured_for(device: torch.device) -> Measured | None:
     return next((m for m in MEASURED if m.kind == kind), None)
 
 
-def epoch_estimate(device: torch.device, epochs: int, *, model: str = "seed", threads: int | None = None) -> str:
-    """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source; or that this
-    device was never measured. A CPU with other than 2 threads, or a network other than the registered
-    "seed", gets a caution (the figures are for 2 threads and the Assignment 7 network)."""
+def epoch_estimate(
+    device: torch.device, epochs: int, *, model: str = "seed", threads: int | None = None
+) -> str:
+    """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source; or
+    that this device was never measured. A CPU with other than 2 threads, or a network other than
+    the registered "seed", gets a caution (the figures are for 2 threads and the Assignment 7
+    network)."""
     m = measured_for(device)
     if m is None:
-        return (f"time per epoch: not measured on this device ({device_kind(device)}); run a short version first "
-                "(epochs=1, limit_train=5000) and multiply")
+        return (
+            f"time per epoch: not measured on this device ({device_kind(device)}); run a short"
+            " version first (epochs=1, limit_train=5000) and multiply"
+        )
     total = m.seconds * epochs
     when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
     notes = []
@@ -75,35 +102,49 @@ def epoch_estimate(device: torch.device, epochs: int, *, model: str = "seed", th
     if model != "seed":
         notes.append("measured for the Assignment 7 network; yours may differ")
     caution = f" ({'; '.join(notes)})" if notes else ""
-    return (f"time per epoch: about {m.seconds:.0f} s on a {m.device} ({m.precision}), so {epochs} epochs take "
-            f"about {when}{caution}; source: {m.source}")
+    return (
+        f"time per epoch: about {m.seconds:.0f} s on a {m.device} ({m.precision}), so {epochs}"
+        f" epochs take about {when}{caution}; source: {m.source}"
+    )
 
 
 def timing_report(history: list[dict], final: dict, device: torch.device) -> str:
-    """How long the run's epochs took (training + test pass, from its history), why they varied when they
-    did, and how that compares with the estimate `epoch_estimate` printed before training."""
+    """How long the run's epochs took (training + test pass, from its history), why they varied when
+    they did, and how that compares with the estimate `epoch_estimate` printed before training."""
     secs = [h["train_seconds"] + h["eval_seconds"] for h in history]
     later = sorted(secs[1:]) or secs
     median = later[len(later) // 2]
-    lines = [f"epochs: {min(secs):.1f}-{max(secs):.1f} s, median {median:.1f} s; all {len(secs)} epochs "
-             f"{sum(secs) / 60:.1f} min; the whole run incl. the final test {final['wall_seconds'] / 60:.1f} min on "
-             f"{final['hardware']}"]
+    lines = [
+        f"epochs: {min(secs):.1f}-{max(secs):.1f} s, median {median:.1f} s; all {len(secs)} epochs"
+        f" {sum(secs) / 60:.1f} min; the whole run incl. the final test"
+        f" {final['wall_seconds'] / 60:.1f} min on {final['hardware']}"
+    ]
     if len(secs) > 1 and secs[0] > 1.3 * median:
-        lines.append(f"epoch 1 took {secs[0]:.1f} s, {secs[0] / median:.1f}x the median: it includes the one-time "
-                     "set-up of the first steps (kernel selection, memory allocation)")
+        lines.append(
+            f"epoch 1 took {secs[0]:.1f} s, {secs[0] / median:.1f}x the median: it includes the"
+            " one-time set-up of the first steps (kernel selection, memory allocation)"
+        )
     if len(later) > 1 and later[-1] > 1.3 * later[0]:
-        lines.append(f"epochs 2-{len(secs)} took {later[0]:.1f} to {later[-1]:.1f} s ({later[-1] / later[0]:.1f}x) for "
-                     "the same work: the slower ones were slowed by something outside the run (other processes on "
-                     f"the same cores, or a shared or throttled machine); the quickest, {later[0]:.1f} s, is nearest "
-                     "this machine's own speed")
+        lines.append(
+            f"epochs 2-{len(secs)} took {later[0]:.1f} to {later[-1]:.1f} s"
+            f" ({later[-1] / later[0]:.1f}x) for the same work: the slower ones were slowed by"
+            " something outside the run (other processes on the same cores, or a shared or"
+            f" throttled machine); the quickest, {later[0]:.1f} s, is nearest this machine's own"
+            " speed"
+        )
     m = measured_for(device)
-    images = history[-1].get("images_per_second", 0) * history[-1].get("train_seconds", 0)  # per epoch
+    # per epoch
+    images = history[-1].get("images_per_second", 0) * history[-1].get("train_seconds", 0)
     if m is None:
         lines.append("no estimate was printed before training: this device was never measured")
     elif images < 0.9 * 50000:
-        lines.append(f"the estimate before training ({m.seconds:.1f} s per epoch) is for 50,000 training images; "
-                     f"this run trained on {images:,.0f} per epoch, so the two do not compare")
+        lines.append(
+            f"the estimate before training ({m.seconds:.1f} s per epoch) is for 50,000 training"
+            f" images; this run trained on {images:,.0f} per epoch, so the two do not compare"
+        )
     else:
-        lines.append(f"the estimate before training: {m.seconds:.1f} s per epoch ({m.device}); the median epoch "
-                     f"here took {median / m.seconds:.2f}x that")
+        lines.append(
+            f"the estimate before training: {m.seconds:.1f} s per epoch ({m.device}); the median"
+            f" epoch here took {median / m.seconds:.2f}x that"
+        )
     return "\n".join(lines)

@@ -1,11 +1,13 @@
 """Grad-CAM (Selvaraju et al., 2017): which parts of an image pushed a network towards a class.
 
-The maps come from the grad-cam library (pytorch-grad-cam). This module adds what a course project needs
-around it: a default target layer found for ANY nn.Module (the last conv layer, in execution order, whose
-output is larger than 1x1, or the residual block that adds a shortcut after it), inputs as uint8 or normalised images, the run's precision, and a model that
-comes back exactly as it was. The library on its own puts the model in eval mode for good, overwrites
-its `.grad`s, and fails under bf16 autocast (it converts activations to numpy, which has no bfloat16).
+The maps come from the grad-cam library (pytorch-grad-cam). This module adds what a course project
+needs around it: a default target layer found for ANY nn.Module (the last conv layer, in execution
+order, whose output is larger than 1x1, or the residual block that adds a shortcut after it), inputs
+as uint8 or normalised images, the run's precision, and a model that comes back exactly as it was.
+The library on its own puts the model in eval mode for good, overwrites its `.grad`s, and fails
+under bf16 autocast (it converts activations to numpy, which has no bfloat16).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,13 +24,15 @@ from ..data.loader import normalize
 from ..hardware import autocast, choose_precision
 from ..models.check import PROBE_BATCH, as_batch, checked_forward
 from ..models.keep import kept_modes
-from .plots import finish
+from .gradcamplot import plot_gradcam
 
 
 @contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore, on exit, every module's train/eval flag, every parameter's requires_grad and .grad, and
-    every buffer's value (BatchNorm statistics): whatever runs inside leaves the model as it found it."""
+    """Restore, on exit, every module's train/eval flag, every parameter's requires_grad and .grad,
+    and every buffer's value (BatchNorm statistics): whatever runs inside leaves the model as it
+    found it.
+    """
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
@@ -44,8 +48,8 @@ def preserved(model: nn.Module) -> Iterator[None]:
 
 
 class _Joins(TorchFunctionMode):
-    """Notes every addition of two equal-shaped feature maps (a residual sum) and the module whose forward
-    made it, at that moment of the pass (as a count of the module calls finished so far)."""
+    """Notes every addition of two equal-shaped feature maps (a residual sum) and the module whose
+    forward made it, at that moment of the pass (as a count of the module calls finished so far)."""
 
     ADDS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
 
@@ -56,18 +60,28 @@ class _Joins(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         a = args[:2]
-        if (getattr(func, "__name__", "") in self.ADDS and len(a) == 2 and all(isinstance(t, torch.Tensor) for t in a)
-                and a[0].ndim == 4 and a[0].shape == a[1].shape):
+        if (
+            getattr(func, "__name__", "") in self.ADDS
+            and len(a) == 2
+            and all(isinstance(t, torch.Tensor) for t in a)
+            and a[0].ndim == 4
+            and a[0].shape == a[1].shape
+        ):
             self.joins.append((len(self.calls), self.stack[-1] if self.stack else ""))
         return out
 
 
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module, tuple]], tuple, list]:
-    """(name, module, output shape) of every submodule in the order their forward passes end, the model's
-    output shape, and the residual sums (`_Joins`), from one eval-mode, no-grad forward pass of `x`."""
+def _trace(
+    model: nn.Module, x: torch.Tensor
+) -> tuple[list[tuple[str, nn.Module, tuple]], tuple, list]:
+    """(name, module, output shape) of every submodule in the order their forward passes end, the
+    model's output shape, and the residual sums (`_Joins`), from one eval-mode, no-grad forward pass
+    of `x`.
+    """
     calls: list[tuple[str, nn.Module, tuple]] = []
     stack: list[str] = []
     handles = []
+
     def enter(name: str):
         return lambda mod, inp: stack.append(name)
 
@@ -75,6 +89,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module
         def hook(mod, inp, out) -> None:  # returns None: the output stays the module's own
             stack.pop()
             calls.append((name, mod, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
+
         return hook
 
     for name, m in model.named_modules():
@@ -85,7 +100,8 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module
     try:
         with preserved(model), torch.no_grad(), joins:
             model.eval()
-            out = checked_forward(model, x)  # (N, 10) class scores, or one line naming what it returned
+            # (N, 10) class scores, or one line naming what it returned
+            out = checked_forward(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -93,58 +109,76 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, nn.Module
 
 
 def _default_layer(calls: list, joins: list, convs: list[str]) -> str:
-    """The last conv with a map larger than 1x1, or, when a residual sum made inside a block that holds it
-    follows it, that block: its output is the sum every path to the head goes through."""
+    """The last conv with a map larger than 1x1, or, when a residual sum made inside a block that
+    holds it follows it, that block: its output is the sum every path to the head goes through."""
     last = convs[-1]
     at = max(i for i, (name, _, _) in enumerate(calls) if name == last)
     blocks = [name for i, name in joins if i > at and name and last.startswith(name + ".")]
     if not blocks:
         return last
     shapes = {name: shape for name, _, shape in calls}
-    outer = min(blocks, key=len)  # the outermost module whose own forward adds a shortcut after the conv
+    # the outermost module whose own forward adds a shortcut after the conv
+    outer = min(blocks, key=len)
     shape = shapes.get(outer, ())
     return outer if len(shape) == 4 and shape[2] * shape[3] > 1 else last
 
 
 def _conv_names(calls: list[tuple[str, nn.Module, tuple]]) -> list[str]:
-    """Names of the Conv2d layers with a (N, C, H, W) output larger than 1x1, last call of each, in order."""
-    last = {name: i for i, (name, m, shape) in enumerate(calls)
-            if isinstance(m, nn.Conv2d) and len(shape) == 4 and shape[2] * shape[3] > 1}
+    """Names of the Conv2d layers with a (N, C, H, W) output larger than 1x1, last call of each, in
+    order."""
+    last = {
+        name: i
+        for i, (name, m, shape) in enumerate(calls)
+        if isinstance(m, nn.Conv2d) and len(shape) == 4 and shape[2] * shape[3] > 1
+    }
     return sorted(last, key=last.get)
 
 
 def _resolve(model: nn.Module, x: torch.Tensor, target_layer: str | None) -> tuple[str, int]:
-    """(checked target layer name, number of model outputs) from one traced forward pass of two images (one
-    image is repeated: every probe of a network runs a batch of PROBE_BATCH, see `models.check`)."""
+    """(checked target layer name, number of model outputs) from one traced forward pass of two
+    images (one image is repeated: every probe of a network runs a batch of PROBE_BATCH, see
+    `models.check`)."""
     calls, out_shape, joins = _trace(model, as_batch(x[:PROBE_BATCH]))
     convs = _conv_names(calls)
     if target_layer is None:
         if not convs:
-            raise ConfigError(f"{type(model).__name__} has no Conv2d layer with an output larger than 1x1; pass "
-                              "target_layer= the name of a module whose output is (N, C, H, W)")
+            raise ConfigError(
+                f"{type(model).__name__} has no Conv2d layer with an output larger than 1x1; pass "
+                "target_layer= the name of a module whose output is (N, C, H, W)"
+            )
         return _default_layer(calls, joins, convs), out_shape[-1]
     shown = ", ".join(convs[-6:]) or "none"
     if target_layer not in dict(model.named_modules()) or not target_layer:
-        raise ConfigError(f"unknown target_layer {target_layer!r}; conv layers of {type(model).__name__} "
-                          f"(execution order, last 6): {shown}")
+        raise ConfigError(
+            f"unknown target_layer {target_layer!r}; conv layers of {type(model).__name__} "
+            f"(execution order, last 6): {shown}"
+        )
     shapes = [shape for name, _, shape in calls if name == target_layer]
     if not shapes:
-        raise ConfigError(f"target_layer {target_layer!r} is not called by {type(model).__name__}.forward; "
-                          f"conv layers that are: {shown}")
+        raise ConfigError(
+            f"target_layer {target_layer!r} is not called by {type(model).__name__}.forward; "
+            f"conv layers that are: {shown}"
+        )
     if len(shapes[-1]) != 4:
-        raise ConfigError(f"target_layer {target_layer!r} outputs shape {shapes[-1]}; Grad-CAM needs a feature "
-                          f"map (N, C, H, W), e.g. one of: {shown}")
+        raise ConfigError(
+            f"target_layer {target_layer!r} outputs shape {shapes[-1]}; Grad-CAM needs a feature "
+            f"map (N, C, H, W), e.g. one of: {shown}"
+        )
     if shapes[-1][2] * shapes[-1][3] <= 1:
-        raise ConfigError(f"target_layer {target_layer!r} outputs a 1x1 map {shapes[-1][1:]}: Grad-CAM would show "
-                          f"one flat colour; pick a layer with a larger output, e.g. one of: {shown}")
+        raise ConfigError(
+            f"target_layer {target_layer!r} outputs a 1x1 map {shapes[-1][1:]}: Grad-CAM would show"
+            f" one flat colour; pick a layer with a larger output, e.g. one of: {shown}"
+        )
     return target_layer, out_shape[-1]
 
 
-def find_target_layer(model: nn.Module, images: torch.Tensor, target_layer: str | None = None) -> str:
-    """The qualified name of the layer Grad-CAM reads: `target_layer` after checking it, or by default the
-    last Conv2d (in execution order) whose output is larger than 1x1, or the residual block around it when
-    that block adds a shortcut after it (its output is what every path to the head passes), found by
-    tracing two of `images`."""
+def find_target_layer(
+    model: nn.Module, images: torch.Tensor, target_layer: str | None = None
+) -> str:
+    """The qualified name of the layer Grad-CAM reads: `target_layer` after checking it, or by
+    default the last Conv2d (in execution order) whose output is larger than 1x1, or the residual
+    block around it when that block adds a shortcut after it (its output is what every path to the
+    head passes), found by tracing two of `images`."""
     with torch.inference_mode(False):
         return _resolve(model, _as_input(images[:PROBE_BATCH], _device(model)), target_layer)[0]
 
@@ -159,7 +193,9 @@ def _device(model: nn.Module) -> torch.device:
 def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 images are normalised as in training; float images are taken as already normalised."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ConfigError(f"images must be a tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}")
+        raise ConfigError(
+            f"images must be a tensor (N, C, H, W), got {getattr(images, 'shape', type(images))}"
+        )
     if images.dtype == torch.uint8:
         return normalize(images.to(device))
     if not images.is_floating_point():
@@ -167,15 +203,23 @@ def _as_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, torch.float32)
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | int,
-            target_layer: str | None = None, *, precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
+def gradcam(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Sequence[int] | torch.Tensor | int,
+    target_layer: str | None = None,
+    *,
+    precision: str = "fp32",
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Grad-CAM maps (N, H, W), float32 in [0, 1] on the CPU, of `images` for the classes `targets`.
 
     images: uint8 (N, 3, H, W) as stored, or already-normalised floats. targets: one class index per
     image (or one for all). target_layer: a qualified module name ("c4.1.1"); default: see
-    `find_target_layer`. A layer with a 1x1 output is refused (its map would be one flat colour). precision: one of PRECISIONS, resolved for the model's device.
-    Runs on the model's device; the model's weights, buffers, modes, flags and grads are left untouched.
-    Each map is scaled to a maximum of 1 (the library's min-max scaling): compare where, not how much.
+    `find_target_layer`. A layer with a 1x1 output is refused (its map would be one flat colour).
+    precision: one of PRECISIONS, resolved for the model's device. Runs on the model's device; the
+    model's weights, buffers, modes, flags and grads are left untouched. Each map is scaled to a
+    maximum of 1 (the library's min-max scaling): compare where, not how much.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -183,7 +227,8 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
     check_choice("precision", precision, PRECISIONS)
     device = _device(model)
     amp_dtype = choose_precision(precision, device)[0]
-    # inference_mode(False): the caller may sit inside predict()'s no-grad world; Grad-CAM needs autograd.
+    # inference_mode(False): the caller may sit inside predict()'s no-grad world; Grad-CAM needs
+    # autograd.
     with torch.inference_mode(False), torch.enable_grad():
         x = _as_input(images, device).clone()
         n = len(x)
@@ -195,77 +240,37 @@ def gradcam(model: nn.Module, images: torch.Tensor, targets: Sequence[int] | tor
         layer, num_classes = _resolve(model, x, target_layer)
         bad = [t for t in targets if not 0 <= t < num_classes]
         if bad:
-            raise ConfigError(f"target class {bad[0]} out of range: the model has {num_classes} outputs")
-        # An input that requires grad keeps the graph alive through a model whose weights are all frozen.
+            raise ConfigError(
+                f"target class {bad[0]} out of range: the model has {num_classes} outputs"
+            )
+        # An input that requires grad keeps the graph alive through a model whose weights are all
+        # frozen.
         x.requires_grad_(True)
         maps = []
         with preserved(model):
-            # The float cast (the library's activation/gradient hook) lets it read bf16 autocast tensors.
-            cam = GradCAM(model, [dict(model.named_modules())[layer]], reshape_transform=lambda t: t.float())
+            # The float cast (the library's activation/gradient hook) lets it read bf16 autocast
+            # tensors.
+            cam = GradCAM(
+                model, [dict(model.named_modules())[layer]], reshape_transform=lambda t: t.float()
+            )
             try:
                 step = max(batch_size, PROBE_BATCH)
                 for i in range(0, n, step):
-                    xb, tb = x[i:i + step], targets[i:i + step]
-                    tb = tb * PROBE_BATCH if len(tb) == 1 else tb  # a lone image runs as a batch of two, as every
-                    with autocast(device, amp_dtype):               # probe does (`as_batch`); its first map is kept
+                    xb, tb = x[i : i + step], targets[i : i + step]
+                    # a lone image runs as a batch of two, as every
+                    tb = tb * PROBE_BATCH if len(tb) == 1 else tb
+                    # probe does (`as_batch`); its first map is kept
+                    with autocast(device, amp_dtype):
                         out = cam(as_batch(xb), [ClassifierOutputTarget(t) for t in tb])
-                    maps.append(out[:len(xb)])
+                    maps.append(out[: len(xb)])
             finally:
                 cam.activations_and_grads.release()
     return torch.from_numpy(np.concatenate(maps)).clamp_(0, 1)
 
 
-def plot_gradcam(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor,
-                 cams_pred: torch.Tensor, cams_true: torch.Tensor, classes: Sequence[str],
-                 path: str | Path | None = None, ncols: int = 2, layer: str | None = None, note: str = ""):
-    """Misclassified images, each as a group of three panels: the image, the Grad-CAM map of the PREDICTED
-    class ("pred: cat 91%") over it, and the map of the TRUE class ("true: dog"); groups are set apart by a
-    gap, with one colour scale. `images`, `labels`, `probs` cover the whole set; `indices` picks the
-    images; `cams_pred` / `cams_true` hold one map per picked image, in order; `layer` names where the maps
-    were read; `note` says how the predictions were made (e.g. with TTA). Two images per row by default,
-    so each panel shows ~130 px wide in a notebook; the maps use viridis (readable without colour vision)."""
-    import textwrap
-
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    conf, pred = probs.max(1)
-    idx = indices.tolist()
-    n = len(idx)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, -(-n // ncols))
-    widths = ([1, 1, 1, 0.35] * ncols)[:-1]  # three panels per image, then a gap before the next image
-    fig = plt.figure(figsize=(1.3 * sum(widths) + 0.9, 1.6 * nrows + 0.8))
-    grid = fig.add_gridspec(nrows, len(widths), width_ratios=widths, wspace=0.06, hspace=0.3)
-    shown = None
-    for k, i in enumerate(idx):
-        img = images[i].detach().cpu()
-        img = (img.float() / 255 if img.dtype == torch.uint8 else img.float()).permute(1, 2, 0).clamp(0, 1).numpy()
-        panels = ((None, f"{classes[labels[i]]}", "black"),  # the words say which map is which, not colours
-                  (cams_pred[k], f"pred: {classes[pred[i]]} {100 * conf[i]:.0f}%", "black"),
-                  (cams_true[k], f"true: {classes[labels[i]]}", "black"))
-        for j, (cam, title, color) in enumerate(panels):
-            ax = fig.add_subplot(grid[k // ncols, 4 * (k % ncols) + j])
-            ax.axis("off")
-            ax.imshow(img, interpolation="nearest")
-            if cam is not None:
-                shown = ax.imshow(cam.detach().cpu().float().numpy(), cmap="viridis", alpha=0.55, vmin=0, vmax=1,
-                                  interpolation="bilinear")
-            ax.set_title(title, fontsize=9.5, color=color)
-    if shown is not None:  # the bar shows the map's colours at full strength, not washed out by the overlay
-        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "viridis"), ax=fig.axes, fraction=0.02, pad=0.02)
-        bar.set_label("evidence (each map / its max)", fontsize=9.5)
-        bar.ax.tick_params(labelsize=9)
-    where = f" at {layer}" if layer else ""
-    how = f" ({note})" if note else ""
-    fig.suptitle(textwrap.fill(f"Grad-CAM{where}: {n} misclassified test images{how}. Per image: the image, the "
-                               "evidence for the predicted class, the evidence for the true class", 90), fontsize=10.5)
-    return finish(fig, path, tight=False)  # the gridspec places the panels and the colour bar itself
-
-
 def describe_layer(model: nn.Module, layer: str, images: torch.Tensor) -> str:
-    """'c4.1.1, a 1x1 Conv2d 64 -> 128, output 4x4': where Grad-CAM reads, in words a reader can place."""
+    """'c4.1.1, a 1x1 Conv2d 64 -> 128, output 4x4': where Grad-CAM reads, in words a reader can
+    place."""
     module = dict(model.named_modules())[layer]
     size = []
     hook = module.register_forward_hook(lambda m, i, o: size.append(tuple(o.shape[-2:])))
@@ -278,20 +283,44 @@ def describe_layer(model: nn.Module, layer: str, images: torch.Tensor) -> str:
     kind = type(module).__name__
     if isinstance(module, nn.Conv2d):
         k = "x".join(map(str, module.kernel_size))
-        kind = (f"a {k} {'depthwise ' if module.groups == module.in_channels > 1 else ''}Conv2d "
-                f"{module.in_channels} -> {module.out_channels}")
+        kind = (
+            f"a {k} {'depthwise ' if module.groups == module.in_channels > 1 else ''}Conv2d "
+            f"{module.in_channels} -> {module.out_channels}"
+        )
     out = f", output {size[0][0]}x{size[0][1]}" if size else ""
     return f"{layer} ({kind}{out})"
 
 
-def gradcam_misclassified(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
-                          indices: torch.Tensor, classes: Sequence[str], *, target_layer: str | None = None,
-                          precision: str = "fp32", path: str | Path | None = None, ncols: int = 2,
-                          note: str = ""):
-    """`gradcam` for the predicted and the true class of the images at `indices`, then `plot_gradcam`."""
+def gradcam_misclassified(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    indices: torch.Tensor,
+    classes: Sequence[str],
+    *,
+    target_layer: str | None = None,
+    precision: str = "fp32",
+    path: str | Path | None = None,
+    ncols: int = 2,
+    note: str = "",
+):
+    """`gradcam` for the predicted and the true class of the images at `indices`, then
+    `plot_gradcam`."""
     picked = images[indices]
     layer = find_target_layer(model, picked, target_layer)
     cams_pred = gradcam(model, picked, probs[indices].argmax(1), layer, precision=precision)
     cams_true = gradcam(model, picked, labels[indices], layer, precision=precision)
-    return plot_gradcam(images, labels, probs, indices, cams_pred, cams_true, classes, path=path, ncols=ncols,
-                        layer=describe_layer(model, layer, picked), note=note)
+    return plot_gradcam(
+        images,
+        labels,
+        probs,
+        indices,
+        cams_pred,
+        cams_true,
+        classes,
+        path=path,
+        ncols=ncols,
+        layer=describe_layer(model, layer, picked),
+        note=note,
+    )

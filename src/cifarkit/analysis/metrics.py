@@ -1,13 +1,16 @@
 """Counting predictions: confusion matrix, per-class accuracy, the most confident mistakes."""
+
 from __future__ import annotations
 
 import torch
 
 
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+def confusion_matrix(
+    preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10
+) -> torch.Tensor:
     """(num_classes, num_classes) counts; row = true class, column = predicted class."""
     idx = labels.long() * num_classes + preds.long()
-    return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(idx, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def per_class_accuracy(cm: torch.Tensor) -> torch.Tensor:

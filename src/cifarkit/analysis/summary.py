@@ -1,4 +1,6 @@
-"""A network's layer table: torchsummary's, plus the functional calls it cannot see (from `tracer`)."""
+"""A network's layer table: torchsummary's, plus the functional calls it cannot see (from
+`tracer`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,14 +14,17 @@ from .tracer import trace
 
 
 def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) -> str:
-    """torchsummary's table as a string (from a CPU copy), plus the functional spatial calls it cannot show.
+    """torchsummary's table as a string (from a CPU copy), plus the functional spatial calls it
+    cannot show.
 
-    torchsummary hooks modules only, so an F.max_pool2d in forward is missing from its table (and its
-    shapes seem to jump); those calls are listed under it. If torchsummary fails, one line says so.
+    torchsummary hooks modules only, so an F.max_pool2d in forward is missing from its table (and
+    its shapes seem to jump); those calls are listed under it. If torchsummary fails, one line says
+    so.
     """
     from torchsummary import summary
 
-    tr = trace(model, input_size, scores=True)  # one line when the forward fails or gives no (N, 10) scores
+    # one line when the forward fails or gives no (N, 10) scores
+    tr = trace(model, input_size, scores=True)
     buf = io.StringIO()
     try:
         net = copy.deepcopy(model).cpu().float().eval()
@@ -27,10 +32,13 @@ def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) ->
             summary(net, input_size, device="cpu")
         text = buf.getvalue()
     except Exception as e:  # e.g. a forward returning a tuple, or a network without parameters
-        text = (f"(torchsummary cannot tabulate this network: {type(e).__name__}: {first_line(e, 1000)}; "
-                "the receptive-field table lists its spatial layers)\n")
+        text = (
+            f"(torchsummary cannot tabulate this network: {type(e).__name__}:"
+            f" {first_line(e, 1000)}; the receptive-field table lists its spatial layers)\n"
+        )
     hidden = [r for r in tr.rows if r.functional]
     if hidden:
         text += "not shown above (functional calls, which torchsummary cannot see):\n" + "".join(
-            f"  {r.kind} in {r.name} -> {list(r.out_shape[1:])}\n" for r in hidden)
+            f"  {r.kind} in {r.name} -> {list(r.out_shape[1:])}\n" for r in hidden
+        )
     return text

@@ -1,10 +1,12 @@
 """The built-in training augmentation as batched tensor ops on uint8 images: crop, flip, cutout.
 
-Each op applies given per-image parameters: the loader draws one epoch's parameters for every image at
-once (`DeviceLoader`), so any subset of images can be re-augmented exactly (`DeviceLoader.preview`).
-All ops work on any device and never read a value back to the host (no GPU synchronisation).
-(This module is not called ``augment``: that name is the `cifarkit.augment` function.)
+Each op applies given per-image parameters: the loader draws one epoch's parameters for every image
+at once (`DeviceLoader`), so any subset of images can be re-augmented exactly
+(`DeviceLoader.preview`). All ops work on any device and never read a value back to the host (no GPU
+synchronisation). (This module is not called ``augment``: that name is the `cifarkit.augment`
+function.)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +17,13 @@ import torch.nn.functional as F
 from ..base import CIFAR10_MEAN
 from ..config import TrainConfig
 
-# TrainConfig's defaults, the one source of them (fields with a default_factory, e.g. transforms, are absent).
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+# TrainConfig's defaults, the one source of them (fields with a default_factory, e.g. transforms,
+# are absent).
+DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(TrainConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 # The mean colour as uint8 (RGB): what cutout paints, which is 0 after normalisation.
 MEAN_UINT8: tuple[int, int, int] = tuple(round(255 * m) for m in CIFAR10_MEAN)
@@ -29,13 +36,20 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def crop_at(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int,
-            mode: str = DEFAULTS["pad_mode"]) -> torch.Tensor:
-    """Crop each image of a (B, C, H, W) batch at offset (dy[i], dx[i]) in [0, 2 * padding] of the image
-    padded by `padding` pixels (mode "zeros" or "reflect"), keeping the size H x W.
+def crop_at(
+    images: torch.Tensor,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    padding: int,
+    mode: str = DEFAULTS["pad_mode"],
+) -> torch.Tensor:
+    """Crop each image of a (B, C, H, W) batch at offset (dy[i], dx[i]) in [0, 2 * padding] of the
+    image padded by `padding` pixels (mode "zeros" or "reflect"), keeping the size H x W.
 
-    Two gathers (rows, then columns) with small (B, H) index tensors expanded over the other axes: no
-    padded batch for reflection and no full-size index tensor, which on a CPU costs more than the copy.
+    Two gathers (rows, then columns) with small (B, H) index tensors expanded over the other axes:
+    no
+    padded batch for reflection and no full-size index tensor, which on a CPU costs more than the
+    copy.
     """
     if padding == 0:
         return images

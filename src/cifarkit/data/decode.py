@@ -1,14 +1,16 @@
 """One image file to the RGB pixels a viewer shows, or one line saying why not.
 
 Used for the training images (which must be 32x32) and for `predict` (any size). What PIL's plain
-``convert("RGB")`` gets wrong is handled here: 16-bit and 32-bit grayscale ("I;16", "I") are scaled to
-8 bits instead of clipped to white, float images ("F") are scaled from [0, 1], transparency is laid over
-white (as a viewer on a white page shows it), and EXIF orientation is applied (a phone photo stands up).
-Decoding is bounded: a file larger than MAX_FILE_BYTES (an archive member: `imagefiles` checks its header
+``convert("RGB")`` gets wrong is handled here: 16-bit and 32-bit grayscale ("I;16", "I") are scaled
+to 8 bits instead of clipped to white, float images ("F") are scaled from [0, 1], transparency is
+laid over white (as a viewer on a white page shows it), and EXIF orientation is applied (a phone
+photo stands up). Decoding is bounded: a file larger than MAX_FILE_BYTES (an archive member:
+`imagefiles` checks its header
 size before reading it), or an image of more than
-MAX_PIXELS, is refused before its pixels are decoded (a decompression bomb never reaches memory), and PIL's
-own bomb warnings never reach stderr.
+MAX_PIXELS, is refused before its pixels are decoded (a decompression bomb never reaches memory),
+and PIL's own bomb warnings never reach stderr.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,23 +25,27 @@ from ..base import first_line, show_path
 from .dataset import DataError
 
 MAX_FILE_BYTES = 256 * 2**20  # one image file; CIFAR-10's are ~2 KB, a phone photo ~5-20 MB
-MAX_PIXELS = 120_000_000      # width x height; a 108-megapixel phone photo still opens
+MAX_PIXELS = 120_000_000  # width x height; a 108-megapixel phone photo still opens
 Source = Union[str, Path, bytes, BinaryIO]
 
 
 def too_large(name: str, size: int) -> DataError:
     """The one-line refusal of a file or member of `size` bytes."""
-    return DataError(f"{name} is {size / 2**20:,.0f} MiB: too large for an image file (limit "
-                     f"{MAX_FILE_BYTES // 2**20} MiB); skip or remove it")
+    return DataError(
+        f"{name} is {size / 2**20:,.0f} MiB: too large for an image file (limit "
+        f"{MAX_FILE_BYTES // 2**20} MiB); skip or remove it"
+    )
 
 
-def open_rgb(source: Source, name: str, *, size: tuple[int, int] | None = None, draft: int | None = None):
-    """(PIL RGB image, notes) for the image in `source` (a path, bytes or a file object); `name` names it in
-    errors. `size`: refuse any other (width, height) before decoding; `draft`: let a JPEG decode at a
-    reduced scale no smaller than this many pixels a side (fast for a large photo that is then shrunk; the
-    returned image's info["source_size"] is the file's own size, upright).
-    Notes say what was done ("converted from RGBA", "EXIF orientation applied", ...). DataError, one line,
-    for anything that is not a readable image."""
+def open_rgb(
+    source: Source, name: str, *, size: tuple[int, int] | None = None, draft: int | None = None
+):
+    """(PIL RGB image, notes) for the image in `source` (a path, bytes or a file object); `name`
+    names it in errors. `size`: refuse any other (width, height) before decoding; `draft`: let a
+    JPEG decode at a reduced scale no smaller than this many pixels a side (fast for a large photo
+    that is then shrunk; the returned image's info["source_size"] is the file's own size, upright).
+    Notes say what was done ("converted from RGBA", "EXIF orientation applied", ...). DataError, one
+    line, for anything that is not a readable image."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(source, (str, os.PathLike)) and os.path.getsize(source) > MAX_FILE_BYTES:
@@ -49,14 +55,19 @@ def open_rgb(source: Source, name: str, *, size: tuple[int, int] | None = None, 
     notes: list[str] = []
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded by MAX_PIXELS below
+            # bounded by MAX_PIXELS below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 w, h = im.size
                 if size is not None and (w, h) != size:
-                    raise DataError(f"image {show_path(name)} is {w}x{h}, expected {size[0]}x{size[1]}")
+                    raise DataError(
+                        f"image {show_path(name)} is {w}x{h}, expected {size[0]}x{size[1]}"
+                    )
                 if w * h > MAX_PIXELS:
-                    raise DataError(f"image {show_path(name)} is {w}x{h} pixels: too large to decode "
-                                    f"(limit {MAX_PIXELS / 1e6:.0f} megapixels)")
+                    raise DataError(
+                        f"image {show_path(name)} is {w}x{h} pixels: too large to decode "
+                        f"(limit {MAX_PIXELS / 1e6:.0f} megapixels)"
+                    )
                 if getattr(im, "n_frames", 1) > 1:
                     notes.append(f"first of {im.n_frames} frames")
                 if draft and im.format == "JPEG":
@@ -66,14 +77,19 @@ def open_rgb(source: Source, name: str, *, size: tuple[int, int] | None = None, 
                 if turn not in (None, 1):
                     notes.append("EXIF orientation applied")
                 rgb = _to_rgb(ImageOps.exif_transpose(im), notes)
-                rgb.info["source_size"] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # upright, before any draft
+                # upright, before any draft
+                rgb.info["source_size"] = (h, w) if turn in (5, 6, 7, 8) else (w, h)
                 return rgb, notes
     except DataError:
         raise
     except Image.DecompressionBombError:
-        raise DataError(f"image {show_path(name)} is too large to decode (a decompression bomb?)") from None
+        raise DataError(
+            f"image {show_path(name)} is too large to decode (a decompression bomb?)"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-        raise DataError(f"cannot read image {show_path(name)}: {first_line(e, default=type(e).__name__)}") from None
+        raise DataError(
+            f"cannot read image {show_path(name)}: {first_line(e, default=type(e).__name__)}"
+        ) from None
 
 
 def _orientation(im) -> int | None:

@@ -3,18 +3,21 @@
 Sources `load_cifar10` understands:
   * None                  torchvision's copy under `root` (downloaded if absent: the Colab path);
   * a folder holding torchvision's ``cifar-10-batches-py`` (or that folder itself);
-  * an ImageFolder tree ``train/<class>/*.{png,jpg}``, ``test/<class>/*`` (possibly one folder down);
+  * an ImageFolder tree ``train/<class>/*.{png,jpg}``, ``test/<class>/*`` (possibly one folder
+  down);
   * a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` of such a tree (read in place, never extracted).
-Decoded image trees and archives are cached as ``.npz`` in a user cache folder (``$CIFARKIT_CACHE``, else
-``$XDG_CACHE_HOME/cifarkit``, else ``~/.cache/cifarkit``), keyed by the source's content (archives) or
-file names, sizes and times (trees), so a changed source is decoded again. Bad input raises `DataError`
-with one line naming the problem and the path; the cache is written atomically, never half.
+Decoded image trees and archives are cached as ``.npz`` in a user cache folder (``$CIFARKIT_CACHE``,
+else ``$XDG_CACHE_HOME/cifarkit``, else ``~/.cache/cifarkit``), keyed by the source's content
+(archives) or file names, sizes and times (trees), so a changed source is decoded again. Bad input
+raises `DataError` with one line naming the problem and the path; the cache is written atomically,
+never half.
 
-Input that loads but is probably not what was meant prints one line each to stderr, starting "warning:",
-on every load (cached or not): class counts other than CIFAR-10's 5,000 train / 1,000 test per class
-(with "archive looks truncated" when a tar lacks its end-of-archive marker, e.g. cut between two
-members), and image files in a nested folder inside a class folder, which are skipped.
+Input that loads but is probably not what was meant prints one line each to stderr, starting
+"warning:", on every load (cached or not): class counts other than CIFAR-10's 5,000 train / 1,000
+test per class (with "archive looks truncated" when a tar lacks its end-of-archive marker, e.g. cut
+between two members), and image files in a nested folder inside a class folder, which are skipped.
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,20 +34,28 @@ from ..base import CLASSES, cache_dir, show_path
 from .dataset import Cifar10, DataError, data_warnings, to_tensors
 from .imagefiles import archive_kind, decode_archive, decode_tree, find_tree
 
-CACHE_VERSION = 2  # bump when the cached layout or the decoding changes, so old caches are ignored (2: 16-bit, alpha, EXIF)
+# bump when the cached layout or the decoding changes, so old caches are ignored (2: 16-bit, alpha,
+# EXIF)
+CACHE_VERSION = 2
 
 
-def load_cifar10(source: str | os.PathLike | None = None, root: str | os.PathLike = "./data",
-                 download: bool = True, progress: bool = True) -> Cifar10:
-    """Load CIFAR-10 from `source` (see the module docstring); raises DataError on bad input and prints
-    `data_warnings` (one line each, stderr) for input that loads but looks incomplete."""
+def load_cifar10(
+    source: str | os.PathLike | None = None,
+    root: str | os.PathLike = "./data",
+    download: bool = True,
+    progress: bool = True,
+) -> Cifar10:
+    """Load CIFAR-10 from `source` (see the module docstring); raises DataError on bad input and
+    prints `data_warnings` (one line each, stderr) for input that loads but looks incomplete."""
     data = _load(source, root, download, progress)
     for line in data_warnings(data):
         print(line, file=sys.stderr)
     return data
 
 
-def _load(source: str | os.PathLike | None, root: str | os.PathLike, download: bool, progress: bool) -> Cifar10:
+def _load(
+    source: str | os.PathLike | None, root: str | os.PathLike, download: bool, progress: bool
+) -> Cifar10:
     if source is None:
         return _load_torchvision(Path(root), download)
     path = Path(source).expanduser()
@@ -52,7 +63,9 @@ def _load(source: str | os.PathLike | None, root: str | os.PathLike, download: b
         raise DataError(f"data path not found: {path}")
     if path.is_file():
         if not archive_kind(path):
-            raise DataError(f"unsupported data file {path}: expected a folder, .tar, .tar.gz, .tgz or .zip")
+            raise DataError(
+                f"unsupported data file {path}: expected a folder, .tar, .tar.gz, .tgz or .zip"
+            )
         return _cached(path, _archive_key(path), lambda: decode_archive(path, progress))
     if (path / "cifar-10-batches-py").is_dir():
         return _load_batches(path / "cifar-10-batches-py")
@@ -64,10 +77,15 @@ def _load(source: str | os.PathLike | None, root: str | os.PathLike, download: b
 
 # ---------------------------------------------------------------- torchvision pickles
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batch files but refuses every class except numpy arrays (no code from files)."""
+    """Unpickles CIFAR batch files but refuses every class except numpy arrays (no code from
+    files)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -93,8 +111,13 @@ def _read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
 def _load_batches(folder: Path) -> Cifar10:
     parts = [_read_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     test_x, test_y = _read_batch(folder / "test_batch")
-    return to_tensors(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                       test_x, test_y, source=str(folder))
+    return to_tensors(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        test_x,
+        test_y,
+        source=str(folder),
+    )
 
 
 def _load_torchvision(root: Path, download: bool) -> Cifar10:
@@ -106,14 +129,17 @@ def _load_torchvision(root: Path, download: bool) -> Cifar10:
         existed = archive.exists()
         try:
             from torchvision.datasets import CIFAR10
+
             CIFAR10(str(root), train=True, download=True)
         except Exception as e:
             if not existed and archive.exists():
                 archive.unlink()  # a partial download would only fail its checksum next time
             raise DataError(
-                f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without internet, point "
-                "at a local copy instead: --data PATH (a folder with cifar-10-batches-py/, an ImageFolder "
-                "train/ test/ tree, or a .tar.gz / .zip of one)") from None
+                f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without"
+                " internet, point at a local copy instead: --data PATH (a folder with"
+                " cifar-10-batches-py/, an ImageFolder train/ test/ tree, or a .tar.gz / .zip of"
+                " one)"
+            ) from None
     return _load_batches(folder)
 
 
@@ -127,17 +153,21 @@ def _archive_key(path: Path) -> str:
 
 
 def _tree_key(tree: Path) -> str:
-    """A hash of every file's path, size and time under train/ and test/. Paths go in as the bytes the file
-    system holds (a name need not be valid UTF-8). A symbolic link that loops or leads nowhere is refused
-    in one line, naming it."""
+    """A hash of every file's path, size and time under train/ and test/. Paths go in as the bytes
+    the file system holds (a name need not be valid UTF-8). A symbolic link that loops or leads
+    nowhere is refused in one line, naming it."""
     h = hashlib.sha256(os.fsencode(f"v{CACHE_VERSION}:tree:{tree.resolve()}"))
     for split in ("train", "test"):
-        # followlinks: a class folder may be a symbolic link; what it holds is what decode_tree reads
+        # followlinks: a class folder may be a symbolic link; what it holds is what decode_tree
+        # reads
         for root, dirs, files in os.walk(tree / split, followlinks=True, onerror=_walk_error):
             if os.path.islink(root):  # a link to a folder above it would be walked forever
                 real, parent = os.path.realpath(root), os.path.realpath(os.path.dirname(root))
                 if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
-                    raise DataError(f"{show_path(root)} is a symbolic link to a folder above it (a loop): remove it")
+                    raise DataError(
+                        f"{show_path(root)} is a symbolic link to a folder above it (a loop):"
+                        " remove it"
+                    )
             dirs.sort()
             for name in sorted(files):
                 path = os.path.join(root, name)
@@ -151,10 +181,14 @@ def _tree_key(tree: Path) -> str:
 
 def _link_error(path: str, e: OSError) -> DataError:
     if e.errno == errno.ELOOP:
-        return DataError(f"{show_path(path)} is a symbolic link that loops back on itself: remove it")
+        return DataError(
+            f"{show_path(path)} is a symbolic link that loops back on itself: remove it"
+        )
     if e.errno == errno.ENOENT and os.path.islink(path):
-        return DataError(f"{show_path(path)} is a symbolic link to {show_path(os.readlink(path))}, which does not "
-                         "exist: remove it or restore its target")
+        return DataError(
+            f"{show_path(path)} is a symbolic link to {show_path(os.readlink(path))}, which does"
+            " not exist: remove it or restore its target"
+        )
     return DataError(f"cannot read {show_path(path)}: {e.strerror or e}")
 
 
@@ -169,8 +203,14 @@ def _cached(path: Path, key: str, build) -> Cifar10:
         try:
             with np.load(file) as z:
                 notes = tuple(str(n) for n in z["notes"]) if "notes" in z.files else ()
-                return to_tensors(z["train_x"], z["train_y"], z["test_x"], z["test_y"], source=str(path),
-                                   notes=notes)
+                return to_tensors(
+                    z["train_x"],
+                    z["train_y"],
+                    z["test_x"],
+                    z["test_y"],
+                    source=str(path),
+                    notes=notes,
+                )
         except Exception:  # noqa: BLE001 - unreadable cache (truncated, bit-flipped): decode again
             try:
                 file.unlink(missing_ok=True)
@@ -179,9 +219,18 @@ def _cached(path: Path, key: str, build) -> Cifar10:
     data = build()
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(file, lambda f: np.savez(f, train_x=data.train_images.numpy(), train_y=data.train_labels.numpy(),
-                                              test_x=data.test_images.numpy(), test_y=data.test_labels.numpy(),
-                                              notes=np.array(data.notes, dtype=str)))  # a cached load warns too
+        atomic_write(
+            file,
+            lambda f: np.savez(
+                f,
+                train_x=data.train_images.numpy(),
+                train_y=data.train_labels.numpy(),
+                test_x=data.test_images.numpy(),
+                test_y=data.test_labels.numpy(),
+                # a cached load warns too
+                notes=np.array(data.notes, dtype=str),
+            ),
+        )
     except (OSError, WriteError):
         pass  # a read-only home only costs the next load its decode time
     return data

@@ -1,6 +1,8 @@
-"""Which images a run trains, evaluates and tests on: class-balanced seeded subsets and the validation
-split, defined once (`make_splits`) for training, the LR range test and `evaluate --val-split`.
+"""Which images a run trains, evaluates and tests on: class-balanced seeded subsets and the
+validation split, defined once (`make_splits`) for training, the LR range test and `evaluate
+--val-split`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ VAL_SEED = 12345  # the validation split is the same for every training seed, so
 
 
 def balanced_indices(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    """Indices of a class-balanced, seeded random subset of `n` items (sorted, so order is stable)."""
+    """Indices of a class-balanced, seeded random subset of `n` items (sorted, so order is
+    stable)."""
     if n >= len(labels):
         return torch.arange(len(labels))
     g = torch.Generator().manual_seed(seed)
@@ -39,7 +42,8 @@ def split_train_val(images: torch.Tensor, labels: torch.Tensor, n_val: int, seed
 
 @dataclass
 class Splits:
-    """The images a run trains on, evaluates on each epoch ("val" or "test"), and finally tests on."""
+    """The images a run trains on, evaluates on each epoch ("val" or "test"), and finally tests
+    on."""
 
     train: tuple[torch.Tensor, torch.Tensor]
     eval: tuple[torch.Tensor, torch.Tensor]
@@ -48,8 +52,9 @@ class Splits:
 
 
 def make_splits(cfg: TrainConfig, data: Cifar10) -> Splits:
-    """Apply `limit_train` / `limit_test` (balanced, seeded with `cfg.seed`), then carve the validation split
-    of `val_split` images (seeded with VAL_SEED) out of what is left of the training set."""
+    """Apply `limit_train` / `limit_test` (balanced, seeded with `cfg.seed`), then carve the
+    validation split of `val_split` images (seeded with VAL_SEED) out of what is left of the
+    training set."""
     tx, ty = data.train_images, data.train_labels
     if cfg.limit_train:
         idx = balanced_indices(ty, cfg.limit_train, cfg.seed)

@@ -1,25 +1,30 @@
-"""What identifies a network's code, so a run folder can tell whether the network passed now is the one
-that trained it: a notebook cell edited and run again must never be handed the old run's weights or results.
+"""What identifies a network's code, so a run folder can tell whether the network passed now is the
+one that trained it: a notebook cell edited and run again must never be handed the old run's weights
+or results.
 
 `network_identity(net)` records four parts, each as a short hash (plus a readable `name`):
 
-  - ``code``: the source of every method of every network class in the model (the class itself and each
-    submodule class that is not torch's), and of the functions of the student's own that those methods
-    call by name (a `conv_bn` helper in the same file or notebook, and the ones it calls), parsed, so
-    comments, blank lines, indentation and docstrings do not count; any other edit (an operator, a
-    constant, a renamed variable) does;
+  - ``code``: the source of every method of every network class in the model (the class itself and
+  each
+    submodule class that is not torch's), and of the functions of the student's own that those
+    methods call by name (a `conv_bn` helper in the same file or notebook, and the ones it calls),
+    parsed, so comments, blank lines, indentation and docstrings do not count; any other edit (an
+    operator, a constant, a renamed variable) does;
   - ``layers``: every layer and its settings as ``repr(net)`` prints them (channels, kernel, stride,
-    dilation, groups, padding mode, dropout rate...): what the constructor's arguments built; and the flags
-    a network class of one's own keeps as attributes (bool, str or None values, e.g. ``self.aux = True``),
-    which no layer shows;
-  - ``forward``: the sequence of torch operations one forward pass of two blank images runs, with their
+    dilation, groups, padding mode, dropout rate...): what the constructor's arguments built; and
+    the flags a network class of one's own keeps as attributes (bool, str or None values, e.g.
+    ``self.aux = True``), which no layer shows;
+  - ``forward``: the sequence of torch operations one forward pass of two blank images runs, with
+  their
     output shapes (another pool, another activation, a changed view);
   - ``parameters``: the names and shapes of every parameter and buffer (what a state_dict must fit).
 
-The forward pass runs on a CPU copy in eval mode without gradients and with the random state forked, so
-it changes neither the network, nor its BatchNorm statistics, nor the random numbers the run draws.
-Lazy modules (`nn.LazyConv2d`...) are materialised first (`materialize`), as training would do anyway.
+The forward pass runs on a CPU copy in eval mode without gradients and with the random state forked,
+so it changes neither the network, nor its BatchNorm statistics, nor the random numbers the run
+draws. Lazy modules (`nn.LazyConv2d`...) are materialised first (`materialize`), as training would
+do anyway.
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,9 +42,17 @@ from torch.overrides import TorchFunctionMode
 from .check import NetworkError, checked_forward
 from .keep import forked_rng, kept_modes
 
-VERSION = 3  # of the identity's definition: a run recorded under another version is not compared (a note says so)
-PARTS = ("parameters", "layers", "forward", "code")  # in the order a difference is named: the most telling first
-WHAT_CHANGED = {"parameters": "parameter shapes", "layers": "layers", "forward": "forward", "code": "code"}
+# of the identity's definition: a run recorded under another version is not compared (a note says
+# so)
+VERSION = 3
+# in the order a difference is named: the most telling first
+PARTS = ("parameters", "layers", "forward", "code")
+WHAT_CHANGED = {
+    "parameters": "parameter shapes",
+    "layers": "layers",
+    "forward": "forward",
+    "code": "code",
+}
 
 
 def _hash(text: str) -> str:
@@ -52,7 +65,11 @@ def _own_classes(net: nn.Module) -> list[type]:
     for m in net.modules():
         for cls in type(m).__mro__:
             module = getattr(cls, "__module__", "") or ""
-            if cls in (nn.Module, object) or module.startswith(("torch.", "torchvision.")) or module == "torch":
+            if (
+                cls in (nn.Module, object)
+                or module.startswith(("torch.", "torchvision."))
+                or module == "torch"
+            ):
                 continue
             seen.setdefault(f"{module}.{cls.__qualname__}", cls)
     return [seen[k] for k in sorted(seen)]
@@ -61,28 +78,34 @@ def _own_classes(net: nn.Module) -> list[type]:
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return tree
 
 
 def source_fingerprint(obj: Any) -> str | None:
-    """The parsed source of a function (or method) as text, without comments, layout or docstrings; None
-    when Python cannot find it (a function built by exec, a C function)."""
+    """The parsed source of a function (or method) as text, without comments, layout or docstrings;
+    None when Python cannot find it (a function built by exec, a C function)."""
     fn = inspect.unwrap(getattr(obj, "__func__", obj))
     try:
         src = textwrap.dedent(inspect.getsource(fn))
-        return ast.dump(_strip_docstrings(ast.parse(src)), annotate_fields=False, include_attributes=False)
+        return ast.dump(
+            _strip_docstrings(ast.parse(src)), annotate_fields=False, include_attributes=False
+        )
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
 
 
 def _class_code(cls: type, helpers: dict[str, str]) -> str:
-    """Each function defined in the class body, by name. Methods are read one by one (not the class):
-    Python before 3.13 cannot find the source of a class defined in a notebook cell, but can its methods'.
-    The student's functions they call are added to `helpers` (`_collect_helpers`)."""
+    """Each function defined in the class body, by name. Methods are read one by one (not the
+    class): Python before 3.13 cannot find the source of a class defined in a notebook cell, but can
+    its methods'. The student's functions they call are added to `helpers` (`_collect_helpers`)."""
     parts = [f"class {cls.__qualname__}({', '.join(b.__qualname__ for b in cls.__bases__)})"]
     for name, attr in sorted(vars(cls).items()):
         fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
@@ -93,21 +116,27 @@ def _class_code(cls: type, helpers: dict[str, str]) -> str:
 
 
 def _collect_helpers(fn, helpers: dict[str, str], depth: int = 3) -> None:
-    """The plain functions `fn` names that live in the student's own module (or notebook), with the ones
-    they name in turn, `depth` levels down: name -> parsed source. Library functions (torch's, numpy's) are
-    not the student's code and are left out."""
+    """The plain functions `fn` names that live in the student's own module (or notebook), with the
+    ones they name in turn, `depth` levels down: name -> parsed source. Library functions (torch's,
+    numpy's) are not the student's code and are left out."""
     if depth == 0:
         return
     for name in fn.__code__.co_names:
         target = fn.__globals__.get(name)
-        if (inspect.isfunction(target) and target.__module__ == fn.__module__
-                and f"{target.__module__}.{target.__qualname__}" not in helpers):
-            helpers[f"{target.__module__}.{target.__qualname__}"] = source_fingerprint(target) or "<source not found>"
+        if (
+            inspect.isfunction(target)
+            and target.__module__ == fn.__module__
+            and f"{target.__module__}.{target.__qualname__}" not in helpers
+        ):
+            helpers[f"{target.__module__}.{target.__qualname__}"] = (
+                source_fingerprint(target) or "<source not found>"
+            )
             _collect_helpers(target, helpers, depth - 1)
 
 
 class _OpRecorder(TorchFunctionMode):
-    """Records each torch function a forward pass calls, with the shapes of the tensors it returns."""
+    """Records each torch function a forward pass calls, with the shapes of the tensors it
+    returns."""
 
     def __init__(self):
         super().__init__()
@@ -116,7 +145,9 @@ class _OpRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-        if not name.startswith(("Tensor.__get__", "_TensorBase.__get__")) and not name.endswith("__get__"):
+        if not name.startswith(("Tensor.__get__", "_TensorBase.__get__")) and not name.endswith(
+            "__get__"
+        ):
             outs = out if isinstance(out, (tuple, list)) else (out,)
             shapes = [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
             self.ops.append(f"{name}{shapes}")
@@ -133,15 +164,18 @@ def _is_lazy(t: torch.Tensor) -> bool:
 
 
 def has_lazy_parameters(net: nn.Module) -> bool:
-    """True while some parameter or buffer of `net` is still uninitialised (nn.Lazy* before its first forward)."""
+    """True while some parameter or buffer of `net` is still uninitialised (nn.Lazy* before its
+    first forward)."""
     return any(_is_lazy(t) for t in (*net.parameters(), *net.buffers()))
 
 
 def materialize(net: nn.Module, device: torch.device | str | None = None) -> nn.Module:
-    """Give a network built from lazy modules its parameters, as plain PyTorch does on the first forward: one
-    eval-mode forward of two blank images on `device` (default: where its parameters are), without gradients.
-    The weights drawn for them come from the current random state, which is then put back as it was, so the
-    run draws the same numbers as with any other network (and a seeded run reproduces them). Returns `net`."""
+    """Give a network built from lazy modules its parameters, as plain PyTorch does on the first
+    forward: one eval-mode forward of two blank images on `device` (default: where its parameters
+    are), without gradients. The weights drawn for them come from the current random state, which is
+    then put back as it was, so the run draws the same numbers as with any other network (and a
+    seeded run reproduces them). Returns `net`.
+    """
     if not has_lazy_parameters(net):
         return net
     if device is None:
@@ -155,9 +189,11 @@ def materialize(net: nn.Module, device: torch.device | str | None = None) -> nn.
 
 
 def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
-    """The identity of `net`'s code (see the module docstring): {"name", "spec", "code", "layers", "forward",
-    "parameters"}, each part a 16-hex-digit hash ("forward" is None when the forward pass fails)."""
-    materialize(net)  # as fit would first (uninitialised parameters cannot be copied); the random state is kept
+    """The identity of `net`'s code (see the module docstring): {"name", "spec", "code", "layers",
+    "forward", "parameters"}, each part a 16-hex-digit hash ("forward" is None when the forward pass
+    fails)."""
+    # as fit would first (uninitialised parameters cannot be copied); the random state is kept
+    materialize(net)
     try:
         probe = copy.deepcopy(net).cpu().float()
     except Exception:  # noqa: BLE001 - an attribute that cannot be copied (an open file...): read the network itself
@@ -165,7 +201,8 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     recorder = _OpRecorder()
     try:
         x = blank_batch().to(next((p.device for p in probe.parameters()), torch.device("cpu")))
-        # eval mode: BatchNorm statistics stay as they are; only the network's own operations are recorded
+        # eval mode: BatchNorm statistics stay as they are; only the network's own operations are
+        # recorded
         with kept_modes(probe), forked_rng(), torch.no_grad(), recorder:
             probe.eval()(x)
         forward = _hash("\n".join(recorder.ops))
@@ -173,9 +210,15 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
         forward = None
     shapes = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in probe.state_dict().items())
     cls = type(net)
-    return {"version": VERSION, "name": f"{cls.__module__}:{cls.__qualname__}", "spec": spec,
-            "code": _code_hash(probe),
-            "layers": _hash(repr(probe) + "\n" + _flags(probe)), "forward": forward, "parameters": _hash(shapes)}
+    return {
+        "version": VERSION,
+        "name": f"{cls.__module__}:{cls.__qualname__}",
+        "spec": spec,
+        "code": _code_hash(probe),
+        "layers": _hash(repr(probe) + "\n" + _flags(probe)),
+        "forward": forward,
+        "parameters": _hash(shapes),
+    }
 
 
 def _code_hash(net: nn.Module) -> str:
@@ -185,23 +228,30 @@ def _code_hash(net: nn.Module) -> str:
 
 
 def _flags(net: nn.Module) -> str:
-    """The bool / str / None attributes of the modules written outside torch (constructor options such as
-    ``self.as_dict = True``), which repr does not show. Numbers are left out: a counter a forward updates
-    would make the same network look changed."""
+    """The bool / str / None attributes of the modules written outside torch (constructor options
+    such as ``self.as_dict = True``), which repr does not show. Numbers are left out: a counter a
+    forward updates would make the same network look changed."""
     own = set(_own_classes(net))
-    return "\n".join(f"{name}.{k}={v!r}" for name, m in net.named_modules() if type(m) in own
-                     for k, v in sorted(vars(m).items())
-                     if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, str))))
+    return "\n".join(
+        f"{name}.{k}={v!r}"
+        for name, m in net.named_modules()
+        if type(m) in own
+        for k, v in sorted(vars(m).items())
+        if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, str)))
+    )
 
 
 def comparable(saved: dict | None) -> bool:
-    """True when `saved` was recorded under this VERSION of the identity (so a difference is the network's)."""
+    """True when `saved` was recorded under this VERSION of the identity (so a difference is the
+    network's)."""
     return bool(saved) and saved.get("version") == VERSION
 
 
 def identity_changes(saved: dict | None, now: dict) -> list[str]:
-    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`; a record of
-    another version (an older cifarkit's run) is not compared: a change there may be cifarkit's, not yours."""
+    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`; a
+    record of another version (an older cifarkit's run) is not compared: a change there may be
+    cifarkit's, not yours.
+    """
     if not comparable(saved):
         return []
     return [p for p in PARTS if p in saved and saved[p] != now.get(p)]

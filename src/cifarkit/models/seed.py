@@ -1,8 +1,10 @@
 """The original Assignment 7 network (SeedNet, 467,098 parameters) and its two building blocks.
 
-Blocks subclass ``nn.Sequential`` on purpose: torchsummary hooks every module that is not a Sequential,
-so Sequential blocks keep the summary table a flat list of layers, row for row like the seed's.
+Blocks subclass ``nn.Sequential`` on purpose: torchsummary hooks every module that is not a
+Sequential, so Sequential blocks keep the summary table a flat list of layers, row for row like the
+seed's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +29,8 @@ class ConvBlock(nn.Sequential):
 
 
 class SeparableConv2d(nn.Sequential):
-    """Depthwise-separable conv: a per-channel 3x3 conv (groups = channels) then a 1x1 pointwise conv.
+    """Depthwise-separable conv: a per-channel 3x3 conv (groups = channels) then a 1x1 pointwise
+    conv.
 
     128 -> 256 channels costs 1,152 + 32,768 weights instead of 294,912 for a dense 3x3 conv.
     """
@@ -35,7 +38,7 @@ class SeparableConv2d(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(
             nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),  # depthwise
-            nn.Conv2d(cin, cout, 1, bias=False),                        # pointwise
+            nn.Conv2d(cin, cout, 1, bias=False),  # pointwise
         )
 
 
@@ -70,6 +73,6 @@ class SeedNet(nn.Module):
         x = self.pool1(self.c1(x))  # (N, 3, 32, 32) -> (N, 32, 32, 32) -> (N, 32, 16, 16)
         x = self.pool2(self.c2(x))  # -> (N, 64, 16, 16) -> (N, 64, 8, 8)
         x = self.pool3(self.c3(x))  # -> (N, 128, 8, 8) -> (N, 128, 4, 4)
-        x = self.c4(x)              # -> (N, 256, 4, 4)
+        x = self.c4(x)  # -> (N, 256, 4, 4)
         x = self.gap(x).flatten(1)  # -> (N, 256)
-        return self.fc(x)           # -> (N, 10) logits
+        return self.fc(x)  # -> (N, 10) logits

@@ -1,9 +1,11 @@
 """Checkpoints: written atomically, read with ``weights_only=True``, validated with one-line errors.
 
-A checkpoint is a dict of tensors and plain values (never pickled code), tagged with FORMAT so a stray
-``.pt`` file is recognised as foreign instead of failing somewhere deep in ``load_state_dict``. It also
-holds the RNG states a resumed run continues from (`rng_state` / `set_rng_state`).
+A checkpoint is a dict of tensors and plain values (never pickled code), tagged with FORMAT so a
+stray ``.pt`` file is recognised as foreign instead of failing somewhere deep in
+``load_state_dict``. It also holds the RNG states a resumed run continues from (`rng_state` /
+`set_rng_state`).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..base import CifarkitError
 from ..config import TrainConfig
 from ..hardware import channels_last_for
 from ..models import build_model
-from ..atomic import atomic_write
 
 FORMAT = "cifarkit-checkpoint"
 VERSION = 1
@@ -53,13 +55,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def _read_error(path: Path, e: Exception) -> CheckpointError:
-    """One line for a checkpoint torch.load could not read (its own messages run to several sentences)."""
+    """One line for a checkpoint torch.load could not read (its own messages run to several
+    sentences)."""
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in text:  # weights_only refused an import
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
-        return CheckpointError(f"cannot read checkpoint {path}: it contains pickled code{what}, refused "
-                               f"(cifarkit reads checkpoints with weights_only=True)")
+        return CheckpointError(
+            f"cannot read checkpoint {path}: it contains pickled code{what}, refused "
+            "(cifarkit reads checkpoints with weights_only=True)"
+        )
     if isinstance(e, PermissionError):
         return CheckpointError(f"cannot read checkpoint {path}: permission denied")
     return CheckpointError(f"cannot read checkpoint {path}: not a torch file, or truncated")
@@ -68,13 +73,15 @@ def _read_error(path: Path, e: Exception) -> CheckpointError:
 def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
     """Load and validate a checkpoint onto the CPU; CheckpointError with one line on any problem.
 
-    mmap=True maps the tensors instead of reading them (cheap when only the epoch or config is wanted).
+    mmap=True maps the tensors instead of reading them (cheap when only the epoch or config is
+    wanted).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with warnings.catch_warnings():  # a plain pickle draws a protocol warning: a second stderr line
+        # a plain pickle draws a protocol warning: a second stderr line
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, random bytes, pickled code refused by weights_only, ...
@@ -82,7 +89,9 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cifarkit checkpoint (no '{FORMAT}' tag)")
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}; this cifarkit reads {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {ckpt.get('version')}; this cifarkit reads {VERSION}"
+        )
     for key in ("config", "model", "epoch"):
         if key not in ckpt:
             raise CheckpointError(f"{path} is incomplete: no '{key}' entry")
@@ -90,54 +99,73 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str,
 
 
 def reported_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights a run evaluated and reported: the EMA copy when the run kept one, else the model's."""
+    """The weights a run evaluated and reported: the EMA copy when the run kept one, else the
+    model's."""
     return ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """Write a slim copy of checkpoint `src` to `dst` for sharing: config, the reported weights, epoch and
-    history; no optimizer, scheduler or RNG state (so about the size of the weights, and it can be
-    evaluated but not resumed). Creates `dst`'s folder if needed. Returns the slim dict."""
+    """Write a slim copy of checkpoint `src` to `dst` for sharing: config, the reported weights,
+    epoch and history; no optimizer, scheduler or RNG state (so about the size of the weights, and
+    it can be evaluated but not resumed). Creates `dst`'s folder if needed. Returns the slim
+    dict."""
     ckpt = load_checkpoint(src)
     dst = Path(dst)
     if dst.is_dir():
         raise CheckpointError(f"{dst} is a folder; give the path of the .pt file to write")
-    slim = {"config": ckpt["config"], "network": ckpt.get("network"), "choices": ckpt.get("choices"),
-            "model": reported_weights(ckpt), "epoch": ckpt["epoch"],
-            "history": ckpt.get("history", []), "exported_from": str(src), "resumable": False}
+    slim = {
+        "config": ckpt["config"],
+        "network": ckpt.get("network"),
+        "choices": ckpt.get("choices"),
+        "model": reported_weights(ckpt),
+        "epoch": ckpt["epoch"],
+        "history": ckpt.get("history", []),
+        "exported_from": str(src),
+        "resumable": False,
+    }
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, slim)
     return slim
 
 
-def config_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint") -> TrainConfig:
+def config_from_checkpoint(
+    ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint"
+) -> TrainConfig:
     try:
         return TrainConfig.from_dict(ckpt["config"])
     except CifarkitError as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike = "checkpoint",
-                 name: str = "") -> None:
-    """`model.load_state_dict(state)` with a one-line error when the weights belong to another network."""
+def load_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | os.PathLike = "checkpoint",
+    name: str = "",
+) -> None:
+    """`model.load_state_dict(state)` with a one-line error when the weights belong to another
+    network."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or shapes:
         raise CheckpointError(
-            f"weights in {path} do not fit network {name or type(model).__name__!r}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(shapes)} of another shape (e.g. "
-            f"{(missing + unexpected + shapes)[0]}); was it saved from another network?")
+            f"weights in {path} do not fit network {name or type(model).__name__!r}: {len(missing)}"
+            f" missing, {len(unexpected)} unexpected, {len(shapes)} of another shape (e.g."
+            f" {(missing + unexpected + shapes)[0]}); was it saved from another network?"
+        )
     model.load_state_dict(state)
 
 
-def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", model: nn.Module | None = None):
+def model_from_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu", model: nn.Module | None = None
+):
     """(model with the weights the run evaluated, its config, the raw checkpoint).
 
-    The network is rebuilt from the config's model (registry name or import path), or `model` is used when
-    given (a network the run trained as an object). When the run used weight EMA, the EMA weights are the
-    ones that were reported, so those are loaded.
+    The network is rebuilt from the config's model (registry name or import path), or `model` is
+    used when given (a network the run trained as an object). When the run used weight EMA, the EMA
+    weights are the ones that were reported, so those are loaded.
     """
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
@@ -148,7 +176,8 @@ def model_from_checkpoint(path: str | os.PathLike, device: torch.device | str = 
     load_weights(model, reported_weights(ckpt), path, cfg.model)
     device = torch.device(device)
     model = model.to(device)
-    nhwc = (ckpt.get("choices") or {}).get("channels_last")  # the layout the run trained in: the network runs in it
+    # the layout the run trained in: the network runs in it
+    nhwc = (ckpt.get("choices") or {}).get("channels_last")
     if nhwc is None:  # a run an older cifarkit wrote: evaluated as that cifarkit evaluated it
         nhwc = channels_last_for(cfg, device)
     if nhwc:

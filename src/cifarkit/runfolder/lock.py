@@ -1,9 +1,11 @@
 """The run folder's lock: one owner at a time, taken before anything heavy is imported.
 
-This module imports nothing but the standard library and the ground floor (no torch), so `python -m cifarkit
-train` takes the lock within a fraction of a second of starting: the command started first owns the folder.
-The OS drops the lock when the process dies, so even a SIGKILLed run leaves no stale lock.
+This module imports nothing but the standard library and the ground floor (no torch), so `python -m
+cifarkit train` takes the lock within a fraction of a second of starting: the command started first
+owns the folder. The OS drops the lock when the process dies, so even a SIGKILLed run leaves no
+stale lock.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,25 +26,33 @@ except ImportError:  # POSIX
 
 # How a message tells the user what to do: in command-line flags, or in Python (fit's arguments).
 ADVICE = {
-    "cli": {"overwrite": "pass --overwrite", "out": "choose another --out",
-            "resume": "resume with: python -m cifarkit train --resume {last}"},
-    "python": {"overwrite": "pass overwrite=True", "out": "set cfg.out to another folder",
-               "resume": "resume with: fit(cfg, resume=\"auto\") (or resume={last!r})"},
+    "cli": {
+        "overwrite": "pass --overwrite",
+        "out": "choose another --out",
+        "resume": "resume with: python -m cifarkit train --resume {last}",
+    },
+    "python": {
+        "overwrite": "pass overwrite=True",
+        "out": "set cfg.out to another folder",
+        "resume": 'resume with: fit(cfg, resume="auto") (or resume={last!r})',
+    },
 }
 
 
 def advice(speak: str, what: str, last: str | os.PathLike = "") -> str:
-    """The ADVICE line `what` for `speak` ("cli" or "python"); the path is absolute, so the line works pasted
-    into any folder's shell or notebook, and quoted for a shell."""
+    """The ADVICE line `what` for `speak` ("cli" or "python"); the path is absolute, so the line
+    works pasted into any folder's shell or notebook, and quoted for a shell."""
     last = os.path.abspath(last) if str(last) else ""
     if speak == "cli":
         import shlex
+
         return ADVICE[speak][what].format(last=shlex.quote(last))
     return ADVICE[speak][what].format(last=last)
 
 
 class RunDirError(CifarkitError):
-    """The run folder cannot be used: in use by another run, holds a run, is a file, is not writable."""
+    """The run folder cannot be used: in use by another run, holds a run, is a file, is not
+    writable."""
 
 
 def _folder_error(run_dir: Path, e: OSError) -> RunDirError:
@@ -52,19 +62,26 @@ def _folder_error(run_dir: Path, e: OSError) -> RunDirError:
     if e.errno in (errno.EACCES, errno.EPERM):
         return RunDirError(f"permission denied: cannot write in {run_dir}; choose another --out")
     if e.errno in (errno.ENOTDIR, errno.EEXIST):
-        link = next((p for p in (run_dir, *run_dir.parents) if p.is_symlink() and not p.exists()), None)
+        link = next(
+            (p for p in (run_dir, *run_dir.parents) if p.is_symlink() and not p.exists()), None
+        )
         if link is not None:
-            return RunDirError(f"--out {show_path(run_dir)}: {show_path(link)} is a symbolic link to "
-                               f"{show_path(os.readlink(link))}, which does not exist; create that folder or choose "
-                               "another --out")
-        return RunDirError(f"--out {show_path(run_dir)} is a file, not a folder (or lies under one)")
+            return RunDirError(
+                f"--out {show_path(run_dir)}: {show_path(link)} is a symbolic link to"
+                f" {show_path(os.readlink(link))}, which does not exist; create that folder or"
+                " choose another --out"
+            )
+        return RunDirError(
+            f"--out {show_path(run_dir)} is a file, not a folder (or lies under one)"
+        )
     if e.errno == errno.ENOSPC:
         return RunDirError(f"no space left on device in {run_dir}")
     return RunDirError(f"cannot write in {run_dir}: {e.strerror or e}")
 
 
 def _make_dirs(path: Path) -> list[Path]:
-    """mkdir -p `path`; returns the folders it created, outermost first (so they can be removed again)."""
+    """mkdir -p `path`; returns the folders it created, outermost first (so they can be removed
+    again)."""
     missing = []
     p = path
     while not p.exists() and p != p.parent:
@@ -84,16 +101,19 @@ def _remove_empty(dirs: list[Path]) -> None:
 
 
 class RunLock:
-    """Exclusive ownership of a run folder: ``with RunLock(run_dir): ...`` (or acquire() / release()).
+    """Exclusive ownership of a run folder: ``with RunLock(run_dir): ...`` (or acquire() /
+    release()).
 
-    flock on ``RUN/.lock`` (which holds the owner's pid): the OS releases it when the process dies, however
-    it dies. Locks belong to the open file, so two RunLock objects conflict even within one process.
-    Acquiring creates the folder if needed; releasing removes the lock file, and the folders acquire()
-    created if they are still empty (a run that failed during setup leaves nothing behind).
+    flock on ``RUN/.lock`` (which holds the owner's pid): the OS releases it when the process dies,
+    however it dies. Locks belong to the open file, so two RunLock objects conflict even within one
+    process. Acquiring creates the folder if needed; releasing removes the lock file, and the
+    folders acquire() created if they are still empty (a run that failed during setup leaves nothing
+    behind).
     """
 
     def __init__(self, run_dir: str | os.PathLike, speak: str = "cli"):
-        self.run_dir, self.speak = Path(run_dir), speak  # speak: word the "in use" line for "cli" or "python"
+        # speak: word the "in use" line for "cli" or "python"
+        self.run_dir, self.speak = Path(run_dir), speak
         self.path = self.run_dir / LOCK
         self._fd: int | None = None
         self._created: list[Path] = []
@@ -104,15 +124,20 @@ class RunLock:
         for _ in range(20):  # retried only when the owner removes the file or folder under us
             try:
                 self._created += _make_dirs(self.run_dir)
-                # O_NOFOLLOW: a .lock that is a symlink is refused, never written through to its target
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+                # O_NOFOLLOW: a .lock that is a symlink is refused, never written through to its
+                # target
+                fd = os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644
+                )
             except FileNotFoundError:
                 continue  # a finishing run removed its empty folder between our mkdir and open
             except OSError as e:
                 _remove_empty(self._created)
                 if e.errno == errno.ELOOP or self.path.is_symlink():
-                    raise RunDirError(f"{self.path} is a symbolic link; remove it (cifarkit never writes "
-                                      "through a link)") from None
+                    raise RunDirError(
+                        f"{self.path} is a symbolic link; remove it (cifarkit never writes "
+                        "through a link)"
+                    ) from None
                 raise _folder_error(self.run_dir, e) from None
             try:
                 locked = _try_lock(fd)
@@ -123,8 +148,10 @@ class RunLock:
             if not locked:
                 pid = _read_pid(fd)
                 os.close(fd)
-                raise RunDirError(f"{self.run_dir} is in use by another cifarkit run ({pid}); "
-                                  f"wait for it or {advice(self.speak, 'out')}")
+                raise RunDirError(
+                    f"{self.run_dir} is in use by another cifarkit run ({pid}); "
+                    f"wait for it or {advice(self.speak, 'out')}"
+                )
             if fcntl is None or _same_file(fd, self.path):
                 self._fd = fd
                 try:  # the pid is only for the message a second run prints
@@ -134,14 +161,16 @@ class RunLock:
                     self.release()
                     raise _folder_error(self.run_dir, e) from None
                 return self
-            os.close(fd)  # we locked a file its owner had just removed: lock the current one instead
+            # we locked a file its owner had just removed: lock the current one instead
+            os.close(fd)
         raise RunDirError(f"cannot lock {self.run_dir}: its lock file keeps changing")
 
     def release(self) -> None:
         if self._fd is None:
             return
         try:
-            if fcntl is not None:  # unlink while still holding it: waiters notice the file is gone and retry
+            # unlink while still holding it: waiters notice the file is gone and retry
+            if fcntl is not None:
                 try:
                     os.unlink(self.path)
                 except OSError:
@@ -156,7 +185,8 @@ class RunLock:
         return self._fd is not None
 
     def __enter__(self) -> RunLock:
-        return self if self.held else self.acquire()  # a lock taken earlier (the CLI's) is carried on
+        # a lock taken earlier (the CLI's) is carried on
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
@@ -171,10 +201,12 @@ def _try_lock(fd: int) -> bool:
             return False
         except OSError as e:
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                return True  # a file system without locks (some NFS setups): run unlocked rather than not at all
+                # a file system without locks (some NFS setups): run unlocked rather than not at all
+                return True
             raise
         return True
-    if msvcrt is not None:  # Windows (untested here): lock one byte past the pid, so others can still read it
+    # Windows (untested here): lock one byte past the pid, so others can still read it
+    if msvcrt is not None:
         os.lseek(fd, 4096, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)

@@ -1,6 +1,7 @@
 """Stopping cleanly: Ctrl-C and SIGTERM stop training at once, except inside `critical()` sections
 (checkpoint and history writes), which always complete first.
 """
+
 from __future__ import annotations
 
 import signal
@@ -24,26 +25,32 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-    """``with StopSignals() as stop:`` turns SIGINT / SIGTERM into RunInterrupted, raised at once, except
-    inside ``with stop.critical():``, where the signal is remembered and raised when the section ends, so a
-    checkpoint or history write is never cut short (a second signal there is deferred too).
+    """``with StopSignals() as stop:`` turns SIGINT / SIGTERM into RunInterrupted, raised at once,
+    except inside ``with stop.critical():``, where the signal is remembered and raised when the
+    section ends, so a checkpoint or history write is never cut short (a second signal there is
+    deferred too).
 
-    A network's own code may swallow the RunInterrupted (a bare ``except:`` in its forward). Then the run
-    does not stop by itself, so: every later signal raises again, as plain Python does on a second Ctrl-C,
-    and `check()`, which the training and evaluation loops call between batches (outside the network's
-    code), raises it once more. Only after the caller has received it (`delivered()`) are later signals
-    ignored while the run unwinds (SIGKILL still works, and atomic writes make it safe).
+    A network's own code may swallow the RunInterrupted (a bare ``except:`` in its forward). Then
+    the run does not stop by itself, so: every later signal raises again, as plain Python does on a
+    second Ctrl-C, and `check()`, which the training and evaluation loops call between batches
+    (outside the network's code), raises it once more. Only after the caller has received it
+    (`delivered()`) are later signals ignored while the run unwinds (SIGKILL still works, and atomic
+    writes make it safe).
 
-    Only the main thread can own signal handlers: elsewhere this does nothing. The previous handlers are
-    restored on exit.
+    Only the main thread can own signal handlers: elsewhere this does nothing. The previous handlers
+    are restored on exit.
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, exiting: bool = False):
+    def __init__(
+        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, exiting: bool = False
+    ):
         self.signals = signals
-        self.exiting = exiting  # the process ends after the run (the CLI): once stopped, stay deaf to signals
-        self.pending: int | None = None    # a signal deferred by a critical section
-        self.received: int | None = None   # the first signal, once one arrived
-        self.reached_caller = False        # the caller caught the RunInterrupted: the run is stopping
+        # the process ends after the run (the CLI): once stopped, stay deaf to signals
+        self.exiting = exiting
+        self.pending: int | None = None  # a signal deferred by a critical section
+        self.received: int | None = None  # the first signal, once one arrived
+        # the caller caught the RunInterrupted: the run is stopping
+        self.reached_caller = False
         self._depth = 0
         self._previous: dict[int, object] = {}
 
@@ -56,10 +63,12 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             if self.exiting and self.received is not None:
-                # A second Ctrl-C while the stopped CLI exits would otherwise print a KeyboardInterrupt traceback
+                # A second Ctrl-C while the stopped CLI exits would otherwise print a
+                # KeyboardInterrupt traceback
                 signal.signal(s, signal.SIG_IGN)
                 continue
-            # None: the old handler was not installed from Python and cannot be put back; use the default
+            # None: the old handler was not installed from Python and cannot be put back; use the
+            # default
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
@@ -67,21 +76,25 @@ class StopSignals:
         self.received = self.received or signum
         if self._depth > 0:
             self.pending = self.pending or signum
-        elif not self.reached_caller:  # the first signal, or one after user code swallowed the first
+        # the first signal, or one after user code swallowed the first
+        elif not self.reached_caller:
             raise RunInterrupted(self.received)
 
     def check(self) -> None:
-        """Raise RunInterrupted if a signal arrived and did not reach the caller (user code swallowed it)."""
+        """Raise RunInterrupted if a signal arrived and did not reach the caller (user code
+        swallowed it)."""
         if self.received is not None and not self.reached_caller and self._depth == 0:
             raise RunInterrupted(self.received)
 
     def delivered(self) -> None:
-        """The caller caught the RunInterrupted and is stopping: ignore later signals while it unwinds."""
+        """The caller caught the RunInterrupted and is stopping: ignore later signals while it
+        unwinds."""
         self.reached_caller = True
 
     @contextmanager
     def critical(self) -> Iterator[None]:
-        """A section no signal interrupts; a signal that arrives during it is raised right after it."""
+        """A section no signal interrupts; a signal that arrives during it is raised right after
+        it."""
         self._depth += 1
         try:
             yield

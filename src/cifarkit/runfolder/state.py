@@ -1,10 +1,12 @@
 """What a run folder holds and whether it may be written:
 
-- `run_state` / `check_run_dir` / `clear_run_dir`: "empty", "unfinished", "finished" or "damaged", and
+- `run_state` / `check_run_dir` / `clear_run_dir`: "empty", "unfinished", "finished" or "damaged",
+and
   refusing to clobber a run (or what is left of one) unless asked to.
 - `ensure_writable`: a read-only or forbidden ``--out`` fails before any training, in one line.
 - `interrupt_message`: after Ctrl-C / SIGTERM (see `signals`), what was saved and how to resume.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +24,8 @@ from .signals import SIGNAL_NAMES
 RunState = Literal["empty", "unfinished", "finished", "damaged"]
 
 
-# ---------------------------------------------------------------------------------------- folder state
+# ---------------------------------------------------------------------------------------- folder
+# state
 def checkpoint_epoch(path: str | os.PathLike) -> int | None:
     """The epoch stored in checkpoint `path`, or None if it is missing or cannot be loaded."""
     try:
@@ -32,10 +35,11 @@ def checkpoint_epoch(path: str | os.PathLike) -> int | None:
 
 
 def run_state(run_dir: str | os.PathLike) -> RunState:
-    """"finished" (results.json), "unfinished" (a loadable last.pt), "empty" (no run file at all, or only the
-    config.json a run stopped during its first epoch leaves, which holds nothing a new run would not write
-    again), or "damaged": a best.pt or history without a loadable last.pt (deleted, or half-synced from a
-    drive). A damaged folder is never taken for an empty one: starting over would delete what can be read.
+    """ "finished" (results.json), "unfinished" (a loadable last.pt), "empty" (no run file at all,
+    or only the config.json a run stopped during its first epoch leaves, which holds nothing a new
+    run would not write again), or "damaged": a best.pt or history without a loadable last.pt
+    (deleted, or half-synced from a drive). A damaged folder is never taken for an empty one:
+    starting over would delete what can be read.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -49,10 +53,15 @@ def run_state(run_dir: str | os.PathLike) -> RunState:
 
 
 def damaged_message(run_dir: str | os.PathLike, speak: str = "cli") -> str:
-    """Why a "damaged" folder is refused, what it still holds and how to go on (worded for `speak`)."""
+    """Why a "damaged" folder is refused, what it still holds and how to go on (worded for
+    `speak`)."""
     run_dir = Path(run_dir)
     last = run_dir / LAST
-    why = "is missing" if not os.path.lexists(last) else "cannot be read (truncated, or still syncing?)"
+    why = (
+        "is missing"
+        if not os.path.lexists(last)
+        else "cannot be read (truncated, or still syncing?)"
+    )
     kept = []
     best = checkpoint_epoch(run_dir / BEST)
     if best is not None:
@@ -63,32 +72,46 @@ def damaged_message(run_dir: str | os.PathLike, speak: str = "cli") -> str:
     steps = [f"{advice(speak, 'overwrite')} to delete them and start again", advice(speak, "out")]
     if best is not None:  # best.pt is a full checkpoint: a run can go on from it
         where = os.path.abspath(run_dir / BEST)
-        steps.insert(0, "continue from best.pt with " + (f"python -m cifarkit train --resume {shlex.quote(where)}"
-                                                         if speak == "cli" else f"fit(cfg, resume={where!r})"))
-    return (f"{run_dir}'s {LAST} {why}, but the folder holds {', '.join(kept)}: nothing was changed; "
-            f"{', '.join(steps[:-1])} or {steps[-1]}")
+        steps.insert(
+            0,
+            "continue from best.pt with "
+            + (
+                f"python -m cifarkit train --resume {shlex.quote(where)}"
+                if speak == "cli"
+                else f"fit(cfg, resume={where!r})"
+            ),
+        )
+    return (
+        f"{run_dir}'s {LAST} {why}, but the folder holds {', '.join(kept)}: nothing was changed; "
+        f"{', '.join(steps[:-1])} or {steps[-1]}"
+    )
 
 
 def check_run_dir(run_dir: str | os.PathLike, overwrite: bool, speak: str = "cli") -> RunState:
-    """Refuse a folder that holds a run unless `overwrite`; returns its state. One-line RunDirError, worded
-    for `speak` ("cli": flags, "python": fit's arguments)."""
+    """Refuse a folder that holds a run unless `overwrite`; returns its state. One-line RunDirError,
+    worded for `speak` ("cli": flags, "python": fit's arguments)."""
     run_dir = Path(run_dir)
     state = run_state(run_dir)
     if state == "unfinished" and not overwrite:
         last = run_dir / LAST
-        raise RunDirError(f"{run_dir} already holds an unfinished run (last.pt after epoch {checkpoint_epoch(last)}); "
-                          f"{advice(speak, 'resume', last)}, or {advice(speak, 'overwrite')} or "
-                          f"{advice(speak, 'out')}")
+        raise RunDirError(
+            f"{run_dir} already holds an unfinished run (last.pt after epoch"
+            f" {checkpoint_epoch(last)}); {advice(speak, 'resume', last)}, or"
+            f" {advice(speak, 'overwrite')} or {advice(speak, 'out')}"
+        )
     if state == "finished" and not overwrite:
-        raise RunDirError(f"{run_dir} already holds a finished run; {advice(speak, 'overwrite')} or "
-                          f"{advice(speak, 'out')}")
+        raise RunDirError(
+            f"{run_dir} already holds a finished run; {advice(speak, 'overwrite')} or "
+            f"{advice(speak, 'out')}"
+        )
     if state == "damaged" and not overwrite:
         raise RunDirError(damaged_message(run_dir, speak))
     return state
 
 
 def remove_temp_files(run_dir: str | os.PathLike) -> None:
-    """Remove ``.*.tmp`` files left by a process killed mid-write (never a real file; see atomic_write)."""
+    """Remove ``.*.tmp`` files left by a process killed mid-write (never a real file; see
+    atomic_write)."""
     for stale in Path(run_dir).glob(".*.tmp"):
         stale.unlink(missing_ok=True)
 
@@ -102,10 +125,11 @@ def clear_run_dir(run_dir: str | os.PathLike) -> None:
 
 
 def ensure_writable(run_dir: str | os.PathLike) -> None:
-    """Fail now, in one line, if files cannot be created in `run_dir` (read-only, permission, a file).
+    """Fail now, in one line, if files cannot be created in `run_dir` (read-only, permission, a
+    file).
 
-    Creates and removes a probe file; folders it had to create are removed again, so it leaves the file
-    system as it found it.
+    Creates and removes a probe file; folders it had to create are removed again, so it leaves the
+    file system as it found it.
     """
     run_dir = Path(run_dir)
     created: list[Path] = []
@@ -123,11 +147,15 @@ def ensure_writable(run_dir: str | os.PathLike) -> None:
         _remove_empty(created)
 
 
-def interrupt_message(run_dir: str | os.PathLike, signum: int = signal.SIGINT, epoch: int | None = None,
-                      speak: str = "cli") -> str:
-    """What `fit` prints (to stderr) when stopped by `signum` during 1-based `epoch`: the epoch that really
-    is in RUN/last.pt (read from the file) and how to resume (worded for `speak`), or that nothing can be
-    resumed."""
+def interrupt_message(
+    run_dir: str | os.PathLike,
+    signum: int = signal.SIGINT,
+    epoch: int | None = None,
+    speak: str = "cli",
+) -> str:
+    """What `fit` prints (to stderr) when stopped by `signum` during 1-based `epoch`: the epoch that
+    really is in RUN/last.pt (read from the file) and how to resume (worded for `speak`), or that
+    nothing can be resumed."""
     last = Path(run_dir) / LAST
     saved = checkpoint_epoch(last)
     during = f" during epoch {epoch}" if epoch is not None else ""

@@ -1,9 +1,11 @@
-"""Building a run: the one setup `fit`, the LR range test and a finished run's loading share. From a config
-(and a network object or factory passed beside it) it makes, in this order: device and precision with
-their reasons, the seeded random state, the data (refused on resume when it is not the run's), the splits,
-the network (initialised, in the chosen memory layout, probed), then, for training, the loaders, the
-optimiser, schedule, weight averager and the `TrainStep`. It prints what it chose; it writes no files.
+"""Building a run: the one setup `fit`, the LR range test and a finished run's loading share. From a
+config (and a network object or factory passed beside it) it makes, in this order: device and
+precision with their reasons, the seeded random state, the data (refused on resume when it is not
+the run's), the splits, the network (initialised, in the chosen memory layout, probed), then, for
+training, the loaders, the optimiser, schedule, weight averager and the `TrainStep`. It prints what
+it chose; it writes no files.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +25,15 @@ from ..data.dataset import Cifar10, DataError, fingerprint
 from ..data.loader import DeviceLoader, normalize
 from ..data.sources import load_cifar10
 from ..data.splits import Splits, make_splits
-from ..hardware import (PRECISION_NAME, autocast, choose_channels_last, choose_precision, hardware_string,
-                        model_is_nhwc, resolve_device)
+from ..hardware import (
+    PRECISION_NAME,
+    autocast,
+    choose_channels_last,
+    choose_precision,
+    hardware_string,
+    model_is_nhwc,
+    resolve_device,
+)
 from ..models import build_model, count_parameters, probe
 from ..models.check import failure_text, output_sum
 from ..models.identity import materialize, network_identity
@@ -32,34 +41,41 @@ from ..models.registry import passed_object_notes
 from ..optim import Averager, make_averager, make_optimizer, make_scheduler
 from .step import BatchFn, LossFn, TrainStep
 
-STAGES = ("network", "loaders", "step")  # how far `build_run` goes: each stage includes those before it
+# how far `build_run` goes: each stage includes those before it
+STAGES = ("network", "loaders", "step")
 
 
 @dataclass
 class Run:
-    """What `build_run` made: everything one run holds while it trains (the trainer adds its history)."""
+    """What `build_run` made: everything one run holds while it trains (the trainer adds its
+    history)."""
 
-    cfg: TrainConfig                      # the config as run: data_fingerprint filled in
+    cfg: TrainConfig  # the config as run: data_fingerprint filled in
     device: torch.device
-    amp_dtype: Optional[torch.dtype]      # None: fp32
-    precision_reason: str                 # why this precision (printed, saved in results.json)
+    amp_dtype: Optional[torch.dtype]  # None: fp32
+    precision_reason: str  # why this precision (printed, saved in results.json)
     data: Cifar10
     splits: Splits
-    model: nn.Module                      # the network, initialised, on the device, in its memory layout
-    nhwc: bool                            # the memory layout chosen (True: channels_last); a resumed run keeps it
-    identity: dict                        # the network's code (models.identity), saved in every checkpoint
-    seeded_init: bool                     # False: an object came with weights drawn before anything was seeded
-    loader: Optional[DeviceLoader] = None       # stage "loaders": the training batches
+    # the network, initialised, on the device, in its memory layout
+    model: nn.Module
+    # the memory layout chosen (True: channels_last); a resumed run keeps it
+    nhwc: bool
+    # the network's code (models.identity), saved in every checkpoint
+    identity: dict
+    # False: an object came with weights drawn before anything was seeded
+    seeded_init: bool
+    loader: Optional[DeviceLoader] = None  # stage "loaders": the training batches
     eval_loader: Optional[DeviceLoader] = None  # stage "loaders": validation (or test) batches
-    step: Optional[TrainStep] = None            # stage "step": optimiser, schedule, averager, hooks
+    step: Optional[TrainStep] = None  # stage "step": optimiser, schedule, averager, hooks
     averager: Optional[Averager] = None
     history: list = field(default_factory=list)  # the trainer's: one row per finished epoch
-    start_epoch: int = 0                  # epochs done before this process (a resumed run)
-    current_epoch: int = 0                # 0-based epoch in progress (for the interrupt message)
+    start_epoch: int = 0  # epochs done before this process (a resumed run)
+    current_epoch: int = 0  # 0-based epoch in progress (for the interrupt message)
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights that are evaluated: the averager's (EMA) where there is one, else the network."""
+        """The weights that are evaluated: the averager's (EMA) where there is one, else the
+        network."""
         return self.averager.eval_model(self.model) if self.averager is not None else self.model
 
     @property
@@ -68,16 +84,25 @@ class Run:
         return {"precision": PRECISION_NAME[self.amp_dtype], "channels_last": self.nhwc}
 
 
-def build_run(cfg: TrainConfig, data: Cifar10 | None = None, *, model: nn.Module | object | None = None,
-              ckpt: dict | None = None, batch_fn: BatchFn | None = None, loss_fn: LossFn | None = None,
-              upto: str = "step", verbose: bool = True) -> Run:
+def build_run(
+    cfg: TrainConfig,
+    data: Cifar10 | None = None,
+    *,
+    model: nn.Module | object | None = None,
+    ckpt: dict | None = None,
+    batch_fn: BatchFn | None = None,
+    loss_fn: LossFn | None = None,
+    upto: str = "step",
+    verbose: bool = True,
+) -> Run:
     """The run of `cfg`, built up to stage `upto` ("network", "loaders" or "step"; see `STAGES`).
 
-    `model`: a network object (used as it is) or a zero-argument factory (called after seeding, so its
-    initial weights follow cfg.seed) instead of `cfg.model`. `ckpt`: the checkpoint a run resumes or was
-    loaded from: its data fingerprint is checked, its "auto" choices (precision, layout) are kept and a
-    network that initialises itself from data is not (its weights come from the checkpoint). Seeds torch
-    and Python's `random` with cfg.seed. `verbose` prints the config and every choice with its reason.
+    `model`: a network object (used as it is) or a zero-argument factory (called after seeding, so
+    its initial weights follow cfg.seed) instead of `cfg.model`. `ckpt`: the checkpoint a run
+    resumes or was loaded from: its data fingerprint is checked, its "auto" choices (precision,
+    layout) are kept and a network that initialises itself from data is not (its weights come from
+    the checkpoint). Seeds torch and Python's `random` with cfg.seed. `verbose` prints the config
+    and every choice with its reason.
     """
     check_choice("upto", upto, STAGES)
     device = resolve_device(cfg.device)
@@ -85,79 +110,145 @@ def build_run(cfg: TrainConfig, data: Cifar10 | None = None, *, model: nn.Module
     amp_dtype, reason = choose_precision(cfg.precision, device, kept=kept.get("precision"))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    data, found = load_run_data(cfg, data, cfg.data_fingerprint if ckpt is not None else "",
-                                trained_on=ckpt["config"].get("data") if ckpt is not None else None)
+    data, found = load_run_data(
+        cfg,
+        data,
+        cfg.data_fingerprint if ckpt is not None else "",
+        trained_on=ckpt["config"].get("data") if ckpt is not None else None,
+    )
     cfg = dataclasses.replace(cfg, data_fingerprint=found)
     splits = make_splits(cfg, data)
     if len(splits.train[1]) == 0:
-        raise ConfigError("the training split is empty: there is nothing to train on or initialise from "
-                          "(check --data, --limit-train and --val-split)")
+        raise ConfigError(
+            "the training split is empty: there is nothing to train on or initialise from "
+            "(check --data, --limit-train and --val-split)"
+        )
     factory = model if model is not None and not isinstance(model, nn.Module) else None
     if verbose:
         print(cfg)
-        print(f"device: {device} ({hardware_string(device)}), torch {torch.__version__}\nprecision: {reason}")
-        print(f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()} images "
-              f"from {data.source or 'torchvision'}")
-        for line in passed_object_notes(cfg.model, None if factory else model, factory, resumed=ckpt is not None):
+        print(
+            f"device: {device} ({hardware_string(device)}), torch {torch.__version__}\nprecision:"
+            f" {reason}"
+        )
+        print(
+            f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()}"
+            f" images from {data.source or 'torchvision'}"
+        )
+        for line in passed_object_notes(
+            cfg.model, None if factory else model, factory, resumed=ckpt is not None
+        ):
             print(line)
     if factory is not None:
-        model = build_model(factory, cfg.dropout)  # after seeding: its initial weights follow cfg.seed
-    net = model_for_config(cfg, splits.train[0], device, model=model, from_data=ckpt is None, verbose=verbose,
-                           layout=kept.get("channels_last"))
+        # after seeding: its initial weights follow cfg.seed
+        model = build_model(factory, cfg.dropout)
+    net = model_for_config(
+        cfg,
+        splits.train[0],
+        device,
+        model=model,
+        from_data=ckpt is None,
+        verbose=verbose,
+        layout=kept.get("channels_last"),
+    )
     nhwc = model_is_nhwc(net)  # the batches follow the model's layout
-    if cfg.precision == "auto" and "precision" not in kept:  # only among the precisions the network runs in
-        amp_dtype, reason = precision_that_works(net, normalize(splits.train[0][:8].to(device), nhwc), device,
-                                                 amp_dtype, reason)
+    # only among the precisions the network runs in
+    if cfg.precision == "auto" and "precision" not in kept:
+        amp_dtype, reason = precision_that_works(
+            net, normalize(splits.train[0][:8].to(device), nhwc), device, amp_dtype, reason
+        )
     if verbose:
         print(f"model: {cfg.model}, {count_parameters(net):,} parameters")
-    run = Run(cfg, device, amp_dtype, reason, data, splits, net, nhwc, network_identity(net, cfg.model),
-              seeded_init=factory is not None or model is None or ckpt is not None)
+    run = Run(
+        cfg,
+        device,
+        amp_dtype,
+        reason,
+        data,
+        splits,
+        net,
+        nhwc,
+        network_identity(net, cfg.model),
+        seeded_init=factory is not None or model is None or ckpt is not None,
+    )
     if upto == "network":
         return run
-    run.loader = DeviceLoader.from_config(*splits.train, cfg, train=True, device=device, channels_last=nhwc)
-    run.eval_loader = DeviceLoader.from_config(*splits.eval, cfg, train=False, device=device, channels_last=nhwc)
+    run.loader = DeviceLoader.from_config(
+        *splits.train, cfg, train=True, device=device, channels_last=nhwc
+    )
+    run.eval_loader = DeviceLoader.from_config(
+        *splits.eval, cfg, train=False, device=device, channels_last=nhwc
+    )
     if upto == "loaders":
         return run
     optimizer = make_optimizer(net, cfg)
     run.averager = make_averager(cfg, net, cfg.epochs * len(run.loader))
-    run.step = TrainStep(prepare_train_model(net, device=device, cuda_graphs=cfg.cuda_graphs, compile=cfg.compile),
-                         optimizer, amp_dtype, cfg.label_smoothing, make_scheduler(optimizer, cfg, len(run.loader)),
-                         run.averager, batch_fn, loss_fn)
+    run.step = TrainStep(
+        prepare_train_model(net, device=device, cuda_graphs=cfg.cuda_graphs, compile=cfg.compile),
+        optimizer,
+        amp_dtype,
+        cfg.label_smoothing,
+        make_scheduler(optimizer, cfg, len(run.loader)),
+        run.averager,
+        batch_fn,
+        loss_fn,
+    )
     return run
 
 
-def model_for_config(cfg, train_images: torch.Tensor, device: torch.device, *, model: nn.Module | None = None,
-                     from_data: bool = True, verbose: bool = False, layout: bool | None = None) -> nn.Module:
-    """The network of `cfg` (or the object `model`, when one was passed beside the config) on `device`, in
-    the memory layout the config's `channels_last` picks (on a CPU, "auto" measures both layouts with this
-    network: `hardware.choose_channels_last`; `verbose` prints the choice). With `from_data`, a network
-    that initialises itself from data (CompactNet's whitening conv) sees the first 5,000 training images
-    (a resumed run loads those weights instead). `layout` (True: NHWC) is the layout a resumed run chose
+def model_for_config(
+    cfg,
+    train_images: torch.Tensor,
+    device: torch.device,
+    *,
+    model: nn.Module | None = None,
+    from_data: bool = True,
+    verbose: bool = False,
+    layout: bool | None = None,
+) -> nn.Module:
+    """The network of `cfg` (or the object `model`, when one was passed beside the config) on
+    `device`, in the memory layout the config's `channels_last` picks (on a CPU, "auto" measures
+    both layouts with this network: `hardware.choose_channels_last`; `verbose` prints the choice).
+    With `from_data`, a network that initialises itself from data (CompactNet's whitening conv) sees
+    the first 5,000 training images (a resumed run loads those weights instead). `layout` (True:
+    NHWC) is the layout a resumed run chose
     when it started: kept, so it computes as it did, whatever a new measurement would say."""
     net = model if model is not None else build_model(cfg.model, cfg.dropout)
-    materialize(net)  # lazy modules get their parameters before anything counts, moves or measures them
+    # lazy modules get their parameters before anything counts, moves or measures them
+    materialize(net)
     if from_data and hasattr(net, "init_from_data"):
         net.init_from_data(normalize(train_images[:5000]))
     net = net.to(device)
     amp_dtype = choose_precision(cfg.precision, device)[0]
     if layout is not None:
-        nhwc, why = bool(layout), f"{'channels_last' if layout else 'NCHW'} (as the run chose when it started)"
+        nhwc, why = (
+            bool(layout),
+            f"{'channels_last' if layout else 'NCHW'} (as the run chose when it started)",
+        )
     else:
-        nhwc, why = choose_channels_last(cfg.channels_last, device, amp_dtype, model=net,
-                                         batch=min(cfg.batch_size, 64))
+        nhwc, why = choose_channels_last(
+            cfg.channels_last, device, amp_dtype, model=net, batch=min(cfg.batch_size, 64)
+        )
     if verbose:
         print(f"layout: {why}")
     net = net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-    probe(net, normalize(train_images[:2].to(device), nhwc))  # refuse a network that cannot classify, before training
+    # refuse a network that cannot classify, before training
+    probe(net, normalize(train_images[:2].to(device), nhwc))
     return net
 
 
-def precision_that_works(model: nn.Module, x: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None,
-                         reason: str) -> tuple[torch.dtype | None, str]:
-    """(`amp_dtype`, `reason`) when one forward + backward of `x` through a copy of `model` runs in that
-    precision with a finite result; (None, why) when it does not but fp32 does, so "auto" never picks a
-    precision the network cannot train in. A network that fails in fp32 too keeps `amp_dtype`: the checks
-    that follow report its own error. The copy runs with the random state forked; `model` is not touched."""
+def precision_that_works(
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    reason: str,
+) -> tuple[torch.dtype | None, str]:
+    """(`amp_dtype`, `reason`) when one forward + backward of `x` through a copy of `model` runs in
+    that precision with a finite result; (None, why) when it does not but fp32 does, so "auto" never
+    picks a precision the network cannot train in. A network that fails in fp32 too keeps
+    `amp_dtype`: the checks that follow report its own error. The copy runs with the random state
+    forked; `model` is not touched.
+    """
     if amp_dtype is None:
         return amp_dtype, reason
 
@@ -184,15 +275,20 @@ def precision_that_works(model: nn.Module, x: torch.Tensor, device: torch.device
     return None, new
 
 
-def load_run_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str,
-                  trained_on: str | None = None) -> tuple[Cifar10, str]:
-    """The run's data and its fingerprint; on resume (`saved_fingerprint` given), refuse in one line a source
-    that does not hold the images the run started with, naming where those were (`trained_on`, the saved
-    config's data) and, when $CIFARKIT_DATA chose the new source, that variable."""
+def load_run_data(
+    cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str, trained_on: str | None = None
+) -> tuple[Cifar10, str]:
+    """The run's data and its fingerprint; on resume (`saved_fingerprint` given), refuse in one line
+    a source that does not hold the images the run started with, naming where those were
+    (`trained_on`, the saved config's data) and, when $CIFARKIT_DATA chose the new source, that
+    variable."""
     where = trained_on or "torchvision's CIFAR-10"
     env = os.environ.get("CIFARKIT_DATA")
-    hint = (f"; $CIFARKIT_DATA={env} chose it: unset it, or pass --data {where}" if env and cfg.data == env
-            else f"; resume with --data {where}")
+    hint = (
+        f"; $CIFARKIT_DATA={env} chose it: unset it, or pass --data {where}"
+        if env and cfg.data == env
+        else f"; resume with --data {where}"
+    )
     if data is None:
         try:
             data = load_cifar10(cfg.data, cfg.data_root, progress=cfg.progress)
@@ -202,6 +298,8 @@ def load_run_data(cfg: TrainConfig, data: Cifar10 | None, saved_fingerprint: str
             raise DataError(f"{e} (the run being resumed was trained on {where}{hint})") from None
     found = fingerprint(data)  # hashes every image (~0.3 s for CIFAR-10): once per run
     if saved_fingerprint and found != saved_fingerprint:
-        raise DataError(f"{data.source or 'the data'} is not the dataset this run started on (fingerprint "
-                        f"{found}, run: {saved_fingerprint}, trained on {where}){hint}")
+        raise DataError(
+            f"{data.source or 'the data'} is not the dataset this run started on (fingerprint "
+            f"{found}, run: {saved_fingerprint}, trained on {where}){hint}"
+        )
     return data, found

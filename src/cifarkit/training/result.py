@@ -1,5 +1,6 @@
-"""What a run leaves behind, read back: `FitResult` (what `fit` returns) and a finished run loaded from its
-folder without training (built as `fit` builds it: `build.build_run`)."""
+"""What a run leaves behind, read back: `FitResult` (what `fit` returns) and a finished run loaded
+from its folder without training (built as `fit` builds it: `build.build_run`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,12 @@ from ..config import TrainConfig
 from ..data.dataset import Cifar10
 from ..data.splits import make_splits
 from ..report import epoch_line, final_line
-from ..runfolder.checkpoint import config_from_checkpoint, load_checkpoint, load_weights, reported_weights
+from ..runfolder.checkpoint import (
+    config_from_checkpoint,
+    load_checkpoint,
+    load_weights,
+    reported_weights,
+)
 from ..runfolder.files import LAST, RESULTS
 from ..runfolder.lock import RunDirError, advice
 from .build import build_run
@@ -35,18 +41,28 @@ class FitResult:
     exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
     loaded: bool = False  # resume="auto" found this run finished and loaded it instead of training
 
-    def test_predictions(self, tta: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(test images uint8, labels, probabilities) of the evaluated model on the run's test split, with the
-        run's device and precision, and test-time augmentation `tta` (default: the run's final TTA)."""
+    def test_predictions(
+        self, tta: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(test images uint8, labels, probabilities) of the evaluated model on the run's test
+        split, with the run's device and precision, and test-time augmentation `tta` (default: the
+        run's final TTA).
+        """
         images, labels = make_splits(self.config, self.data).test
-        probs, labels = predict_images(self.model, images, labels, precision=self.config.precision,
-                                       tta=tta or self.config.tta, batch_size=self.config.eval_batch_size)
+        probs, labels = predict_images(
+            self.model,
+            images,
+            labels,
+            precision=self.config.precision,
+            tta=tta or self.config.tta,
+            batch_size=self.config.eval_batch_size,
+        )
         return images, labels, probs
 
 
 def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
-    """A finished run of `cfg` loaded from its folder (into `model`, an object or factory, when given),
-    reported as `fit` reported it, with no training."""
+    """A finished run of `cfg` loaded from its folder (into `model`, an object or factory, when
+    given), reported as `fit` reported it, with no training."""
     run_dir = Path(cfg.out)
     ckpt = load_checkpoint(run_dir / LAST)
     saved = config_from_checkpoint(ckpt, run_dir / LAST)
@@ -55,20 +71,34 @@ def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
         if not isinstance(final, dict):
             raise ValueError("not a JSON object")
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RunDirError(f"{run_dir / RESULTS} cannot be read ({type(e).__name__}: truncated or corrupt?); the "
-                          f"run's checkpoints are intact: {advice('python', 'overwrite')} to train again, or "
-                          f"{advice('python', 'out')}") from None
+        raise RunDirError(
+            f"{run_dir / RESULTS} cannot be read ({type(e).__name__}: truncated or corrupt?); the "
+            f"run's checkpoints are intact: {advice('python', 'overwrite')} to train again, or "
+            f"{advice('python', 'out')}"
+        ) from None
     history = list(ckpt.get("history", []))
-    run_cfg = dataclasses.replace(saved, out=cfg.out, progress=cfg.progress, device=cfg.device,
-                                  data=cfg.data if cfg.data is not None else saved.data)
-    run = build_run(run_cfg, data, model=model, ckpt=ckpt, upto="network", verbose=False)  # refuses other images
+    run_cfg = dataclasses.replace(
+        saved,
+        out=cfg.out,
+        progress=cfg.progress,
+        device=cfg.device,
+        data=cfg.data if cfg.data is not None else saved.data,
+    )
+    # refuses other images
+    run = build_run(run_cfg, data, model=model, ckpt=ckpt, upto="network", verbose=False)
     model, data = run.model, run.data
     load_weights(model, reported_weights(ckpt), run_dir / LAST, run_cfg.model)
-    print(f"{run_dir} holds a finished run with these settings: loaded, not trained again "
-          f"({advice('python', 'overwrite')} to train it again)")
-    print(f"trained on {final.get('hardware')}, {final.get('precision')}, torch {final.get('torch')}; "
-          f"{final.get('wall_seconds', 0) / 60:.1f} min")
+    print(
+        f"{run_dir} holds a finished run with these settings: loaded, not trained again "
+        f"({advice('python', 'overwrite')} to train it again)"
+    )
+    print(
+        f"trained on {final.get('hardware')}, {final.get('precision')}, torch {final.get('torch')};"
+        f" {final.get('wall_seconds', 0) / 60:.1f} min"
+    )
     for h in history:
-        print(epoch_line(h, len(history), "test" if final.get("eval_set") == "test" else "validation"))
+        print(
+            epoch_line(h, len(history), "test" if final.get("eval_set") == "test" else "validation")
+        )
     print(final_line(final))
     return FitResult(run_cfg, history, model.eval(), run_dir, final=final, data=data, loaded=True)

@@ -5,6 +5,7 @@
 signals: build the run, `_restore` a checkpoint's state, `_train_loop` (epochs, checkpoints) and
 `_final_results` (the separate final test).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,21 +18,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_write_json
 from ..config import TrainConfig
 from ..data.dataset import Cifar10
 from ..data.loader import DeviceLoader
 from ..hardware import PRECISION_NAME, hardware_string, model_is_nhwc, peak_rss_mb
 from ..models import count_parameters, spec_string
 from ..report import epoch_line, result_line
-from ..runfolder.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_weights,
-                                    rng_state, save_checkpoint, set_rng_state)
-from ..atomic import atomic_write_json
+from ..runfolder.checkpoint import (
+    CheckpointError,
+    config_from_checkpoint,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ..runfolder.files import BEST, CONFIG, LAST, RESULTS, write_history
 from ..runfolder.lock import RunDirError, RunLock
 from ..runfolder.resume import auto_resume, check_same_network, network_now, resume_config
 from ..runfolder.signals import StopSignals
-from ..runfolder.state import (check_run_dir, clear_run_dir, ensure_writable, interrupt_message,
-                               remove_temp_files, run_state)
+from ..runfolder.state import (
+    check_run_dir,
+    clear_run_dir,
+    ensure_writable,
+    interrupt_message,
+    remove_temp_files,
+    run_state,
+)
 from .build import Run, build_run
 from .evaluate import evaluate
 from .result import FitResult, load_finished
@@ -42,19 +56,31 @@ from .step import BatchFn, LossFn, train_one_epoch
 class Caller:
     """Who started the run, for what only the command line needs (`cli.py` builds one)."""
 
-    speak: str = "python"              # "cli": messages name command-line flags, not fit's arguments
-    explicit: set[str] | None = None   # on resume: the options given on purpose (see `resume_config`)
-    lock: RunLock | None = None        # a lock already held on the run folder (taken before torch loads)
+    # "cli": messages name command-line flags, not fit's arguments
+    speak: str = "python"
+    # on resume: the options given on purpose (see `resume_config`)
+    explicit: set[str] | None = None
+    # a lock already held on the run folder (taken before torch loads)
+    lock: RunLock | None = None
 
 
 def _checkpoint(run: Run, epoch: int) -> dict:
-    """What last.pt / best.pt hold (the "ema" / "lookahead" entry is the averager's, None without one)."""
+    """What last.pt / best.pt hold (the "ema" / "lookahead" entry is the averager's, None without
+    one)."""
     step, kind = run.step, run.averager.key if run.averager is not None else None
-    return {"config": run.cfg.to_dict(), "network": run.identity, "choices": run.choices,
-            "model": run.model.state_dict(), "epoch": epoch, "history": run.history,
-            "optimizer": step.optimizer.state_dict(), "scheduler": step.scheduler.state_dict(),
-            **{key: run.averager.state_dict() if key == kind else None for key in ("ema", "lookahead")},
-            "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None, "rng": rng_state()}
+    return {
+        "config": run.cfg.to_dict(),
+        "network": run.identity,
+        "choices": run.choices,
+        "model": run.model.state_dict(),
+        "epoch": epoch,
+        "history": run.history,
+        "optimizer": step.optimizer.state_dict(),
+        "scheduler": step.scheduler.state_dict(),
+        **{key: run.averager.state_dict() if key == kind else None for key in ("ema", "lookahead")},
+        "scaler": step.scaler.state_dict() if step.scaler.is_enabled() else None,
+        "rng": rng_state(),
+    }
 
 
 def _restore(run: Run, ckpt: dict, path) -> None:
@@ -75,30 +101,57 @@ def _restore(run: Run, ckpt: dict, path) -> None:
 
 
 def _train_loop(run: Run, run_dir: Path, stop: StopSignals) -> None:
-    """Epochs 1..N: train, evaluate single-view, then (inside a critical section) checkpoint and history."""
+    """Epochs 1..N: train, evaluate single-view, then (inside a critical section) checkpoint and
+    history."""
     cfg, history = run.cfg, run.history
     best = max((h["eval_accuracy"] for h in history), default=-1.0)
-    for epoch in range(run.start_epoch, cfg.epochs):  # 0-based here; every printed or saved epoch is 1-based
+    # 0-based here; every printed or saved epoch is 1-based
+    for epoch in range(run.start_epoch, cfg.epochs):
         run.current_epoch = epoch
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout RNG depends only on (seed, epoch)
         run.loader.set_epoch(epoch)
         if cfg.progress:
             print(f"EPOCH: {epoch + 1}")
-        tr = train_one_epoch(run.step, run.loader, epoch=epoch, progress=cfg.progress, check_every=cfg.check_every,
-                             between_batches=stop.check)
+        tr = train_one_epoch(
+            run.step,
+            run.loader,
+            epoch=epoch,
+            progress=cfg.progress,
+            check_every=cfg.check_every,
+            between_batches=stop.check,
+        )
         if run.averager is not None:
             run.averager.end_epoch(run.model)
-        ev = evaluate(run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta="none", verbose=cfg.progress,
-                      label=run.splits.eval_name)
-        stop.check()  # a Ctrl-C the network's own code swallowed (a bare except in its forward) stops here
-        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-               "eval_loss": ev["loss"], "eval_accuracy": ev["accuracy"], "eval_correct": ev["correct"],
-               "eval_total": ev["total"], "eval_tta": "none", "lr": tr["lr"], "train_seconds": tr["seconds"],
-               "eval_seconds": ev["seconds"], "images_per_second": tr["images_per_second"], "lrs": tr["lrs"]}
+        ev = evaluate(
+            run.eval_model,
+            run.eval_loader,
+            amp_dtype=run.amp_dtype,
+            tta="none",
+            verbose=cfg.progress,
+            label=run.splits.eval_name,
+        )
+        # a Ctrl-C the network's own code swallowed (a bare except in its forward) stops here
+        stop.check()
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tr["loss"],
+            "train_accuracy": tr["accuracy"],
+            "eval_loss": ev["loss"],
+            "eval_accuracy": ev["accuracy"],
+            "eval_correct": ev["correct"],
+            "eval_total": ev["total"],
+            "eval_tta": "none",
+            "lr": tr["lr"],
+            "train_seconds": tr["seconds"],
+            "eval_seconds": ev["seconds"],
+            "images_per_second": tr["images_per_second"],
+            "lrs": tr["lrs"],
+        }
         if not cfg.progress:  # one line per epoch for logs
             print(epoch_line(row, cfg.epochs, run.splits.eval_name.lower()), flush=True)
-        # Checkpoint first, history files second, both inside a critical section: a signal waits until they
-        # are written, and a kill at any moment leaves every epoch the history shows resumable from last.pt.
+        # Checkpoint first, history files second, both inside a critical section: a signal waits
+        # until they are written, and a kill at any moment leaves every epoch the history shows
+        # resumable from last.pt.
         with stop.critical():
             history.append(row)
             save_checkpoint(run_dir / LAST, _checkpoint(run, epoch + 1))
@@ -109,64 +162,105 @@ def _train_loop(run: Run, run_dir: Path, stop: StopSignals) -> None:
 
 
 def _final_results(run: Run, run_dir: Path, wall_start: float) -> dict:
-    """The final test: single view (the last epoch's line when it was the test set) and, separately, TTA."""
+    """The final test: single view (the last epoch's line when it was the test set) and, separately,
+    TTA."""
     cfg, history, last = run.cfg, run.history, run.history[-1]
     test_loader = run.eval_loader
     if run.splits.eval_name == "Test":
-        single = {"loss": last["eval_loss"], "accuracy": last["eval_accuracy"], "correct": last["eval_correct"],
-                  "total": last["eval_total"]}
+        single = {
+            "loss": last["eval_loss"],
+            "accuracy": last["eval_accuracy"],
+            "correct": last["eval_correct"],
+            "total": last["eval_total"],
+        }
     else:
-        test_loader = DeviceLoader.from_config(*run.splits.test, cfg, train=False, device=run.device,
-                                               channels_last=model_is_nhwc(run.model))
-        single = evaluate(run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta="none", verbose=False)
+        test_loader = DeviceLoader.from_config(
+            *run.splits.test,
+            cfg,
+            train=False,
+            device=run.device,
+            channels_last=model_is_nhwc(run.model),
+        )
+        single = evaluate(
+            run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta="none", verbose=False
+        )
         print(result_line("test", "none", single))
     results = {
-        "model": cfg.model, "parameters": count_parameters(run.model), "epochs": len(history),
-        "test_total": single["total"], "single_view_accuracy": single["accuracy"],
-        "single_view_correct": single["correct"], "single_view_loss": single["loss"],
-        "tta": cfg.tta, "tta_accuracy": None, "tta_correct": None, "tta_loss": None,
+        "model": cfg.model,
+        "parameters": count_parameters(run.model),
+        "epochs": len(history),
+        "test_total": single["total"],
+        "single_view_accuracy": single["accuracy"],
+        "single_view_correct": single["correct"],
+        "single_view_loss": single["loss"],
+        "tta": cfg.tta,
+        "tta_accuracy": None,
+        "tta_correct": None,
+        "tta_loss": None,
         "best_eval_accuracy": max(h["eval_accuracy"] for h in history),
         "best_eval_epoch": max(history, key=lambda h: h["eval_accuracy"])["epoch"],
         "eval_set": run.splits.eval_name.lower(),
         "weights": "ema" if run.averager is not None and run.averager.key == "ema" else "model",
         "layout": "channels_last" if run.nhwc else "NCHW",
-        "seeded_init": run.seeded_init}
-    if cfg.tta != "none" and run.splits.eval_name == "Validation":  # what recipe sweeps compare, TTA included
-        v = evaluate(run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False)
+        "seeded_init": run.seeded_init,
+    }
+    # what recipe sweeps compare, TTA included
+    if cfg.tta != "none" and run.splits.eval_name == "Validation":
+        v = evaluate(
+            run.eval_model, run.eval_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False
+        )
         results["eval_tta_accuracy"] = v["accuracy"]
         print(result_line("validation", cfg.tta, v))
     if cfg.tta != "none":
-        t = evaluate(run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False)
+        t = evaluate(
+            run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta=cfg.tta, verbose=False
+        )
         results.update(tta_accuracy=t["accuracy"], tta_correct=t["correct"], tta_loss=t["loss"])
         print(result_line("test", cfg.tta, t))
-    results.update({
-        "wall_seconds": time.perf_counter() - wall_start, "train_seconds": sum(h["train_seconds"] for h in history),
-        "hardware": hardware_string(run.device),
-        "precision": PRECISION_NAME[run.amp_dtype],  # as config.json and checkpoints name it
-        "precision_reason": run.precision_reason, "torch": torch.__version__, "peak_rss_mb": peak_rss_mb()})
+    results.update(
+        {
+            "wall_seconds": time.perf_counter() - wall_start,
+            "train_seconds": sum(h["train_seconds"] for h in history),
+            "hardware": hardware_string(run.device),
+            "precision": PRECISION_NAME[run.amp_dtype],  # as config.json and checkpoints name it
+            "precision_reason": run.precision_reason,
+            "torch": torch.__version__,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+    )
     atomic_write_json(run_dir / RESULTS, results)
     return results
 
 
-def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
-        overwrite: bool = False, model: nn.Module | object | None = None, batch_fn: BatchFn | None = None,
-        loss_fn: LossFn | None = None, caller: Caller | None = None) -> FitResult:
-    """Train the configured network for `cfg.epochs`, writing the run folder; resume from a checkpoint if given.
+def fit(
+    cfg: TrainConfig,
+    data: Cifar10 | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    model: nn.Module | object | None = None,
+    batch_fn: BatchFn | None = None,
+    loss_fn: LossFn | None = None,
+    caller: Caller | None = None,
+) -> FitResult:
+    """Train the configured network for `cfg.epochs`, writing the run folder; resume from a
+    checkpoint if given.
 
-    resume="auto" (for notebooks: "Run all" again, or after a disconnect) looks at `cfg.out` first: an empty
-    folder starts a run; an unfinished run with the same settings resumes from its last.pt; a finished one
-    with the same settings is loaded and reported without training (FitResult.loaded); a run with other
-    settings is refused in one line (pass overwrite=True, or set cfg.out to another folder), and so is a run
-    trained by other network code (`models.identity`: what counts as a change), here and on `resume=PATH`.
-    `model`: a network object (trained in place; its weights were drawn before `fit` seeded anything, so
-    results.json records seeded_init false) or a zero-argument factory such as the class itself (called
-    after seeding: reproducible from cfg.seed), used instead of `cfg.model`; the config records it as
-    `models.spec_string` names it. `batch_fn(x, y) -> (x, y)` changes every training batch (MixUp, CutMix);
-    `loss_fn(out, y) -> loss` replaces the label-smoothed cross-entropy and receives whatever the network
-    returns in training mode (auxiliary outputs too: evaluation uses the eval-mode logits). Neither hook is
-    recorded, so pass them again when resuming. `caller`: the command line's (`Caller`).
-    Ctrl-C / SIGTERM stop at a safe point (never inside a checkpoint write) and return interrupted=True.
-    A NaN / Inf loss raises step.DivergenceError; the last good checkpoint stays in place.
+    resume="auto" (for notebooks: "Run all" again, or after a disconnect) looks at `cfg.out` first:
+    an empty
+    folder starts a run; an unfinished run with the same settings resumes from its last.pt; a
+    finished one with the same settings is loaded and reported without training (FitResult.loaded);
+    a run with other settings is refused in one line (pass overwrite=True, or set cfg.out to another
+    folder), and so is a run trained by other network code (`models.identity`: what counts as a
+    change), here and on `resume=PATH`. `model`: a network object (trained in place; its weights
+    were drawn before `fit` seeded anything, so results.json records seeded_init false) or a
+    zero-argument factory such as the class itself (called after seeding: reproducible from
+    cfg.seed), used instead of `cfg.model`; the config records it as `models.spec_string` names it.
+    `batch_fn(x, y) -> (x, y)` changes every training batch (MixUp, CutMix); `loss_fn(out, y) ->
+    loss` replaces the label-smoothed cross-entropy and receives whatever the network returns in
+    training mode (auxiliary outputs too: evaluation uses the eval-mode logits). Neither hook is
+    recorded, so pass them again when resuming. `caller`: the command line's (`Caller`). Ctrl-C /
+    SIGTERM stop at a safe point (never inside a checkpoint write) and return interrupted=True. A
+    NaN / Inf loss raises step.DivergenceError; the last good checkpoint stays in place.
     """
     caller = caller or Caller()
     if model is not None:
@@ -178,42 +272,68 @@ def fit(cfg: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None
         return load_finished(cfg, data, model)
     run_dir = Path(cfg.out)
     if caller.lock is not None and caller.lock.run_dir.resolve() != run_dir.resolve():
-        raise RunDirError(f"the lock given to fit is on {caller.lock.run_dir}, but the run writes {run_dir}")
-    with StopSignals(exiting=caller.speak == "cli") as stop, (caller.lock or RunLock(run_dir, caller.speak)):
-        state = check_run_dir(run_dir, overwrite, caller.speak) if ckpt is None else run_state(run_dir)
+        raise RunDirError(
+            f"the lock given to fit is on {caller.lock.run_dir}, but the run writes {run_dir}"
+        )
+    with (
+        StopSignals(exiting=caller.speak == "cli") as stop,
+        caller.lock or RunLock(run_dir, caller.speak),
+    ):
+        state = (
+            check_run_dir(run_dir, overwrite, caller.speak) if ckpt is None else run_state(run_dir)
+        )
         if state == "finished" and ckpt is not None:
-            raise RunDirError(f"{run_dir} holds a finished run ({len(ckpt.get('history', []))} of {cfg.epochs} "
-                              "epochs and results.json): nothing to resume")
+            raise RunDirError(
+                f"{run_dir} holds a finished run ({len(ckpt.get('history', []))} of {cfg.epochs} "
+                "epochs and results.json): nothing to resume"
+            )
         ensure_writable(run_dir)  # a read-only --out fails now, with one line, not after an epoch
         run = None
         try:
-            run = build_run(cfg, data, model=model, ckpt=ckpt, batch_fn=batch_fn, loss_fn=loss_fn)  # writes nothing
+            # writes nothing
+            run = build_run(cfg, data, model=model, ckpt=ckpt, batch_fn=batch_fn, loss_fn=loss_fn)
             remove_temp_files(run_dir)
             if ckpt is not None:
                 _restore(run, ckpt, resume)
             elif overwrite or state == "empty":
-                clear_run_dir(run_dir)  # also the stale config / history of a run that never checkpointed
+                # also the stale config / history of a run that never checkpointed
+                clear_run_dir(run_dir)
             atomic_write_json(run_dir / CONFIG, run.cfg.to_dict())
-            wall_start = time.perf_counter() - sum(h["train_seconds"] + h["eval_seconds"] for h in run.history)
+            wall_start = time.perf_counter() - sum(
+                h["train_seconds"] + h["eval_seconds"] for h in run.history
+            )
             _train_loop(run, run_dir, stop)
             final = _final_results_once(run, run_dir, wall_start, stop)
         except KeyboardInterrupt as e:  # RunInterrupted (SIGINT / SIGTERM), or a plain one
             stop.delivered()  # from here on the run is stopping: later signals are not raised again
-            epoch = run.current_epoch + 1 if run is not None else None  # None: during the setup, no epoch yet
-            print(interrupt_message(run_dir, getattr(e, "signum", signal.SIGINT), epoch, caller.speak),
-                  file=sys.stderr)
+            # None: during the setup, no epoch yet
+            epoch = run.current_epoch + 1 if run is not None else None
+            print(
+                interrupt_message(
+                    run_dir, getattr(e, "signum", signal.SIGINT), epoch, caller.speak
+                ),
+                file=sys.stderr,
+            )
             if run is None:
                 e.reported = True  # the CLI adds no second line
                 raise
-            return FitResult(run.cfg, run.history, run.eval_model, run_dir, interrupted=True, data=run.data,
-                             exit_code=getattr(e, "exit_code", 130))
+            return FitResult(
+                run.cfg,
+                run.history,
+                run.eval_model,
+                run_dir,
+                interrupted=True,
+                data=run.data,
+                exit_code=getattr(e, "exit_code", 130),
+            )
     return FitResult(run.cfg, run.history, run.eval_model, run_dir, final=final, data=run.data)
 
 
 def _what_to_resume(cfg: TrainConfig, resume, overwrite: bool, model, caller: Caller) -> tuple:
-    """(what to resume: a checkpoint path, "finished" or None; its checkpoint or None; the config to run):
-    `resume` resolved ("auto": from the run folder, `runfolder.resume.auto_resume`), the checkpoint read,
-    the config merged with it (`resume_config`) and its network compared with `model`."""
+    """(what to resume: a checkpoint path, "finished" or None; its checkpoint or None; the config to
+    run): `resume` resolved ("auto": from the run folder, `runfolder.resume.auto_resume`), the
+    checkpoint read, the config merged with it (`resume_config`) and its network compared with
+    `model`."""
     explicit_path = resume is not None and resume != "auto"
     if resume == "auto":
         resume = auto_resume(cfg, overwrite, lambda: network_now(cfg, model))
@@ -221,21 +341,30 @@ def _what_to_resume(cfg: TrainConfig, resume, overwrite: bool, model, caller: Ca
         return resume, None, cfg
     ckpt = load_checkpoint(resume)
     if ckpt.get("resumable") is False:
-        raise CheckpointError(f"{resume} is an exported checkpoint (weights only): it can be evaluated, "
-                              f"not resumed; resume from the run folder's last.pt")
+        raise CheckpointError(
+            f"{resume} is an exported checkpoint (weights only): it can be evaluated, "
+            "not resumed; resume from the run folder's last.pt"
+        )
     cfg = resume_config(config_from_checkpoint(ckpt, resume), cfg, caller.explicit, resume)
     if explicit_path:  # resume="auto" compared it already
-        check_same_network(ckpt.get("network"), network_now(cfg, model), Path(resume).parent, caller.speak)
+        check_same_network(
+            ckpt.get("network"), network_now(cfg, model), Path(resume).parent, caller.speak
+        )
     return resume, ckpt, cfg
 
 
 def _final_results_once(run: Run, run_dir: Path, wall_start: float, stop: StopSignals) -> dict:
-    """`_final_results` inside a critical section; a signal that waited for results.json is reported."""
+    """`_final_results` inside a critical section; a signal that waited for results.json is
+    reported."""
     final = {}
     try:
         with stop.critical():
             final = _final_results(run, run_dir, wall_start)
-    except KeyboardInterrupt:  # the signal waited for results.json: the run is complete, report it so
+    # the signal waited for results.json: the run is complete, report it so
+    except KeyboardInterrupt:
         stop.delivered()
-        print("(interrupt received while the final results were written; the run is complete)", file=sys.stderr)
+        print(
+            "(interrupt received while the final results were written; the run is complete)",
+            file=sys.stderr,
+        )
     return final
