@@ -3,7 +3,7 @@
 Each op applies given per-image parameters: the loader draws one epoch's parameters for every image
 at once (`DeviceLoader`), so any subset of images can be re-augmented exactly
 (`DeviceLoader.preview`). All ops work on any device and never read a value back to the host (no GPU
-synchronisation). (This module is not called ``augment``: that name is the `cifarkit.augment`
+synchronisation). (This module is not called ``augment``: that name is the `data.loader.augment`
 function.)
 """
 

@@ -80,7 +80,7 @@ class DeviceLoader:
     order and augmentation depend only on those two numbers: a resumed run repeats them exactly.
     flip="alternate" (airbench) mirrors a fixed random half of the images on even epochs and the
     other half on odd epochs, so every image is seen both ways within two epochs. `transforms` are
-    torchvision.transforms.v2 specs (see `cifarkit.transforms`), applied per image after crop and
+    torchvision.transforms.v2 specs (see `data.transforms`), applied per image after crop and
     flip. Evaluation loaders (train=False) yield the images in order, unaugmented.
     """
 
