@@ -23,6 +23,7 @@ from torch import nn
 from .atomic import WriteError, atomic_write_text
 from .base import CHANNELS_LAST_MODES, PRECISIONS, CifarkitError, cache_dir, check_choice
 from .models.check import failure_text, output_sum
+from .models.keep import forked_rng
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -240,9 +241,7 @@ def _time_layouts(model: nn.Module, device: torch.device, amp_dtype, batch: int)
     alternating); for a layout in which the network fails or gives a non-finite result, the reason
     (a str) instead.
     """
-    # the run's random stream
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        # is left alone
+    with forked_rng():  # the run's random streams are left alone
         return _time_copy(copy.deepcopy(model).to(device).train(), device, amp_dtype, batch)
 
 

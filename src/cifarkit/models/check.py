@@ -99,19 +99,20 @@ def checked_forward(model: nn.Module, x: torch.Tensor, any_output: bool = False)
     return out
 
 
+def output_parts(out) -> list:
+    """What a forward returned, as a list: the values of a dict, the items of a tuple / list, else
+    the one output itself."""
+    if isinstance(out, dict):
+        return list(out.values())
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
 def logits_of(out, model: nn.Module, n: int) -> torch.Tensor:
     """The class scores in what a training-mode forward returned for `n` images: the tensor itself,
     or the first (n, 10) float tensor of a tuple / list / dict (a network with auxiliary heads);
     NetworkError if none.
     """
-    parts = (
-        list(out.values())
-        if isinstance(out, dict)
-        else list(out)
-        if isinstance(out, (tuple, list))
-        else [out]
-    )
-    for p in parts:
+    for p in output_parts(out):
         if (
             isinstance(p, torch.Tensor)
             and p.is_floating_point()
@@ -143,14 +144,11 @@ def probe(model: nn.Module, x: torch.Tensor) -> None:
 def output_sum(out) -> torch.Tensor:
     """The sum of every floating-point tensor a forward returned (a tensor, or a tuple / list / dict
     of them: a network with an auxiliary head), as one fp32 scalar to run backward from."""
-    parts = (
-        list(out.values())
-        if isinstance(out, dict)
-        else list(out)
-        if isinstance(out, (tuple, list))
-        else [out]
-    )
-    sums = [p.float().sum() for p in parts if isinstance(p, torch.Tensor) and p.is_floating_point()]
+    sums = [
+        p.float().sum()
+        for p in output_parts(out)
+        if isinstance(p, torch.Tensor) and p.is_floating_point()
+    ]
     if not sums:
         raise TypeError(f"the forward returned {type(out).__name__}, no float tensor")
     return torch.stack(sums).sum()

@@ -37,6 +37,7 @@ from ..hardware import (
 from ..models import build_model, count_parameters, probe
 from ..models.check import failure_text, output_sum
 from ..models.identity import materialize, network_identity
+from ..models.keep import forked_rng
 from ..models.registry import passed_object_notes
 from ..optim import Averager, make_averager, make_optimizer, make_scheduler
 from .step import BatchFn, LossFn, TrainStep
@@ -259,7 +260,7 @@ def precision_that_works(
             raise FloatingPointError("its output is not finite")
         total.backward()
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng():
         probe = copy.deepcopy(model).train()
         try:
             step(amp_dtype)

@@ -35,11 +35,11 @@ from ..analysis.lrplot import describe, plot_lr_find
 from ..atomic import WriteError, atomic_write_json
 from ..base import ConfigError
 from ..config import TrainConfig
-from ..hardware import hardware_string, model_is_nhwc, resolve_device
-from ..models.identity import network_identity, source_fingerprint
+from ..hardware import hardware_string
+from ..models.identity import source_fingerprint
 from ..models.keep import forked_rng, kept_modes
 from ..optim import make_optimizer
-from .build import build_run
+from .build import Run, build_run
 from .step import BatchFn, DivergenceError, LossFn, TrainStep
 
 OptimizerSpec = Union[
@@ -172,10 +172,7 @@ def lr_range_test(
 
         bar = tqdm(total=num_iter, ncols=110, mininterval=2.0, desc="LR range test")
     try:
-        with (
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-            kept_modes(model),
-        ):
+        with forked_rng(), kept_modes(model):
             model.train()
             batches = iter(loader)
             for i in range(num_iter):
@@ -267,27 +264,24 @@ _NOT_READ = (
 
 
 def kept_result_path(
-    cfg: TrainConfig,
-    model: nn.Module,
+    run: Run,
     hooks: tuple,
-    device,
-    amp_dtype,
     limits: tuple[int, float, float],
 ) -> Path:
     """Where the range test of exactly this setting is kept: RUN/lr-range-<key>.json in the run
-    folder `cfg.out`, the key a hash of every config field the test reads, the data's fingerprint
-    (filled in by `build_run`), the network's
-    code (`models.identity`), the source of the hooks (batch_fn, loss_fn), the range, the device,
-    precision and layout."""
+    folder `cfg.out`, the key a hash of every config field the test reads, the data's fingerprint,
+    the network's code (`models.identity`: all three as `build_run` recorded them), the source of
+    the hooks (batch_fn, loss_fn), the range, the device, precision and layout."""
+    cfg = run.cfg
     key = {
         "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_READ},
         "data": cfg.data_fingerprint,
-        "network": network_identity(model, cfg.model),
+        "network": run.identity,
         "hooks": [None if h is None else (source_fingerprint(h) or repr(h)) for h in hooks],
         "range": list(limits),
-        "device": hardware_string(device),
-        "precision": str(amp_dtype),
-        "layout": model_is_nhwc(model),
+        "device": hardware_string(run.device),
+        "precision": str(run.amp_dtype),
+        "layout": run.nhwc,
         "torch": torch.__version__,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -326,16 +320,13 @@ def lr_find(
     it again instead of training (a second "Run all"); any change runs the test again. keep=False
     always runs it and writes nothing."""
     _check_range(num_iter, start_lr, end_lr)  # before the data loads: a typo fails at once
-    device = resolve_device(cfg.device)
     with forked_rng():  # the caller's random streams are left where they were
         # built as `fit` builds it (the same seed: the same initial weights), without writing
         # anything
         run = build_run(cfg, data, model=model, upto="loaders", verbose=False)
-    model, device, amp_dtype = run.model, run.device, run.amp_dtype
+    model, amp_dtype = run.model, run.amp_dtype
     limits = dict(num_iter=num_iter, start_lr=start_lr, end_lr=end_lr)
-    kept = kept_result_path(
-        run.cfg, model, (batch_fn, loss_fn), device, amp_dtype, tuple(limits.values())
-    )
+    kept = kept_result_path(run, (batch_fn, loss_fn), tuple(limits.values()))
     result = _load_kept(kept) if keep else None
     if result is not None:
         print(

@@ -22,7 +22,7 @@ from ..atomic import atomic_write_json
 from ..config import TrainConfig
 from ..data.dataset import Cifar10
 from ..data.loader import DeviceLoader
-from ..hardware import PRECISION_NAME, hardware_string, model_is_nhwc, peak_rss_mb
+from ..hardware import PRECISION_NAME, hardware_string, peak_rss_mb
 from ..models import count_parameters, spec_string
 from ..report import epoch_line, result_line
 from ..runfolder.checkpoint import (
@@ -179,7 +179,7 @@ def _final_results(run: Run, run_dir: Path, wall_start: float) -> dict:
             cfg,
             train=False,
             device=run.device,
-            channels_last=model_is_nhwc(run.model),
+            channels_last=run.nhwc,
         )
         single = evaluate(
             run.eval_model, test_loader, amp_dtype=run.amp_dtype, tta="none", verbose=False
