@@ -19,17 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from cifarkit.atomic import atomic_write_json
-from cifarkit.data.sources import load_cifar10  # noqa: E402
+from cifarkit.data.sources import load_cifar10
 from cifarkit.hardware import hardware_string, resolve_device
-from cifarkit.runfolder.checkpoint import model_from_checkpoint  # noqa: E402
-from cifarkit.runfolder.files import write_history  # noqa: E402
-from cifarkit.training.evaluate import (
-    predict_images,
-    score,  # noqa: E402
-)
+from cifarkit.runfolder.checkpoint import model_from_checkpoint
+from cifarkit.runfolder.files import write_history
+from cifarkit.training.evaluate import predict_images, score
 
 
 def main() -> int:
@@ -48,9 +43,22 @@ def main() -> int:
             print(f"{pt.name}: skipped (not evaluated on the full test set)")
             continue
         x, y = data.test_images, data.test_labels
-        single = score(*predict_images(model, cfg, x, y, tta="none"), verbose=False)
+        single = score(
+            *predict_images(model, x, y, precision=cfg.precision, batch_size=cfg.eval_batch_size),
+            verbose=False,
+        )
         tta = (
-            score(*predict_images(model, cfg, x, y, tta=cfg.tta), verbose=False)
+            score(
+                *predict_images(
+                    model,
+                    x,
+                    y,
+                    precision=cfg.precision,
+                    tta=cfg.tta,
+                    batch_size=cfg.eval_batch_size,
+                ),
+                verbose=False,
+            )
             if cfg.tta != "none"
             else None
         )

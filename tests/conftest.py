@@ -116,7 +116,12 @@ def tree(tmp_path) -> Path:
 @pytest.fixture
 def learnable_data():
     """A Cifar10 of 200 train / 100 test images whose classes a small network learns in a few
-    epochs."""
+    epochs (a new one for each test)."""
+    return make_learnable_data()
+
+
+def make_learnable_data():
+    """`learnable_data`, for fixtures of a wider scope."""
     import torch
 
     from cifarkit.data.dataset import Cifar10

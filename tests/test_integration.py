@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from cifarkit.config import TrainConfig
 from cifarkit.data.sources import load_cifar10
@@ -41,7 +42,7 @@ def test_full_copy_loads(cifar):
 def test_seed_network_beats_chance_clearly(cifar, tmp_path):
     cfg = TrainConfig(
         model="seed",
-        epochs=2,
+        epochs=1,  # 63 steps: 40-42% (seeds 0, 1), 50% after two epochs
         limit_train=4000,
         limit_test=2000,
         batch_size=64,
@@ -55,13 +56,21 @@ def test_seed_network_beats_chance_clearly(cifar, tmp_path):
     assert result.final["single_view_accuracy"] > 35.0  # chance is 10%
 
 
+# every 10th test image: the sample a committed checkpoint is re-evaluated on where the whole test
+# set adds nothing to what its recorded predictions already show
+SAMPLE = slice(0, None, 10)
+
+
 @pytest.mark.parametrize("name", ["seed-net-s0", "compact-s0", "notebook"])
 def test_committed_checkpoint_reproduces_its_reported_accuracy(cifar, name):
-    """The README's numbers come from these files: evaluating them on the whole test set gives the
-    recorded single-view results, and for the notebook's run (the headline) the TTA result too
-    (exactly on the machine that evaluated them; bf16 kernels of another CPU may move a handful of
-    images). TTA is re-evaluated once: its six views cost six single-view passes, and the code path
-    is the same for every checkpoint."""
+    """The README's numbers come from these files. NAME/predictions.json (written by
+    benchmarks/record_predictions.py) holds the class the checkpoint predicted for each test image,
+    single view and with TTA: counted against the labels they give the reported results (exactly
+    on the machine that evaluated them; bf16 kernels of another CPU may move a handful of images).
+    The checkpoint still makes those predictions: re-evaluated single view on the whole test set for
+    the notebook's run (the headline) and on every 10th image otherwise, and with TTA (six views,
+    six passes) on every 10th image of the notebook's run; at most 1% of the images may differ
+    (0.1-0.2% do between AMX bf16 and AVX2 fp32 kernels)."""
     import json
     from pathlib import Path
 
@@ -70,19 +79,25 @@ def test_committed_checkpoint_reproduces_its_reported_accuracy(cifar, name):
 
     root = Path(__file__).resolve().parents[1] / "checkpoints"
     reported = json.loads((root / name / "results.json").read_text())
+    recorded = json.loads((root / name / "predictions.json").read_text())
     model, cfg, _ = model_from_checkpoint(root / f"{name}.pt")
-    assert reported["tta"] == cfg.tta and reported["test_total"] == len(cifar.test_labels)
-    views = [("none", "single_view_correct")] + (
-        [(cfg.tta, "tta_correct")] if name == "notebook" else []
-    )
-    for tta, key in views:
-        probs, labels = predict_images(
+    labels = cifar.test_labels
+    assert reported["tta"] == recorded["tta"] == cfg.tta and reported["test_total"] == len(labels)
+    checks = [("single_view", "none", slice(None) if name == "notebook" else SAMPLE)]
+    if name == "notebook":
+        checks.append(("tta", cfg.tta, SAMPLE))
+    for key, tta, sample in checks:
+        preds = torch.tensor([int(c) for c in recorded[f"{key}_predictions"]])
+        assert len(preds) == len(labels)
+        counted = int((preds == labels).sum())
+        assert abs(counted - reported[f"{key}_correct"]) <= 10, (key, counted, reported)
+        probs, _ = predict_images(
             model,
-            cifar.test_images,
-            cifar.test_labels,
+            cifar.test_images[sample],
+            labels[sample],
             precision=cfg.precision,
             tta=tta,
             batch_size=cfg.eval_batch_size,
         )
-        correct = int((probs.argmax(1) == labels).sum())
-        assert abs(correct - reported[key]) <= 10, (tta, correct, reported[key])
+        differ = int((probs.argmax(1) != preds[sample]).sum())
+        assert differ <= len(probs) // 100, (key, tta, differ, len(probs))

@@ -14,7 +14,7 @@ from cifarkit.runfolder.checkpoint import load_checkpoint
 from cifarkit.training.step import DivergenceError
 from cifarkit.training.trainer import fit
 
-from conftest import interrupt_in_epoch_2
+from conftest import interrupt_in_epoch_2, make_learnable_data
 
 
 def cfg_for(tmp_path, **kw):
@@ -62,13 +62,22 @@ def test_same_seed_same_numbers(tmp_path, learnable_data):
     assert strip(c.history) != strip(a.history)
 
 
-@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
-def test_interrupt_then_resume_equals_uninterrupted(tmp_path, learnable_data, monkeypatch, capsys):
-    cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
-    straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data)
+# the recipe of the interrupted runs below: EMA and dropout, so that resuming must restore both
+CUT = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
 
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run of CUT that every interrupted and resumed run must equal."""
+    return fit(cfg_for(tmp_path_factory.mktemp("straight"), **CUT), data=make_learnable_data())
+
+
+@pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
+def test_interrupt_then_resume_equals_uninterrupted(
+    tmp_path, learnable_data, straight, monkeypatch, capsys
+):
     real = interrupt_in_epoch_2(monkeypatch)
-    cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data)
+    cut = fit(cfg_for(tmp_path / "cut", **CUT), data=learnable_data)
     assert cut.interrupted and len(cut.history) == 1
     err = capsys.readouterr().err  # the interrupt message goes to stderr
     assert (
@@ -203,15 +212,13 @@ def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, mo
 
 
 @pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
-def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, monkeypatch):
-    cfg = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
-    straight = fit(cfg_for(tmp_path / "straight", **cfg), data=learnable_data, resume="auto")
+def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, straight, monkeypatch):
     real = interrupt_in_epoch_2(monkeypatch)
-    cut = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")
+    cut = fit(cfg_for(tmp_path / "cut", **CUT), data=learnable_data, resume="auto")
     assert cut.interrupted and len(cut.history) == 1
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
     # the same cell again
-    resumed = fit(cfg_for(tmp_path / "cut", **cfg), data=learnable_data, resume="auto")
+    resumed = fit(cfg_for(tmp_path / "cut", **CUT), data=learnable_data, resume="auto")
     assert (
         not resumed.loaded
         and resumed.final["single_view_correct"] == straight.final["single_view_correct"]
