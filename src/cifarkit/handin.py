@@ -4,18 +4,17 @@ each.
     python -m cifarkit check-notebook Assignment7.ipynb [--run RUN_FOLDER]
 
   - executed top to bottom in one go (execution counts rising in cell order), without an error
-  output;
+    output;
   - every cell that draws a figure (plot_*, show_images, gradcam_misclassified, .plot()) holds it;
   - the six course rules, as the notebook's last `check_rules` output states them, with the accuracy
-  rule
-    judged on the run's own single-view test accuracy (results.json, on the full 10,000 test
+    rule judged on the run's own single-view test accuracy (results.json, on the full 10,000 test
     images);
   - the run folder (the `out` the notebook's `fit` printed, or --run) present, and its numbers
-  (final
-    single-view and TTA test results, every epoch's test line) equal to the ones the notebook shows;
+    (final single-view and TTA test results, every epoch's test line) equal to the ones the notebook
+    shows;
   - nothing of another machine: no absolute path of a developer's machine (/tmp, /home, /root,
-  /work,
-    /Users, C:\\) in any output, the metadata or the run's config, and metadata true of the run.
+    /work, /Users, C:\\) in any output, the metadata or the run's config, and metadata true of the
+    run.
 
 It reads the notebook as JSON (nothing is executed, no torch needed), so it works on any notebook
 built from this one (a renamed network, extra cells). What it cannot check is printed as "[ ?? ]"

@@ -65,11 +65,10 @@ def choose_precision(
 
     "auto" picks what the hardware runs natively:
       CUDA compute capability >= 8.0 (A100, L4, H100): bf16 (fp32's range, so no loss scaling
-      needed). CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`: it
-      returns True on
-        a T4 because it counts emulation (including_emulation=True by default,
-        pytorch/pytorch#148322), while cuDNN has no bf16 convolution engines below 8.0, so bf16
-        there is slow.
+      needed). CUDA 7.x (T4, V100): fp16 with a GradScaler. Not `torch.cuda.is_bf16_supported()`:
+      it returns True on a T4 because it counts emulation (including_emulation=True by default,
+      pytorch/pytorch#148322), while cuDNN has no bf16 convolution engines below 8.0, so bf16
+      there is slow.
       CUDA < 7.0 (P100 and older: no tensor cores): fp32.
       CPU: bf16 where oneDNN has native bf16 (AMX or AVX-512-BF16), else fp32 (emulated bf16 is
       slower). MPS: fp32 (autocast support varies with the macOS / torch version).

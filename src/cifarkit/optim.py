@@ -23,21 +23,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     small).
 
     - "sgd": momentum `cfg.momentum`, Nesterov if `cfg.nesterov`. weight_decay is L2: wd * w is
-    added to
-      the gradient.
+      added to the gradient.
     - "adam": betas (`cfg.momentum`, 0.999), i.e. the momentum field is beta1. weight_decay is L2
-    added to
-      the gradient, so Adam's per-parameter scaling divides it too (it is NOT decoupled).
+      added to the gradient, so Adam's per-parameter scaling divides it too (it is NOT decoupled).
     - "adamw": as adam, but weight_decay is decoupled (torch's AdamW): each step multiplies the
-    weights by
-      (1 - lr * wd), independently of the gradient statistics. Because it is scaled by lr (~1e-3 for
-      Adam), AdamW wants a much larger weight_decay than SGD's 1e-3, typically 0.01-0.1.
+      weights by (1 - lr * wd), independently of the gradient statistics. Because it is scaled by
+      lr (~1e-3 for Adam), AdamW wants a much larger weight_decay than SGD's 1e-3, typically
+      0.01-0.1.
     Adam / AdamW want a peak lr near 1e-3, not SGD's 0.4.
 
     On CUDA the fused kernels are used (one kernel for all parameters). They also matter for fp16:
-    with a
-    fused optimiser GradScaler skips an overflowed step on the GPU; with any other it reads the
-    overflow flag on the host every step, a GPU sync that stalls the launch queue.
+    with a fused optimiser GradScaler skips an overflowed step on the GPU; with any other it reads
+    the overflow flag on the host every step, a GPU sync that stalls the launch queue.
     """
     norm = {
         id(p)

@@ -292,8 +292,8 @@ def plot_misclassified(
     note: str = "",
 ):
     """Wrongly classified images (e.g. `analysis.misclassified`'s most confident mistakes first):
-    true class,
-    predicted class and the model's confidence in it; `note` says how the predictions were made."""
+    true class, predicted class and the model's confidence in it; `note` says how the predictions
+    were made."""
     conf, pred = probs.max(1)
     titles = [
         f"{classes[labels[i]]}\n-> {classes[pred[i]]} {100 * conf[i]:.0f}%"

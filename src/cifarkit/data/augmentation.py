@@ -2,9 +2,9 @@
 
 Each op applies given per-image parameters: the loader draws one epoch's parameters for every image
 at once (`DeviceLoader`), so any subset of images can be re-augmented exactly
-(`DeviceLoader.preview`). All ops work on any device and never read a value back to the host (no GPU
-synchronisation). (This module is not called ``augment``: that name is the `data.loader.augment`
-function.)
+(`DeviceLoader.preview`). All ops work on any device and never read a value back to the host (no
+GPU synchronisation). (This module is not called ``augment``: that name is the
+`data.loader.augment` function.)
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ def crop_at(
     image padded by `padding` pixels (mode "zeros" or "reflect"), keeping the size H x W.
 
     Two gathers (rows, then columns) with small (B, H) index tensors expanded over the other axes:
-    no
-    padded batch for reflection and no full-size index tensor, which on a CPU costs more than the
-    copy.
+    no padded batch for reflection and no full-size index tensor, which on a CPU costs more than
+    the copy.
     """
     if padding == 0:
         return images

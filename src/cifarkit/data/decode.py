@@ -5,10 +5,9 @@ Used for the training images (which must be 32x32) and for `predict` (any size).
 to 8 bits instead of clipped to white, float images ("F") are scaled from [0, 1], transparency is
 laid over white (as a viewer on a white page shows it), and EXIF orientation is applied (a phone
 photo stands up). Decoding is bounded: a file larger than MAX_FILE_BYTES (an archive member:
-`imagefiles` checks its header
-size before reading it), or an image of more than
-MAX_PIXELS, is refused before its pixels are decoded (a decompression bomb never reaches memory),
-and PIL's own bomb warnings never reach stderr.
+`imagefiles` checks its header size before reading it), or an image of more than MAX_PIXELS, is
+refused before its pixels are decoded (a decompression bomb never reaches memory), and PIL's own
+bomb warnings never reach stderr.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Why not torchvision transforms + DataLoader: those run PIL crops and flips image
 (50,000 calls per epoch) and on a 2-core machine the worker processes compete with the training
 threads. Here the whole uint8 dataset (150 MB) sits on the device once. When a training epoch
 starts, the loader draws that epoch's parameters for every image (crop offset, flip, cutout square:
-a few
-(N,) tensors from a generator seeded with (seed, epoch)), augments the whole set in a few large
-batched ops (10,000 images each, to bound memory), and then yields shuffled slices, normalised per
-batch. Nothing in an epoch reads a value back to the host, so a GPU never waits for Python.
+a few (N,) tensors from a generator seeded with (seed, epoch)), augments the whole set in a few
+large batched ops (10,000 images each, to bound memory), and then yields shuffled slices,
+normalised per batch. Nothing in an epoch reads a value back to the host, so a GPU never waits
+for Python.
 
 Defaults come from `TrainConfig` (reflection padding, alternating flips, ...): the loader, `augment`
 and `DeviceLoader.from_config` therefore train what a default config trains.

@@ -3,8 +3,8 @@
 Sources `load_cifar10` understands:
   * None                  torchvision's copy under `root` (downloaded if absent: the Colab path);
   * a folder holding torchvision's ``cifar-10-batches-py`` (or that folder itself);
-  * an ImageFolder tree ``train/<class>/*.{png,jpg}``, ``test/<class>/*`` (possibly one folder
-  down);
+  * an ImageFolder tree ``train/<class>/*.{png,jpg}``, ``test/<class>/*`` (possibly one
+    folder down);
   * a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` of such a tree (read in place, never extracted).
 Decoded image trees and archives are cached as ``.npz`` in a user cache folder (``$CIFARKIT_CACHE``,
 else ``$XDG_CACHE_HOME/cifarkit``, else ``~/.cache/cifarkit``), keyed by the source's content

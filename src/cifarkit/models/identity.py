@@ -5,8 +5,7 @@ or results.
 `network_identity(net)` records four parts, each as a short hash (plus a readable `name`):
 
   - ``code``: the source of every method of every network class in the model (the class itself and
-  each
-    submodule class that is not torch's), and of the functions of the student's own that those
+    each submodule class that is not torch's), and of the functions of the student's own that those
     methods call by name (a `conv_bn` helper in the same file or notebook, and the ones it calls),
     parsed, so comments, blank lines, indentation and docstrings do not count; any other edit (an
     operator, a constant, a renamed variable) does;
@@ -15,8 +14,7 @@ or results.
     the flags a network class of one's own keeps as attributes (bool, str or None values, e.g.
     ``self.aux = True``), which no layer shows;
   - ``forward``: the sequence of torch operations one forward pass of two blank images runs, with
-  their
-    output shapes (another pool, another activation, a changed view);
+    their output shapes (another pool, another activation, a changed view);
   - ``parameters``: the names and shapes of every parameter and buffer (what a state_dict must fit).
 
 The forward pass runs on a CPU copy in eval mode without gradients and with the random state forked,

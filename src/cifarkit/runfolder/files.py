@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..atomic import atomic_write_json, atomic_write_text
 
-# The files of a run folder (``config.out``):
-# the TrainConfig (with the data fingerprint), written before the first epoch
+# The files of a run folder (``config.out``). The TrainConfig (with the data fingerprint),
+# written before the first epoch
 CONFIG = "config.json"
 # one row per epoch (scalars, single-view evaluation), rewritten after every epoch
 HISTORY_CSV = "history.csv"

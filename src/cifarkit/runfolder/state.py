@@ -1,8 +1,7 @@
 """What a run folder holds and whether it may be written:
 
 - `run_state` / `check_run_dir` / `clear_run_dir`: "empty", "unfinished", "finished" or "damaged",
-and
-  refusing to clobber a run (or what is left of one) unless asked to.
+  and refusing to clobber a run (or what is left of one) unless asked to.
 - `ensure_writable`: a read-only or forbidden ``--out`` fails before any training, in one line.
 - `interrupt_message`: after Ctrl-C / SIGTERM (see `signals`), what was saved and how to resume.
 """

@@ -211,8 +211,8 @@ def model_for_config(
     both layouts with this network: `hardware.choose_channels_last`; `verbose` prints the choice).
     With `from_data`, a network that initialises itself from data (CompactNet's whitening conv) sees
     the first 5,000 training images (a resumed run loads those weights instead). `layout` (True:
-    NHWC) is the layout a resumed run chose
-    when it started: kept, so it computes as it did, whatever a new measurement would say."""
+    NHWC) is the layout a resumed run chose when it started: kept, so it computes as it did,
+    whatever a new measurement would say."""
     net = model if model is not None else build_model(cfg.model, cfg.dropout)
     # lazy modules get their parameters before anything counts, moves or measures them
     materialize(net)

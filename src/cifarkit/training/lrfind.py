@@ -5,8 +5,8 @@ and record the training loss. The loss falls slowly at tiny rates, fastest somew
 bottoms out, then turns up and diverges. Smith's rule for the top of a cyclical / one-cycle schedule
 is the largest rate at which the loss still falls: the minimum of the smoothed curve (`suggestion`).
 The steepest descent (fastai's pick for a constant rate) and minimum / 10 are reported beside it; on
-the seed network they land 30x and 10x below the tuned one-cycle peak of 0.4, the minimum lands on
-it (README).
+the seed network both sit an order of magnitude below the recipe's one-cycle peak of 0.4 (tuned on
+the validation split, docs/results.md), and the notebook prints all three beside 0.4.
 
 Why not torch-lr-finder (0.2.2, the library for this): measured on this package's optimiser, it
 (1) sets every parameter group to the same start LR or moves every group to the same `end_lr`, so

@@ -246,21 +246,21 @@ def fit(
     checkpoint if given.
 
     resume="auto" (for notebooks: "Run all" again, or after a disconnect) looks at `cfg.out` first:
-    an empty
-    folder starts a run; an unfinished run with the same settings resumes from its last.pt; a
-    finished one with the same settings is loaded and reported without training (FitResult.loaded);
-    a run with other settings is refused in one line (pass overwrite=True, or set cfg.out to another
-    folder), and so is a run trained by other network code (`models.identity`: what counts as a
-    change), here and on `resume=PATH`. `model`: a network object (trained in place; its weights
-    were drawn before `fit` seeded anything, so results.json records seeded_init false) or a
-    zero-argument factory such as the class itself (called after seeding: reproducible from
-    cfg.seed), used instead of `cfg.model`; the config records it as `models.spec_string` names it.
-    `batch_fn(x, y) -> (x, y)` changes every training batch (MixUp, CutMix); `loss_fn(out, y) ->
-    loss` replaces the label-smoothed cross-entropy and receives whatever the network returns in
-    training mode (auxiliary outputs too: evaluation uses the eval-mode logits). Neither hook is
-    recorded, so pass them again when resuming. `caller`: the command line's (`Caller`). Ctrl-C /
-    SIGTERM stop at a safe point (never inside a checkpoint write) and return interrupted=True. A
-    NaN / Inf loss raises step.DivergenceError; the last good checkpoint stays in place.
+    an empty folder starts a run; an unfinished run with the same settings resumes from its last.pt;
+    a finished one with the same settings is loaded and reported without training
+    (FitResult.loaded); a run with other settings is refused in one line (pass overwrite=True, or
+    set cfg.out to another folder), and so is a run trained by other network code
+    (`models.identity`: what counts as a change), here and on `resume=PATH`. `model`: a network
+    object (trained in place; its weights were drawn before `fit` seeded anything, so results.json
+    records seeded_init false) or a zero-argument factory such as the class itself (called after
+    seeding: reproducible from cfg.seed), used instead of `cfg.model`; the config records it as
+    `models.spec_string` names it. `batch_fn(x, y) -> (x, y)` changes every training batch (MixUp,
+    CutMix); `loss_fn(out, y) -> loss` replaces the label-smoothed cross-entropy and receives
+    whatever the network returns in training mode (auxiliary outputs too: evaluation uses the
+    eval-mode logits). Neither hook is recorded, so pass them again when resuming. `caller`: the
+    command line's (`Caller`). Ctrl-C / SIGTERM stop at a safe point (never inside a checkpoint
+    write) and return interrupted=True. A NaN / Inf loss raises step.DivergenceError; the last good
+    checkpoint stays in place.
     """
     caller = caller or Caller()
     if model is not None:
