@@ -41,6 +41,7 @@ def main() -> int:
         choose_channels_last,
         choose_precision,
         hardware_string,
+        keep_freed_memory,
         resolve_device,
     )
     from cifarkit.models import build_model
@@ -48,6 +49,7 @@ def main() -> int:
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model)
     device = resolve_device(cfg.device)
+    keep_freed_memory(device)  # as fit does
     amp = choose_precision(cfg.precision, device)[0]
     auto_nhwc, why = choose_channels_last(cfg.channels_last, device, amp)
     y = torch.randint(0, 10, (cfg.batch_size,), device=device)

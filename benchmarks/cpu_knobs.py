@@ -40,6 +40,7 @@ def main() -> int:
         choose_channels_last,
         choose_precision,
         hardware_string,
+        keep_freed_memory,
         resolve_device,
     )
     from cifarkit.models import build_model
@@ -47,6 +48,7 @@ def main() -> int:
 
     cfg = TrainConfig(model=args.model)
     device = resolve_device("cpu")
+    keep_freed_memory(device)  # as fit does
     amp, why_amp = choose_precision(cfg.precision, device)
     nhwc, why_layout = choose_channels_last(cfg.channels_last, device, amp)
     fmt = torch.channels_last if nhwc else torch.contiguous_format

@@ -53,13 +53,19 @@ def main() -> int:
     from cifarkit.config import TrainConfig
     from cifarkit.data.loader import DeviceLoader
     from cifarkit.data.sources import load_cifar10
-    from cifarkit.hardware import choose_precision, hardware_string, resolve_device
+    from cifarkit.hardware import (
+        choose_precision,
+        hardware_string,
+        keep_freed_memory,
+        resolve_device,
+    )
     from cifarkit.models import build_model
     from cifarkit.optim import make_optimizer
     from cifarkit.training.step import TrainStep, train_one_epoch
 
     cfg = TrainConfig.from_recipe(args.recipe, model=args.model, progress=False)
     device = resolve_device(cfg.device)
+    keep_freed_memory(device)  # as fit does
     amp = choose_precision(cfg.precision, device)[0]
     data = load_cifar10(args.data, progress=False)
     model = build_model(cfg.model)

@@ -153,7 +153,7 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     """Rows B..C2: cifarkit's own loop (`train_one_epoch`) with the row's settings."""
     from cifarkit.compiled import prepare_train_model
     from cifarkit.data.loader import DeviceLoader
-    from cifarkit.hardware import choose_channels_last, choose_precision
+    from cifarkit.hardware import choose_channels_last, choose_precision, keep_freed_memory
     from cifarkit.models import build_model
     from cifarkit.optim import Lookahead, make_optimizer, make_scheduler
     from cifarkit.training.evaluate import evaluate
@@ -171,6 +171,7 @@ def engine_row(name: str, cfg, data, device: torch.device, args) -> Row:
     amp = (
         old_auto_precision(device) if old_precision else choose_precision(cfg.precision, device)[0]
     )
+    keep_freed_memory(device)  # as fit does
     torch.manual_seed(0)
     model = build_model("seed", dropout=cfg.dropout).to(device)
     # the run's "auto" layout: on a CPU measured with this network, as fit does (hardware.py)
@@ -459,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{'epoch s: train + test = total':<31} {'epoch img/s':>9}"
     )
     results = {}
-    # A last: it forks workers
-    for name in [r for r in rows if r != "A"] + (["A"] if "A" in rows else []):
+    # A first: with glibc's malloc defaults, as a classic script runs; cifarkit's rows then keep
+    # freed memory for reuse (hardware.keep_freed_memory), a setting of the whole process
+    for name in (["A"] if "A" in rows else []) + [r for r in rows if r != "A"]:
         try:
             row = (
                 classic_row(cfg, data, device, args)

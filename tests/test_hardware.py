@@ -1,7 +1,10 @@
 """hardware: precision and memory layout chosen per machine, each with its reason; the layout
 probe."""
 
+import dataclasses
 import json
+import platform
+import sys
 
 import pytest
 import torch
@@ -142,3 +145,37 @@ def test_model_is_nhwc_and_the_cpu_description():
     text = hardware_string(CPU)
     assert text.startswith("CPU: ") and f"{torch.get_num_threads()} threads" in text
     assert hardware.cpu_kind() in text
+
+
+# ---------------------------------------------------------------- CPU memory kept for reuse
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_large_cpu_tensors_reuse_freed_memory_instead_of_page_faulting():
+    """With glibc's defaults every tensor over 32 MiB is a fresh mmap, unmapped on free: a 60 MiB
+    one costs 15,360 page faults each time. After `keep_freed_memory` it is carved out of the
+    64 MiB freed just before, with (almost) nothing faulted in."""
+    import resource
+
+    assert "kept for reuse" in hardware.keep_freed_memory(torch.device("cpu"))
+
+    def faults_of(mib: int) -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t = torch.ones(mib * 2**18)  # float32, every page written
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        del t
+        return after - before
+
+    faults_of(64)  # the heap grows by 64 MiB, freed again
+    assert faults_of(60) < 1000
+
+
+def test_keep_freed_memory_is_for_cpus_only_and_fit_says_it(tmp_path, learnable_data, capsys):
+    from cifarkit.training.trainer import fit
+
+    assert hardware.keep_freed_memory(torch.device("meta")) is None
+    cfg = TrainConfig(epochs=1, batch_size=100, precision="fp32", progress=False, tta="none")
+    fit(dataclasses.replace(cfg, out=str(tmp_path / "run")), data=learnable_data)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("memory: ")]
+    assert len(lines) == (1 if GLIBC else 0), lines

@@ -30,18 +30,19 @@ class Measured:
 MEASURED: tuple[Measured, ...] = (
     Measured(
         "cpu:AMX-BF16",
-        38.5,
+        30.6,
         "2-core Intel Xeon (Sapphire Rapids, AMX)",
         "bf16",
-        "benchmarks/throughput.py row B, 2026-11-26: 36.3 s train + 2.2 s test (estimated from the"
-        " step rate); the notebook's real epochs there took 30-44 s",
+        "benchmarks/throughput.py row B, 2026-12-03: 29.3 s train + 1.3 s test (estimated from the"
+        " step rate), freed memory kept for reuse (38.5 s before that, 2026-11-26)",
     ),
     Measured(
         "cpu:AVX-512-BF16",
         43.0,
         "2-core AMD EPYC Zen 4 (AVX-512-BF16)",
         "bf16",
-        "checkpoints/seed-net-s0/results.json: 20 epochs in 860 s wall",
+        "checkpoints/seed-net-s0/results.json: 20 epochs in 860 s wall (before freed memory was"
+        " kept for reuse, which made the epoch 1.26x faster on a Sapphire Rapids)",
     ),
     Measured(
         "cpu:AVX2",
@@ -49,7 +50,8 @@ MEASURED: tuple[Measured, ...] = (
         "2-core AMD EPYC Zen 3 (AVX2, no native bf16)",
         "fp32",
         "benchmarks/throughput.py row B, 2026-12-01: 93.1 s train + 7.4 s test (estimated from the"
-        " step rate, channels_last as measured there)",
+        " step rate, channels_last as measured there; before freed memory was kept for reuse, which"
+        " made the epoch 1.19x faster on a Sapphire Rapids held to AVX2 and fp32)",
     ),
     Measured(
         "cuda:H200",

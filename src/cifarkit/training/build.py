@@ -31,6 +31,7 @@ from ..hardware import (
     choose_channels_last,
     choose_precision,
     hardware_string,
+    keep_freed_memory,
     model_is_nhwc,
     resolve_device,
 )
@@ -107,6 +108,7 @@ def build_run(
     """
     check_choice("upto", upto, STAGES)
     device = resolve_device(cfg.device)
+    memory = keep_freed_memory(device)  # before the layout probe times anything
     kept = (ckpt or {}).get("choices") or {}
     amp_dtype, reason = choose_precision(cfg.precision, device, kept=kept.get("precision"))
     torch.manual_seed(cfg.seed)
@@ -131,6 +133,8 @@ def build_run(
             f"device: {device} ({hardware_string(device)}), torch {torch.__version__}\nprecision:"
             f" {reason}"
         )
+        if memory:
+            print(f"memory: {memory}")
         print(
             f"data: {len(splits.train[1])} train / {len(splits.eval[1])} {splits.eval_name.lower()}"
             f" images from {data.source or 'torchvision'}"
