@@ -11,7 +11,8 @@ old eager path and its new path, side by side in one process on the same card an
       default TrainConfig (Nesterov SGD, OneCycle, label smoothing, lookahead), the old "auto"
       precision (bf16 wherever torch.cuda.is_bf16_supported() says so: also on a T4, emulated), the
       unfused optimiser (with fp16 GradScaler then reads the overflow flag on the host every step)
-      and a host read of the loss every 20 steps.
+      and a host read of the loss every 20 steps; freed CPU memory kept for reuse, as `fit` keeps it
+      (`hardware.keep_freed_memory`; row A runs first, with glibc's defaults).
   C   cifarkit, new path: `choose_precision` (fp16 + scaler on CC 7.x, bf16 on CC >= 8), fused
   optimiser,
       the loss read every `check_every` (50) steps, and the train step replayed as CUDA graphs
