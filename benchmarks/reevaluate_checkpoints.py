@@ -43,25 +43,15 @@ def main() -> int:
             print(f"{pt.name}: skipped (not evaluated on the full test set)")
             continue
         x, y = data.test_images, data.test_labels
-        single = score(
-            *predict_images(model, x, y, precision=cfg.precision, batch_size=cfg.eval_batch_size),
-            verbose=False,
-        )
-        tta = (
-            score(
-                *predict_images(
-                    model,
-                    x,
-                    y,
-                    precision=cfg.precision,
-                    tta=cfg.tta,
-                    batch_size=cfg.eval_batch_size,
-                ),
-                verbose=False,
+
+        def evaluated(tta: str) -> dict:
+            probs, labels = predict_images(
+                model, x, y, precision=cfg.precision, tta=tta, batch_size=cfg.eval_batch_size
             )
-            if cfg.tta != "none"
-            else None
-        )
+            return score(probs, labels, verbose=False)
+
+        single = evaluated("none")
+        tta = evaluated(cfg.tta) if cfg.tta != "none" else None
         res = json.loads((folder / "results.json").read_text())
         old = res.get(
             "final_test_correct",

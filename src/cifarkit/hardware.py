@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -335,7 +336,6 @@ def hardware_string(device: torch.device) -> str:
 # glibc's mallopt parameters (malloc.h) and the free memory it may keep at the top of its heap
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _KEEP_FREE_BYTES = 1 << 30
-_memory_note: list[str | None] = []  # the outcome of the first call: settings are process-wide
 
 
 def keep_freed_memory(device: torch.device) -> str | None:
@@ -351,26 +351,27 @@ def keep_freed_memory(device: torch.device) -> str | None:
     setting is process-wide and stays; numerics are unchanged. Returns the one-line note `fit`
     prints, or None where it does not apply (not a CPU, not glibc) or was refused.
     """
-    if device.type != "cpu":
-        return None
-    if not _memory_note:
-        note = None
-        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-            try:
-                import ctypes
+    return _keep_freed_glibc_memory() if device.type == "cpu" else None
 
-                libc = ctypes.CDLL("libc.so.6")
-                if libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(
-                    _M_TRIM_THRESHOLD, _KEEP_FREE_BYTES
-                ):
-                    note = (
-                        "freed CPU memory is kept for reuse (glibc: large tensors from the heap,"
-                        " not a fresh mmap each), so steps do not page-fault it in again"
-                    )
-            except (OSError, AttributeError):
-                pass
-        _memory_note.append(note)
-    return _memory_note[0]
+
+@functools.cache  # the settings are the whole process's: made once, the same note after that
+def _keep_freed_glibc_memory() -> str | None:
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        if libc.mallopt(_M_MMAP_MAX, 0) != 1 or not libc.mallopt(
+            _M_TRIM_THRESHOLD, _KEEP_FREE_BYTES
+        ):
+            return None
+    except (OSError, AttributeError):
+        return None
+    return (
+        "freed CPU memory is kept for reuse (glibc: large tensors from the heap, not a fresh mmap"
+        " each), so steps do not page-fault it in again"
+    )
 
 
 def peak_rss_mb() -> float | None:
