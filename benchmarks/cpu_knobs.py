@@ -2,10 +2,11 @@
 
     python benchmarks/cpu_knobs.py [--model seed] [--steps 8] [--rounds 3]
 
-Eager training steps of the network in the layout and precision cifarkit's "auto" picks on this
-machine, on random inputs (data loading is not measured), with the default optimiser and loss. Each
-variant runs `--rounds` times, the rounds interleaved (A B C A B C ...) so that a drift of the
-machine's speed hits every variant alike; the median is printed with its ratio to the first row:
+Eager training steps (`training.step.TrainStep`, as `fit` runs them) of the network in the layout
+and precision cifarkit's "auto" picks on this machine, on random inputs (data loading is not
+measured), with the default optimiser and loss. Each variant runs `--rounds` times, the rounds
+interleaved (A B C A B C ...) so that a drift of the machine's speed hits every variant alike; the
+median is printed with its ratio to the first row:
 
 - batch 256 (the default), 128, 64 and 512: images per second of training steps. Another batch size
   is another recipe (steps per epoch, BatchNorm statistics, the learning rate that suits it), so a
@@ -24,7 +25,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def main() -> int:
@@ -45,6 +45,7 @@ def main() -> int:
     )
     from cifarkit.models import build_model
     from cifarkit.optim import make_optimizer
+    from cifarkit.training.step import TrainStep
 
     cfg = TrainConfig(model=args.model)
     device = resolve_device("cpu")
@@ -60,16 +61,13 @@ def main() -> int:
     def train_rate(batch: int, n_threads: int):
         torch.manual_seed(0)
         model = build_model(cfg.model).to(device, memory_format=fmt)
-        opt = make_optimizer(model, cfg)
+        train_step = TrainStep(model, make_optimizer(model, cfg), amp, cfg.label_smoothing)
         x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
         y = torch.randint(0, 10, (batch,))
 
         def step():
-            with autocast(device, amp):
-                loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step.backward(x, y)
+            train_step.update()
 
         def run() -> float:
             torch.set_num_threads(n_threads)
@@ -86,9 +84,11 @@ def main() -> int:
 
     def eval_rate(frozen: bool):
         torch.manual_seed(0)
-        model = build_model(cfg.model).to(device, memory_format=fmt).eval()
+        model = build_model(cfg.model).to(device, memory_format=fmt).eval().requires_grad_(False)
         x = torch.randn(cfg.eval_batch_size, 3, 32, 32).contiguous(memory_format=fmt)
-        with torch.no_grad(), autocast(device, amp):
+        # traced under autocast without its weight cache: cached casts cannot become constants
+        tracing = torch.autocast(device.type, amp, enabled=amp is not None, cache_enabled=False)
+        with torch.no_grad(), tracing:
             net = torch.jit.freeze(torch.jit.trace(model, x)) if frozen else model
 
         def run() -> float:
