@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from cifarkit.atomic import atomic_write_json
+from cifarkit.base import CifarkitError
 from cifarkit.data.sources import load_cifar10
 from cifarkit.hardware import PRECISION_NAME, choose_precision, hardware_string, resolve_device
 from cifarkit.runfolder.checkpoint import model_from_checkpoint
@@ -82,4 +83,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CifarkitError as e:  # a missing checkpoint or data path, a damaged file: one line
+        sys.exit(f"record_predictions.py: error: {e}")
