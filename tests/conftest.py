@@ -30,6 +30,24 @@ NO_DATA = (
 )
 
 
+def present_devices() -> list[str]:
+    """The devices a test of a device-independent promise runs on: the CPU always, CUDA where
+    torch sees a GPU."""
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+DEVICES = present_devices()
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Each device present, by name: a test that takes it holds its promise on every one. A test of
+    a CPU-only mechanism says device="cpu" instead."""
+    return request.param
+
+
 def have_data() -> bool:
     return SHARED_ARCHIVE.exists()
 

@@ -256,11 +256,28 @@ def test_dry_run_never_touches_a_finished_run(tree, tmp_path, capsys):
 
 
 def test_options_come_from_the_config_with_its_comments_as_help(capsys):
-    from cifarkit.cli import build_parser
+    import dataclasses
+    import re
+
+    from cifarkit.cli import build_parser, field_help
 
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    assert "--label-smoothing" in text and "airbench's 0.2" in text and "--milestones EPOCH" in text
+    flat = re.sub(r"\s+", " ", text)  # argparse wraps the help at the terminal's width
+    for name, help_ in field_help().items():
+        if name == "data_fingerprint":
+            continue
+        flag = "--" + name.replace("_", "-")
+        # each option's help is its field's whole comment, then the default as typed
+        at = flat.find(f" {help_} (default: ")
+        assert at > 0 and flag in flat[at - 60 : at], flag
+    assert "--label-smoothing" in text and "--milestones EPOCH" in text
+    assert "(default: 10 15)" not in flat and "(default: unset)" in flat
+    # (textwrap may break "--no-compile" after a hyphen)
+    assert "(default: --lookahead)" in flat and "(default: --no-compile)" in flat.replace("- ", "-")
     assert "--data-fingerprint" not in text
+    assert {f.name for f in dataclasses.fields(main.__globals__["TrainConfig"])} == set(
+        field_help()
+    )
 
 
 def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):

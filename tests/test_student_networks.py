@@ -16,6 +16,7 @@ from cifarkit.base import CifarkitError
 from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models import build_model, count_parameters
+from cifarkit.models.check import NetworkError
 from cifarkit.training.trainer import fit
 
 from conftest import interrupt_in_epoch_2
@@ -284,7 +285,7 @@ def test_auto_precision_is_chosen_among_those_the_network_runs_in(
     and the precision line says why; asked for explicitly, bf16 is honoured."""
     from torch import nn
 
-    import cifarkit.training.build as build
+    import cifarkit.runtime as runtime
 
     class BreaksInBf16(nn.Module):
         def __init__(self):
@@ -296,22 +297,26 @@ def test_auto_precision_is_chosen_among_those_the_network_runs_in(
             y = self.fc(self.c(x).mean((2, 3)))
             return y * float("inf") if torch.is_autocast_enabled("cpu") and self.training else y
 
+    real = runtime.choose_precision
     monkeypatch.setattr(
-        build, "choose_precision", lambda p, d, kept=None: (torch.bfloat16, "bf16: native")
+        runtime,
+        "choose_precision",
+        lambda p, d, kept=None: (torch.bfloat16, "bf16: native") if p == "auto" else real(p, d),
     )
     result = fit(
         cfg_for(tmp_path, epochs=1, precision="auto"), data=learnable_data, model=BreaksInBf16
     )
     out = capsys.readouterr().out
-    assert (
-        "precision: fp32: your network fails in bf16 (FloatingPointError: its output is not finite"
-        in out
-    )
-    assert result.final["precision"] == "fp32"
-    amp, why = build.precision_that_works(
-        BreaksInBf16().eval(), torch.randn(4, 3, 32, 32), torch.device("cpu"), None, "fp32"
-    )
-    assert amp is None and why == "fp32"  # fp32 asked: nothing to probe
+    assert "precision: fp32: your network fails in bf16: the network fails in both layouts:" in out
+    assert "FloatingPointError: its output is not finite" in out
+    assert result.final["precision"] == "fp32" and result.precision == "fp32"
+    assert result.runtime.precision == "fp32"
+    with pytest.raises(NetworkError, match="fails in every precision and layout tried: bf16"):
+        fit(  # asked for explicitly, bf16 is the one candidate: its failure is the error
+            cfg_for(tmp_path / "b", epochs=1, precision="bf16"),
+            data=learnable_data,
+            model=BreaksInBf16,
+        )
 
 
 def test_a_constructor_that_fails_names_the_students_line(tmp_path):

@@ -14,7 +14,7 @@ from cifarkit.runfolder.checkpoint import load_checkpoint
 from cifarkit.training.step import DivergenceError
 from cifarkit.training.trainer import fit
 
-from conftest import interrupt_in_epoch_2, make_learnable_data
+from conftest import DEVICES, interrupt_in_epoch_2, make_learnable_data
 
 
 def cfg_for(tmp_path, **kw):
@@ -53,12 +53,13 @@ def test_fit_writes_the_run_folder(tmp_path, learnable_data):
 
 
 @pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
-def test_same_seed_same_numbers(tmp_path, learnable_data):
-    a = fit(cfg_for(tmp_path / "a"), data=learnable_data)
-    b = fit(cfg_for(tmp_path / "b"), data=learnable_data)
+def test_same_seed_same_numbers(tmp_path, learnable_data, device):
+    a = fit(cfg_for(tmp_path / "a", device=device), data=learnable_data)
+    b = fit(cfg_for(tmp_path / "b", device=device), data=learnable_data)
+    assert a.runtime.deterministic and a.runtime.torch_device.type == device
     strip = lambda h: [{k: v for k, v in row.items() if "second" not in k} for row in h]  # noqa: E731
     assert strip(a.history) == strip(b.history)
-    c = fit(cfg_for(tmp_path / "c", seed=1), data=learnable_data)
+    c = fit(cfg_for(tmp_path / "c", seed=1, device=device), data=learnable_data)
     assert strip(c.history) != strip(a.history)
 
 
@@ -66,10 +67,12 @@ def test_same_seed_same_numbers(tmp_path, learnable_data):
 CUT = dict(epochs=3, ema=0.9, lookahead=False, dropout=0.1)
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The uninterrupted run of CUT that every interrupted and resumed run must equal."""
-    return fit(cfg_for(tmp_path_factory.mktemp("straight"), **CUT), data=make_learnable_data())
+@pytest.fixture(scope="module", params=DEVICES)
+def straight(tmp_path_factory, request):
+    """The uninterrupted run of CUT, on each device present, that every interrupted and resumed run
+    on that device must equal (`straight.config.device`)."""
+    cfg = cfg_for(tmp_path_factory.mktemp("straight"), **CUT, device=request.param)
+    return fit(cfg, data=make_learnable_data())
 
 
 @pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
@@ -77,7 +80,7 @@ def test_interrupt_then_resume_equals_uninterrupted(
     tmp_path, learnable_data, straight, monkeypatch, capsys
 ):
     real = interrupt_in_epoch_2(monkeypatch)
-    cut = fit(cfg_for(tmp_path / "cut", **CUT), data=learnable_data)
+    cut = fit(cfg_for(tmp_path / "cut", **CUT, device=straight.config.device), data=learnable_data)
     assert cut.interrupted and len(cut.history) == 1
     err = capsys.readouterr().err  # the interrupt message goes to stderr
     assert (
@@ -88,7 +91,7 @@ def test_interrupt_then_resume_equals_uninterrupted(
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
 
     resumed = fit(
-        TrainConfig(progress=False),
+        TrainConfig(progress=False, device=straight.config.device),
         data=learnable_data,
         resume=tmp_path / "cut" / "run" / "last.pt",
     )
@@ -214,11 +217,12 @@ def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, mo
 @pytest.mark.slow  # seconds of real training: the full suite runs it, the inner loop skips it
 def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, straight, monkeypatch):
     real = interrupt_in_epoch_2(monkeypatch)
-    cut = fit(cfg_for(tmp_path / "cut", **CUT), data=learnable_data, resume="auto")
+    cfg = cfg_for(tmp_path / "cut", **CUT, device=straight.config.device)
+    cut = fit(cfg, data=learnable_data, resume="auto")
     assert cut.interrupted and len(cut.history) == 1
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
     # the same cell again
-    resumed = fit(cfg_for(tmp_path / "cut", **CUT), data=learnable_data, resume="auto")
+    resumed = fit(cfg, data=learnable_data, resume="auto")
     assert (
         not resumed.loaded
         and resumed.final["single_view_correct"] == straight.final["single_view_correct"]

@@ -26,7 +26,7 @@ from .base import (
     TTA_MODES,
     CifarkitError,
 )
-from .config import TrainConfig, field_help
+from .config import TrainConfig
 from .recipes import RECIPES
 
 CHOICES = {
@@ -60,7 +60,9 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kw: dict = {
-            "help": f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%"),
+            "help": f"{helps.get(f.name, '')} (default: {_shown(f.name, default)})".replace(
+                "%", "%%"
+            ),
             "default": None,
         }
         if f.name == "data":
@@ -78,6 +80,46 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         elif kind is float:
             kw["type"] = float
         p.add_argument(flag, **kw)
+
+
+def field_help() -> dict[str, str]:
+    """Each TrainConfig field's comment, the comment lines right above it in config.py, joined: the
+    CLI's --help text. The comments are the one description of the defaults (a test checks every
+    field has one and that each help is its whole comment); without the source (a frozen install)
+    the help is just the defaults."""
+    import inspect
+
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    help_, block = {}, []
+    for line in source.splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            comment = text.lstrip("#").strip()
+            # a section heading starts a new block
+            block = [] if comment.startswith("---") else block + [comment]
+            continue
+        head = text.split(":", 1)[0]
+        if head in names and ":" in text and block:
+            help_[head] = " ".join(block)
+        block = []
+    return help_
+
+
+def _shown(name: str, default) -> str:
+    """A default as it would be typed on the command line: `--lookahead`, `--no-compile`, `10 15`,
+    "unset"."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(default, bool):
+        return flag if default else "--no-" + flag[2:]
+    if default is None or default == []:
+        return "unset"
+    if isinstance(default, list):
+        return " ".join(str(v) for v in default)
+    return str(default)
 
 
 LOSS_FN_HELP = (

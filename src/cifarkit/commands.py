@@ -61,12 +61,13 @@ def evaluate(args) -> int:
     from .data.splits import make_splits
     from .hardware import choose_precision, resolve_device
     from .report import result_line
-    from .runfolder.checkpoint import model_from_checkpoint
+    from .runfolder.checkpoint import model_from_checkpoint, recorded_precision
     from .training.evaluate import predict_images, score
 
     device = resolve_device(args.device or "auto")
     model, cfg, ckpt = model_from_checkpoint(args.checkpoint, device, model=args.model)
-    precision = args.precision or cfg.precision
+    # the run's own precision (its runtime record), unless --precision names another
+    precision = args.precision or recorded_precision(ckpt) or cfg.precision
     _, reason = choose_precision(precision, device)
     tta = args.tta or cfg.tta
     data = load_cifar10(
@@ -125,15 +126,20 @@ def export(args) -> int:
 def predict(args) -> int:
     from .hardware import resolve_device
     from .inference import format_prediction, predict_image
-    from .runfolder.checkpoint import model_from_checkpoint
+    from .runfolder.checkpoint import model_from_checkpoint, recorded_precision
 
     if args.top < 1:
         raise CifarkitError(f"--top must be >= 1, got {args.top}")
-    model, cfg, _ = model_from_checkpoint(
+    model, cfg, ckpt = model_from_checkpoint(
         args.checkpoint, resolve_device(args.device or "auto"), model=args.model
     )
+    precision = recorded_precision(ckpt)  # the run's own, not "auto" decided again
     for path in args.images:
-        print(format_prediction(predict_image(model, path, cfg=cfg, top=args.top)))
+        print(
+            format_prediction(
+                predict_image(model, path, cfg=cfg, top=args.top, precision=precision)
+            )
+        )
     return 0
 
 

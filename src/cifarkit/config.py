@@ -34,88 +34,124 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the recommended recipe for the seed
     network."""
 
-    # fmt: off  (aligned comments: each field's comment is its --help text, `field_help`)
+    # Each field's comment, the lines right above it, is its `--help` text (`field_help`): whole
+    # sentences a student can read, naming the values a field takes.
+
     # --- what to train ---
-    model: str = "seed"  # a name in `models.MODELS` or an import path
-    # "file.py:Class(k=v)" / "pkg.mod:Class"; a network
-    # object goes beside it: fit(cfg, model=net)
-    dropout: float = 0.0  # dropout of the built-in networks
-    # (seed used 0.1, 0 trains better)
+    # The network: "seed" (the Assignment 7 network), "compact" (a faster, larger one), or your own
+    # class as an import path, "my_net.py:Net" or "my_net.py:Net(width=32)". In Python, a network
+    # object goes beside the config instead: fit(cfg, model=net).
+    model: str = "seed"
+    # Dropout rate of the built-in networks (the original assignment used 0.1; 0 trains better).
+    dropout: float = 0.0
+
     # --- data ---
-    data: str | None = None  # None: torchvision download into
-    # `data_root`; else a folder or archive
-    data_root: str = "./data"  # where torchvision's CIFAR-10 is
-    # downloaded when `data` is None
-    limit_train: int | None = None  # class-balanced, seeded subset of
-    # N training images (quick runs)
-    limit_test: int | None = None  # class-balanced, seeded subset
-    # of N test images (quick runs)
-    val_split: int = 0  # hold out N training images as a
-    # validation set (0: evaluate on test)
-    crop_padding: int = 4  # random crop after padding by
-    # this many pixels (the seed's 4)
-    pad_mode: str = "reflect"  # crop padding, one of PAD_MODES
-    # (reflect: +0.5% on val over zeros)
-    flip: str = "alternate"  # horizontal flips, one of FLIP_MODES
-    # (alternate: +0.1-0.3% on val)
-    cutout: int = 0  # side (px) of a random square painted
-    # with the mean colour; 0 = off
-    transforms: list = field(default_factory=list)  # extra torchvision.transforms.v2, e.g.
-    # "RandomRotation(15)": applied per image (own
-    # random draw) on uint8, after crop / flip
+    # Where CIFAR-10 is: a cifar-10-batches-py folder, an ImageFolder tree, or a .tar / .tar.gz /
+    # .zip of one. Unset: downloaded by torchvision into data_root.
+    data: str | None = None
+    # Where torchvision downloads CIFAR-10 when data is unset.
+    data_root: str = "./data"
+    # Train on a class-balanced, seeded subset of this many images (quick runs); unset: all 50,000.
+    limit_train: int | None = None
+    # Test on a class-balanced, seeded subset of this many images (quick runs); unset: all 10,000.
+    limit_test: int | None = None
+    # Hold out this many training images as a validation set, to tune on; 0: evaluate on the test
+    # set.
+    val_split: int = 0
+    # Random crop after padding each side by this many pixels (the original assignment's 4).
+    crop_padding: int = 4
+    # How the crop pads: "reflect" (mirror the border; +0.5% validation accuracy) or "zeros".
+    pad_mode: str = "reflect"
+    # Horizontal flips: "alternate" mirrors a fixed random half of the images in even epochs and
+    # the other half in odd ones, so each image is seen both ways every two epochs (+0.1-0.3%);
+    # "random" flips each image with probability 1/2 each epoch; "none" never flips.
+    flip: str = "alternate"
+    # Side in pixels of a random square painted with the mean colour (cutout); 0: off.
+    cutout: int = 0
+    # Extra torchvision.transforms.v2 augmentations, e.g. "RandomRotation(15)" or
+    # "ColorJitter(brightness=0.2)", applied to each image (its own random draw) after crop and
+    # flip.
+    transforms: list = field(default_factory=list)
+
     # --- optimisation ---
-    epochs: int = 20  # passes over the training set (the seed ran 20)
-    batch_size: int = 256  # images per step (seed: 128); 256 at
-    # lr 0.4: +0.3% on val, fewer steps
-    optimizer: str = "sgd"  # one of OPTIMIZERS (adam / adamw want a peak lr near 1e-3)
-    lr: float = 0.4  # peak learning rate (schedule
-    # "constant" / "step": the starting one)
-    momentum: float = 0.9  # SGD momentum (adam / adamw: beta1)
-    nesterov: bool = True  # Nesterov momentum (SGD only): a
-    # small, free gain over plain momentum
-    weight_decay: float = 1e-3  # L2 on conv / linear weights (BatchNorm
-    # and biases exempt); best on val
-    schedule: str = "onecycle"  # one of SCHEDULES; every schedule
-    # advances once per batch (optimizer step)
-    warmup: float = 0.2  # fraction of all steps spent warming up (onecycle / linear)
-    lr_start: float = 0.0  # "linear": LR at step 0 as a fraction
-    # of the peak (warmup from here)
-    lr_end: float = 0.0  # "linear": LR at the last step as a fraction of the peak
-    step_size: int = 0  # "step": multiply the LR by `gamma`
-    # every N EPOCHS (0: use milestones)
-    milestones: list = field(default_factory=list)  # "step": ...or at these EPOCHS, e.g. [10, 15]
-    gamma: float = 0.1  # "step": the LR factor at each step
-    bias_lr_scale: float = 1.0  # LR multiplier for BatchNorm parameters (airbench: 64)
-    label_smoothing: float = 0.2  # cross-entropy label smoothing (airbench's 0.2)
-    ema: float = 0.0  # weight-EMA decay per step (e.g. 0.999),
-    # evaluated separately; 0 disables
-    lookahead: bool = True  # airbench's lookahead: an EMA copied
-    # back into the weights every 5 steps
-    tta: str = "flip-translate"  # test-time augmentation of the
-    # separate final test, one of TTA_MODES
-    # --- runtime ---
-    device: str = "auto"  # "auto": cuda, then mps, then cpu; or a torch device string
-    precision: str = "auto"  # one of PRECISIONS; "auto": bf16 on CC >=
-    # 8.0 GPUs and bf16 CPUs, fp16 + gradient
-    # scaler on CC 7.x (T4, V100), else fp32
-    channels_last: str = "auto"  # NHWC memory layout, one of CHANNELS_LAST_MODES;
-    # "auto": on a CPU the faster layout measured with
-    # this network, on CUDA NHWC with bf16 / fp16
-    compile: bool = False  # torch.compile the model (see
-    # benchmarks/README.md: measure first)
-    cuda_graphs: bool = False  # on CUDA: replay the train step as CUDA graphs
-    # (not yet measured on a GPU: eager is the default
-    # until benchmarks/gpu_check.sh shows a gain)
-    check_every: int = 50  # on GPUs, steps between host reads of
-    # the loss (NaN check, progress bar)
-    eval_batch_size: int = 1000  # images per evaluation step (no
-    # autograd, so it can be large)
-    seed: int = 0  # seeds model init, data order, augmentation and dropout
-    out: str = "runs/default"  # run folder: config, history, checkpoints
-    progress: bool = True  # tqdm bar per epoch and the seed-style test line
-    data_fingerprint: str = ""  # set by `fit`: image counts + hash of
-    # the decoded arrays; resume checks it
-    # fmt: on
+    # Passes over the training set (the original assignment ran 20).
+    epochs: int = 20
+    # Images per training step (the original assignment used 128; 256 at lr 0.4 is +0.3% on
+    # validation, in fewer steps).
+    batch_size: int = 256
+    # The optimiser: "sgd", "adam" or "adamw" (adam and adamw want a peak lr near 1e-3).
+    optimizer: str = "sgd"
+    # Peak learning rate (for the "constant" and "step" schedules: the starting one).
+    lr: float = 0.4
+    # SGD momentum (for adam and adamw: beta1).
+    momentum: float = 0.9
+    # Nesterov momentum, SGD only: a small gain that costs nothing.
+    nesterov: bool = True
+    # L2 weight decay on conv and linear weights (BatchNorm weights and biases are exempt).
+    weight_decay: float = 1e-3
+    # Learning-rate schedule: "onecycle" (warm up, then anneal), "linear" (warm up, then straight
+    # down), "constant" or "step" (multiply by gamma at given epochs). Every schedule advances once
+    # per training step.
+    schedule: str = "onecycle"
+    # Fraction of all steps spent warming up ("onecycle" and "linear").
+    warmup: float = 0.2
+    # "linear" schedule: the learning rate at step 0, as a fraction of the peak (warm-up starts
+    # here).
+    lr_start: float = 0.0
+    # "linear" schedule: the learning rate at the last step, as a fraction of the peak.
+    lr_end: float = 0.0
+    # "step" schedule: multiply the learning rate by gamma every this many epochs (0: use
+    # milestones instead).
+    step_size: int = 0
+    # "step" schedule: multiply the learning rate by gamma at these epochs; on the command line
+    # --milestones 10 15.
+    milestones: list = field(default_factory=list)
+    # "step" schedule: the factor applied at each step.
+    gamma: float = 0.1
+    # Learning-rate multiplier for BatchNorm parameters (airbench uses 64).
+    bias_lr_scale: float = 1.0
+    # Label smoothing of the cross-entropy loss (airbench's 0.2).
+    label_smoothing: float = 0.2
+    # Decay per step of an exponential moving average of the weights (e.g. 0.999), which is
+    # evaluated instead of the weights; 0: off.
+    ema: float = 0.0
+    # airbench's lookahead: a slow average of the weights copied back into them every 5 steps.
+    lookahead: bool = True
+    # Test-time augmentation of the separate final test: "flip-translate" (6 views per image),
+    # "flip" (2 views) or "none".
+    tta: str = "flip-translate"
+
+    # --- runtime: how the run computes, decided once (runtime.decide) ---
+    # "auto": a CUDA GPU, else Apple MPS, else the CPU; or a torch device such as "cpu", "cuda:1".
+    device: str = "auto"
+    # "auto", "bf16", "fp16" or "fp32". "auto" picks bf16 on GPUs with compute capability 8.0 or
+    # more (A100, L4, H100) and on CPUs with native bf16, fp16 with a gradient scaler on a T4 or
+    # V100, else fp32; and fp32 when your network fails or is not finite in the first choice.
+    precision: str = "auto"
+    # Memory layout "auto", "yes" (channels_last, NHWC) or "no" (NCHW). "auto": on a CPU the
+    # faster of the two, measured with your network; on a GPU NHWC under bf16 / fp16; in each
+    # case only a layout your network runs in.
+    channels_last: str = "auto"
+    # Deterministic GPU algorithms (cuDNN's, benchmark off), so the same seed gives the same
+    # numbers and a resumed run those of an unstopped one. A CPU is deterministic either way.
+    deterministic: bool = True
+    # Compile the network with torch.compile (benchmarks/README.md: measure first).
+    compile: bool = False
+    # On CUDA: replay each training step as a recorded CUDA graph (fewer kernel launches).
+    cuda_graphs: bool = False
+    # On a GPU, training steps between reads of the loss by the host (the NaN check, the progress
+    # bar).
+    check_every: int = 50
+    # Images per evaluation step (no gradients are kept, so it can be large).
+    eval_batch_size: int = 1000
+    # Seeds the network's initial weights, the data order, the augmentation and dropout.
+    seed: int = 0
+    # The run folder: config, history, checkpoints and results are written there.
+    out: str = "runs/default"
+    # A progress bar per epoch and a test line like the original assignment's.
+    progress: bool = True
+    # Set by fit: image counts and a hash of the decoded images; a resumed run checks it.
+    data_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -301,6 +337,7 @@ RUNTIME_FIELDS = (
     "data_root",
     "precision",
     "channels_last",
+    "deterministic",
 )
 # Fields that name where a run lives or what it found, never how it trains.
 BOOKKEEPING_FIELDS = ("out", "data_fingerprint")
@@ -340,6 +377,7 @@ LEGACY_FIELDS: dict[str, Any] = dict(
     bias_lr_scale=1.0,
     lookahead=False,
     cuda_graphs=False,
+    deterministic=False,  # no run before this option asked for deterministic GPU algorithms
 )
 # Values a saved config may hold in an older form (both options were bools before their modes
 # existed): read back as what they meant then. Only `from_dict` (saved configs) translates them.
@@ -347,31 +385,3 @@ LEGACY_VALUES: dict[str, dict[bool, str]] = {
     "channels_last": {True: "yes", False: "no"},
     "flip": {True: "random", False: "none"},
 }
-
-
-def field_help() -> dict[str, str]:
-    """Each TrainConfig field's comment in this file (continuation lines joined): the CLI's --help
-    text. The comments are the one description of the defaults (a test checks every field has one);
-    without the source (a frozen install) the help is just the defaults."""
-    import inspect
-
-    help_, name = {}, None
-    try:
-        source = inspect.getsource(TrainConfig)
-    except (OSError, TypeError):
-        return {}
-    for line in source.splitlines():
-        code, _, comment = line.partition("#")
-        head = code.strip().split(":", 1)[0]
-        if head.isidentifier() and ":" in code and not code.strip().startswith(("def ", "class ")):
-            name = head
-            help_[name] = comment.strip()
-        elif not code.strip() and comment and name and line.startswith(" " * 20):
-            help_[name] += (
-                " " + comment.strip()
-            )  # an indented comment-only line continues the field above
-        elif code.strip():
-            name = None
-    return {
-        k: v for k, v in help_.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}
-    }

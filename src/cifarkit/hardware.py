@@ -165,7 +165,8 @@ def choose_channels_last(
         return False, f"NCHW on {device.type}"
     if model is None:
         return True, "channels_last (CPU default; not measured for this network)"
-    return _probe_layout(model, device, amp_dtype, batch)
+    use, why = pick_layout(*measure_layouts(model, device, amp_dtype, batch), amp_dtype)
+    return (False, f"NCHW ({why})") if use is None else (use, why)
 
 
 # the names config.json uses
@@ -179,9 +180,13 @@ def probe_cache_path() -> Path:
     return Path(os.environ.get("CIFARKIT_LAYOUT_CACHE") or cache_dir() / "layout.json")
 
 
-def _probe_layout(
+def measure_layouts(
     model: nn.Module, device: torch.device, amp_dtype, batch: int
-) -> tuple[bool, str]:
+) -> tuple[float | str, float | str, str]:
+    """(NCHW img/s or why it fails, NHWC img/s or why it fails, how it was known) for forward +
+    backward of a copy of `model` under autocast `amp_dtype`: measured now, or read from the cache
+    of earlier measurements of this network on this machine (only a valid measurement, two
+    positive speeds, is kept or believed; anything else is measured again)."""
     n_params = sum(p.numel() for p in model.parameters())
     key = (
         f"{cpu_name()}|{cpu_kind()}|{torch.get_num_threads()} threads|torch"
@@ -195,37 +200,44 @@ def _probe_layout(
     except (OSError, ValueError):
         cached = {}
     cached = cached if isinstance(cached, dict) else {}
-    if isinstance(cached.get(key), list) and len(cached[key]) == 2:
+    if _valid_speeds(cached.get(key)):
         nchw, nhwc = cached[key]
-        how = "measured earlier on this machine"
-    else:
-        # img/s, or why the layout failed
-        nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)
-        how = f"measured now, {PROBE_STEPS} passes of {batch} images each"
-        if isinstance(nchw, float) and isinstance(nhwc, float):  # only a real measurement is kept
-            _write_cache(path, {**cached, key: [nchw, nhwc]})
-    # chosen among the layouts the network runs correctly
+        return float(nchw), float(nhwc), "measured earlier on this machine"
+    # img/s, or why the layout failed
+    nchw, nhwc = _time_layouts(model, device, amp_dtype, batch)
+    if _valid_speeds([nchw, nhwc]):  # only a real measurement is kept
+        _write_cache(path, {**cached, key: [nchw, nhwc]})
+    return nchw, nhwc, f"measured now, {PROBE_STEPS} passes of {batch} images each"
+
+
+def _valid_speeds(entry) -> bool:
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+            for v in entry
+        )
+    )
+
+
+def pick_layout(nchw, nhwc, how: str, amp_dtype) -> tuple[bool | None, str]:
+    """(use channels_last, one-line reason) from `measure_layouts`' answer: the faster of the
+    layouts the network runs correctly in; (None, why) when it fails in both."""
+    if isinstance(nchw, str) and isinstance(nhwc, str):
+        return None, f"the network fails in both layouts: {nchw}"
     if isinstance(nchw, str) or isinstance(nhwc, str):
-        # the network's own failure: the probe after says it
-        if isinstance(nchw, str) and isinstance(nhwc, str):
-            return False, f"NCHW (the network fails in both layouts: {nchw})"
         use = isinstance(nchw, str)
-        return (
-            use,
-            (
-                f"{'channels_last' if use else 'NCHW'}: your network fails in"
-                f" {'NCHW' if use else 'channels_last'} ({nchw if use else nhwc}), so"
-                f" {'NHWC' if use else 'NCHW'}"
-            ),
+        return use, (
+            f"{'channels_last' if use else 'NCHW'}: your network fails in"
+            f" {'NCHW' if use else 'channels_last'} ({nchw if use else nhwc}), so"
+            f" {'NHWC' if use else 'NCHW'}"
         )
     use = nhwc > nchw
-    return (
-        use,
-        (
-            f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f}"
-            f" img/s ({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {PRECISION_NAME[amp_dtype]};"
-            f" {how})"
-        ),
+    return use, (
+        f"{'channels_last' if use else 'NCHW'}: {max(nchw, nhwc):.0f} vs {min(nchw, nhwc):.0f}"
+        f" img/s ({'NHWC vs NCHW' if use else 'NCHW vs NHWC'}, {PRECISION_NAME[amp_dtype]};"
+        f" {how})"
     )
 
 

@@ -85,9 +85,11 @@ def predict_image(
     cfg: TrainConfig | None = None,
     top: int = 3,
     classes: tuple[str, ...] = CLASSES,
+    precision: str | None = None,
 ) -> Prediction:
     """Top-`top` classes with probabilities for one image (path or PIL image), with the run's
-    test-time augmentation and precision when `cfg` is given (else single view, fp32)."""
+    test-time augmentation when `cfg` is given (else single view) and `precision`: the run's, as
+    its runtime record says (`FitResult.precision`; default: the config's, else fp32)."""
     pixels, notes = load_image(image)
     cfg = cfg or TrainConfig(tta="none", precision="fp32")
     was_training = model.training
@@ -95,7 +97,7 @@ def predict_image(
         model,
         pixels[None],
         torch.zeros(1, dtype=torch.long),
-        precision=cfg.precision,
+        precision=precision or cfg.precision,
         tta=cfg.tta,
         batch_size=1,
     )

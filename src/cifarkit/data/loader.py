@@ -166,15 +166,17 @@ class DeviceLoader:
 
     def generator(self, epoch: int | None = None) -> torch.Generator:
         """The generator of an epoch's order and augmentation parameters (default: the current
-        epoch)."""
+        epoch). A CPU generator on every device: the draws (a few (N,) tensors per epoch, copied to
+        the device once) are the same whatever device trains, so a run resumed on another device
+        type sees the same batches."""
         epoch = self.epoch if epoch is None else epoch
-        return torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
+        return torch.Generator().manual_seed(self.seed * 100_003 + epoch)
 
     def base_flips(self) -> torch.Tensor:
         """The fixed random half of the images that alternating flip mirrors on even epochs."""
         if getattr(self, "_base_flips", None) is None:
-            g = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 - 1)
-            self._base_flips = torch.rand(len(self.labels), device=self.device, generator=g) < 0.5
+            g = torch.Generator().manual_seed(self.seed * 100_003 - 1)
+            self._base_flips = (torch.rand(len(self.labels), generator=g) < 0.5).to(self.device)
         return self._base_flips
 
     def epoch_draws(self, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -183,19 +185,20 @@ class DeviceLoader:
         cy, cx.
         """
         n, (h, w) = len(self.labels), self.images.shape[-2:]
-        g, dev = self.generator(epoch), self.device
-        order = torch.randperm(n, device=dev, generator=g)
+        g = self.generator(epoch)
+        order = torch.randperm(n, generator=g)
         p: dict[str, torch.Tensor] = {}
         if self.crop_padding:
-            p["dy"] = torch.randint(0, 2 * self.crop_padding + 1, (n,), device=dev, generator=g)
-            p["dx"] = torch.randint(0, 2 * self.crop_padding + 1, (n,), device=dev, generator=g)
+            p["dy"] = torch.randint(0, 2 * self.crop_padding + 1, (n,), generator=g)
+            p["dx"] = torch.randint(0, 2 * self.crop_padding + 1, (n,), generator=g)
         if self.flip == "random":
-            p["flip"] = torch.rand(n, device=dev, generator=g) < 0.5
-        elif self.flip == "alternate":
-            p["flip"] = self.base_flips() ^ bool(epoch % 2)
+            p["flip"] = torch.rand(n, generator=g) < 0.5
         if self.cutout:
-            p["cy"] = torch.randint(0, h - self.cutout + 1, (n,), device=dev, generator=g)
-            p["cx"] = torch.randint(0, w - self.cutout + 1, (n,), device=dev, generator=g)
+            p["cy"] = torch.randint(0, h - self.cutout + 1, (n,), generator=g)
+            p["cx"] = torch.randint(0, w - self.cutout + 1, (n,), generator=g)
+        order, p = order.to(self.device), {k: v.to(self.device) for k, v in p.items()}
+        if self.flip == "alternate":
+            p["flip"] = self.base_flips() ^ bool(epoch % 2)
         return order, p
 
     def _augment(

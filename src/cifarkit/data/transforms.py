@@ -111,6 +111,8 @@ def build_transform(spec: str) -> Any:
         hint = f"; did you mean {close[0]}?" if close else "; see torchvision.transforms.v2"
         raise ConfigError(f"unknown transform {name!r} in {spec!r}{hint}")
     args = [kwargs.pop(f"_{i}") for i in range(len(kwargs)) if f"_{i}" in kwargs]
+    if isinstance(kwargs.get("interpolation"), str):
+        kwargs["interpolation"] = _interpolation(kwargs["interpolation"], spec)
     try:
         transform = cls(*args, **kwargs)
     except Exception as e:  # TypeError / ValueError from the transform's own checks
@@ -127,6 +129,20 @@ def build_transform(spec: str) -> Any:
         ) from None
     _check_output(spec, out, probe.shape)
     return transform
+
+
+def _interpolation(name: str, spec: str) -> Any:
+    """interpolation='bilinear' as an InterpolationMode: torchvision 0.29 takes the string, 0.26
+    (Colab's) only the enum, so a spec written for either works on both."""
+    from torchvision.transforms import InterpolationMode
+
+    try:
+        return InterpolationMode(name.lower())
+    except ValueError:
+        modes = ", ".join(repr(m.value) for m in InterpolationMode)
+        raise ConfigError(
+            f"bad interpolation {name!r} in transform {spec!r}: use one of {modes}"
+        ) from None
 
 
 def _one_line(e: Exception) -> str:

@@ -128,6 +128,13 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[st
     return slim
 
 
+def recorded_precision(ckpt: dict[str, Any]) -> str | None:
+    """The precision the run trained in, from its runtime record ("bf16", "fp16", "fp32"), or None
+    for a checkpoint an older cifarkit wrote without one."""
+    name = (ckpt.get("choices") or {}).get("precision")
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
+
 def config_from_checkpoint(
     ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint"
 ) -> TrainConfig:

@@ -1,14 +1,14 @@
 """Building a run: the one setup `fit`, the LR range test and a finished run's loading share. From a
-config (and a network object or factory passed beside it) it makes, in this order: device and
-precision with their reasons, the seeded random state, the data (refused on resume when it is not
-the run's), the splits, the network (initialised, in the chosen memory layout, probed), then, for
-training, the loaders, the optimiser, schedule, weight averager and the `TrainStep`. It prints what
-it chose; it writes no files.
+config (and a network object or factory passed beside it) it makes, in this order: the device, the
+seeded random state, the data (refused on resume when it is not the run's), the splits, the network
+(initialised, on the device), the run's `Runtime` (precision, layout and determinism, decided with
+that network: `runtime.decide`), the network in its layout, probed, then, for training, the loaders,
+the optimiser, schedule, weight averager and the `TrainStep`. It prints what it chose; it writes no
+files.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import random
@@ -25,22 +25,12 @@ from ..data.dataset import Cifar10, DataError, fingerprint
 from ..data.loader import DeviceLoader, normalize
 from ..data.sources import load_cifar10
 from ..data.splits import Splits, make_splits
-from ..hardware import (
-    PRECISION_NAME,
-    autocast,
-    choose_channels_last,
-    choose_precision,
-    hardware_string,
-    keep_freed_memory,
-    model_is_nhwc,
-    resolve_device,
-)
+from ..hardware import keep_freed_memory, resolve_device
 from ..models import build_model, count_parameters, probe
-from ..models.check import failure_text, output_sum
 from ..models.identity import materialize, network_identity
-from ..models.keep import forked_rng
 from ..models.registry import passed_object_notes
 from ..optim import Averager, make_averager, make_optimizer, make_scheduler
+from ..runtime import Runtime, decide
 from .step import BatchFn, LossFn, TrainStep
 
 # how far `build_run` goes: each stage includes those before it
@@ -53,15 +43,12 @@ class Run:
     history)."""
 
     cfg: TrainConfig  # the config as run: data_fingerprint filled in
-    device: torch.device
-    amp_dtype: Optional[torch.dtype]  # None: fp32
-    precision_reason: str  # why this precision (printed, saved in results.json)
+    # device, precision, layout, determinism: decided once, saved as the checkpoints' "choices"
+    runtime: Runtime
     data: Cifar10
     splits: Splits
     # the network, initialised, on the device, in its memory layout
     model: nn.Module
-    # the memory layout chosen (True: channels_last); a resumed run keeps it
-    nhwc: bool
     # the network's code (models.identity), saved in every checkpoint
     identity: dict
     # False: an object came with weights drawn before anything was seeded
@@ -81,9 +68,18 @@ class Run:
         return self.averager.eval_model(self.model) if self.averager is not None else self.model
 
     @property
-    def choices(self) -> dict:
-        """What "auto" chose, as checkpoints record it (a resumed run computes as it started)."""
-        return {"precision": PRECISION_NAME[self.amp_dtype], "channels_last": self.nhwc}
+    def device(self) -> torch.device:
+        return self.runtime.torch_device
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        """The autocast dtype the runtime chose (None: fp32)."""
+        return self.runtime.amp_dtype
+
+    @property
+    def nhwc(self) -> bool:
+        """The memory layout the runtime chose (True: channels_last); a resumed run keeps it."""
+        return self.runtime.channels_last
 
 
 def build_run(
@@ -109,8 +105,6 @@ def build_run(
     check_choice("upto", upto, STAGES)
     device = resolve_device(cfg.device)
     memory = keep_freed_memory(device)  # before the layout probe times anything
-    kept = (ckpt or {}).get("choices") or {}
-    amp_dtype, reason = choose_precision(cfg.precision, device, kept=kept.get("precision"))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data, found = load_run_data(
@@ -129,10 +123,6 @@ def build_run(
     factory = model if model is not None and not isinstance(model, nn.Module) else None
     if verbose:
         print(cfg)
-        print(
-            f"device: {device} ({hardware_string(device)}), torch {torch.__version__}\nprecision:"
-            f" {reason}"
-        )
         if memory:
             print(f"memory: {memory}")
         print(
@@ -146,42 +136,43 @@ def build_run(
     if factory is not None:
         # after seeding: its initial weights follow cfg.seed
         model = build_model(factory, cfg.dropout)
-    net = model_for_config(
-        cfg,
-        splits.train[0],
+    net = network_on_device(cfg, splits.train[0], device, model=model, from_data=ckpt is None)
+    runtime = decide(
         device,
-        model=model,
-        from_data=ckpt is None,
-        verbose=verbose,
-        layout=kept.get("channels_last"),
+        cfg.precision,
+        cfg.channels_last,
+        cfg.deterministic,
+        net,
+        normalize(splits.train[0][:8].to(device)),
+        kept=(ckpt or {}).get("choices"),
+        batch=min(cfg.batch_size, 64),
     )
-    nhwc = model_is_nhwc(net)  # the batches follow the model's layout
-    # only among the precisions the network runs in
-    if cfg.precision == "auto" and "precision" not in kept:
-        amp_dtype, reason = precision_that_works(
-            net, normalize(splits.train[0][:8].to(device), nhwc), device, amp_dtype, reason
-        )
+    if verbose:
+        print(f"torch {torch.__version__}")
+        print("\n".join(runtime.lines()))
+    net = net.to(
+        memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format
+    )
+    # refuse a network that cannot classify, before training
+    probe(net, normalize(splits.train[0][:2].to(device), runtime.channels_last))
     if verbose:
         print(f"model: {cfg.model}, {count_parameters(net):,} parameters")
     run = Run(
         cfg,
-        device,
-        amp_dtype,
-        reason,
+        runtime,
         data,
         splits,
         net,
-        nhwc,
         network_identity(net, cfg.model),
         seeded_init=factory is not None or model is None or ckpt is not None,
     )
     if upto == "network":
         return run
     run.loader = DeviceLoader.from_config(
-        *splits.train, cfg, train=True, device=device, channels_last=nhwc
+        *splits.train, cfg, train=True, device=device, channels_last=run.nhwc
     )
     run.eval_loader = DeviceLoader.from_config(
-        *splits.eval, cfg, train=False, device=device, channels_last=nhwc
+        *splits.eval, cfg, train=False, device=device, channels_last=run.nhwc
     )
     if upto == "loaders":
         return run
@@ -190,7 +181,7 @@ def build_run(
     run.step = TrainStep(
         prepare_train_model(net, device=device, cuda_graphs=cfg.cuda_graphs, compile=cfg.compile),
         optimizer,
-        amp_dtype,
+        run.amp_dtype,
         cfg.label_smoothing,
         make_scheduler(optimizer, cfg, len(run.loader)),
         run.averager,
@@ -200,84 +191,25 @@ def build_run(
     return run
 
 
-def model_for_config(
+def network_on_device(
     cfg,
     train_images: torch.Tensor,
     device: torch.device,
     *,
     model: nn.Module | None = None,
     from_data: bool = True,
-    verbose: bool = False,
-    layout: bool | None = None,
 ) -> nn.Module:
     """The network of `cfg` (or the object `model`, when one was passed beside the config) on
-    `device`, in the memory layout the config's `channels_last` picks (on a CPU, "auto" measures
-    both layouts with this network: `hardware.choose_channels_last`; `verbose` prints the choice).
-    With `from_data`, a network that initialises itself from data (CompactNet's whitening conv) sees
-    the first 5,000 training images (a resumed run loads those weights instead). `layout` (True:
-    NHWC) is the layout a resumed run chose when it started: kept, so it computes as it did,
-    whatever a new measurement would say."""
+    `device`, its lazy modules materialised. With `from_data`, a network that initialises itself
+    from data (CompactNet's whitening conv) sees the first 5,000 training images (a resumed run
+    loads those weights instead). Its memory layout is the runtime's to decide (`runtime.decide`).
+    """
     net = model if model is not None else build_model(cfg.model, cfg.dropout)
     # lazy modules get their parameters before anything counts, moves or measures them
     materialize(net)
     if from_data and hasattr(net, "init_from_data"):
         net.init_from_data(normalize(train_images[:5000]))
-    net = net.to(device)
-    amp_dtype = choose_precision(cfg.precision, device)[0]
-    if layout is not None:
-        nhwc, why = (
-            bool(layout),
-            f"{'channels_last' if layout else 'NCHW'} (as the run chose when it started)",
-        )
-    else:
-        nhwc, why = choose_channels_last(
-            cfg.channels_last, device, amp_dtype, model=net, batch=min(cfg.batch_size, 64)
-        )
-    if verbose:
-        print(f"layout: {why}")
-    net = net.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-    # refuse a network that cannot classify, before training
-    probe(net, normalize(train_images[:2].to(device), nhwc))
-    return net
-
-
-def precision_that_works(
-    model: nn.Module,
-    x: torch.Tensor,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    reason: str,
-) -> tuple[torch.dtype | None, str]:
-    """(`amp_dtype`, `reason`) when one forward + backward of `x` through a copy of `model` runs in
-    that precision with a finite result; (None, why) when it does not but fp32 does, so "auto" never
-    picks a precision the network cannot train in. A network that fails in fp32 too keeps
-    `amp_dtype`: the checks that follow report its own error. The copy runs with the random state
-    forked; `model` is not touched.
-    """
-    if amp_dtype is None:
-        return amp_dtype, reason
-
-    def step(dtype) -> None:
-        with autocast(device, dtype):
-            total = output_sum(probe(x))
-        if not torch.isfinite(total):
-            raise FloatingPointError("its output is not finite")
-        total.backward()
-
-    with forked_rng():
-        probe = copy.deepcopy(model).train()
-        try:
-            step(amp_dtype)
-            return amp_dtype, reason
-        except Exception as e:  # noqa: BLE001 - the network's own failure in this precision
-            why = failure_text(e)
-        try:
-            step(None)
-        except Exception:  # noqa: BLE001 - fails in fp32 as well: not the precision's fault
-            return amp_dtype, reason
-    new = f"fp32: your network fails in {PRECISION_NAME[amp_dtype]} ({why}), so fp32"
-    print(f"precision: {new}")
-    return None, new
+    return net.to(device)
 
 
 def load_run_data(

@@ -23,6 +23,7 @@ from ..runfolder.checkpoint import (
 )
 from ..runfolder.files import LAST, RESULTS
 from ..runfolder.lock import RunDirError, advice
+from ..runtime import Runtime
 from .build import build_run
 from .evaluate import predict_images
 
@@ -40,6 +41,14 @@ class FitResult:
     data: Cifar10 | None = None
     exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
     loaded: bool = False  # resume="auto" found this run finished and loaded it instead of training
+    # how the run computed (device, precision, layout, determinism): what its readers use
+    runtime: Runtime | None = None
+
+    @property
+    def precision(self) -> str:
+        """The precision the run trained and was evaluated in ("bf16", "fp16", "fp32"): the
+        runtime's decision, never the config's "auto" decided again."""
+        return self.runtime.precision if self.runtime is not None else self.config.precision
 
     def test_predictions(
         self, tta: str | None = None
@@ -53,7 +62,7 @@ class FitResult:
             self.model,
             images,
             labels,
-            precision=self.config.precision,
+            precision=self.precision,
             tta=tta or self.config.tta,
             batch_size=self.config.eval_batch_size,
         )
@@ -101,4 +110,13 @@ def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
             epoch_line(h, len(history), "test" if final.get("eval_set") == "test" else "validation")
         )
     print(final_line(final))
-    return FitResult(run_cfg, history, model.eval(), run_dir, final=final, data=data, loaded=True)
+    return FitResult(
+        run_cfg,
+        history,
+        model.eval(),
+        run_dir,
+        final=final,
+        data=data,
+        loaded=True,
+        runtime=run.runtime,
+    )

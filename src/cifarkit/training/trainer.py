@@ -22,7 +22,7 @@ from ..atomic import atomic_write_json
 from ..config import TrainConfig
 from ..data.dataset import Cifar10
 from ..data.loader import DeviceLoader
-from ..hardware import PRECISION_NAME, hardware_string, peak_rss_mb
+from ..hardware import peak_rss_mb
 from ..models import count_parameters, spec_string
 from ..report import epoch_line, result_line
 from ..runfolder.checkpoint import (
@@ -71,7 +71,7 @@ def _checkpoint(run: Run, epoch: int) -> dict:
     return {
         "config": run.cfg.to_dict(),
         "network": run.identity,
-        "choices": run.choices,
+        "choices": run.runtime.to_dict(),
         "model": run.model.state_dict(),
         "epoch": epoch,
         "history": run.history,
@@ -221,9 +221,10 @@ def _final_results(run: Run, run_dir: Path, wall_start: float) -> dict:
         {
             "wall_seconds": time.perf_counter() - wall_start,
             "train_seconds": sum(h["train_seconds"] for h in history),
-            "hardware": hardware_string(run.device),
-            "precision": PRECISION_NAME[run.amp_dtype],  # as config.json and checkpoints name it
-            "precision_reason": run.precision_reason,
+            "hardware": run.runtime.hardware,
+            "precision": run.runtime.precision,  # as config.json and checkpoints name it
+            "precision_reason": run.runtime.reasons.get("precision", ""),
+            "runtime": run.runtime.to_dict(),  # the whole decision: device, layout, determinism
             "torch": torch.__version__,
             "peak_rss_mb": peak_rss_mb(),
         }
@@ -325,8 +326,17 @@ def fit(
                 interrupted=True,
                 data=run.data,
                 exit_code=getattr(e, "exit_code", 130),
+                runtime=run.runtime,
             )
-    return FitResult(run.cfg, run.history, run.eval_model, run_dir, final=final, data=run.data)
+    return FitResult(
+        run.cfg,
+        run.history,
+        run.eval_model,
+        run_dir,
+        final=final,
+        data=run.data,
+        runtime=run.runtime,
+    )
 
 
 def _what_to_resume(cfg: TrainConfig, resume, overwrite: bool, model, caller: Caller) -> tuple:
