@@ -47,14 +47,18 @@ def good_notebook():
         "TrainConfig(\n  model            = 'object:MyNet'\n  out              ="
         " 'runs/mine'\n)\n\nTest set: Average loss: 1.2000, Accuracy: 7000/10000 (70.00%)\n\nTest"
         " set: Average loss: 0.9000, Accuracy: 8150/10000 (81.50%)\nfinal test accuracy: single"
-        " view 8150/10000 (81.50%); flip-translate TTA (6 views) 8290/10000\n"
+        " view 8150/10000 (81.50%); flip-translate TTA (6 views) 8290/10000 (82.90%)\n"
     )
     return {
         "metadata": {"kernelspec": {"name": "python3"}},
         "nbformat": 4,
         "nbformat_minor": 5,
         "cells": [
-            {"cell_type": "markdown", "source": "# My assignment", "metadata": {}},
+            {
+                "cell_type": "markdown",
+                "source": "# My assignment\n**Authors:** Ada L.",
+                "metadata": {},
+            },
             code("import cifarkit as ck", 1),
             # a renamed network, extra cells
             code("class MyNet(nn.Module): ...", 2),
@@ -62,6 +66,7 @@ def good_notebook():
             code("ck.plot_history(result.history)\n# ck.plot_lr(result.history)", 4, image()),
             code("ck.plot_confusion(cm, classes)\nlr_result.plot()", 5, image(), image()),
             code("print(ck.check_rules(result.model, accuracy=81.5))", 6, stream(RULES)),
+            {"cell_type": "markdown", "source": "## Conclusion\nMy own words.", "metadata": {}},
         ],
     }
 
@@ -78,12 +83,19 @@ def run(tmp_path):
                 "test_total": 10000,
                 "tta_correct": 8290,
                 "tta_accuracy": 82.9,
+                "parameters": 77050,
+                "epochs": 2,
                 "hardware": "GPU: Tesla T4",
             }
         )
     )
     (folder / "history.json").write_text(
-        json.dumps([{"eval_correct": 7000}, {"eval_correct": 8150}])
+        json.dumps(
+            [
+                {"eval_correct": 7000, "eval_total": 10000},
+                {"eval_correct": 8150, "eval_total": 10000},
+            ]
+        )
     )
     (folder / "config.json").write_text(json.dumps({"out": "runs/mine", "data": None}))
     return folder
@@ -97,14 +109,16 @@ def write(tmp_path, nb):
 
 def test_a_good_notebook_is_ready(tmp_path, run, capsys):
     report = check_notebook(write(tmp_path, good_notebook()))
-    assert report.ok, str(report)
-    assert [c.ok for c in report].count(None) == 2  # what it cannot check, said as such
+    assert report.ok and report.state == "ready", str(report)
+    # what it cannot check, said as such
+    assert [c.what for c in report if c.ok is None] == ["your own words", "results re-evaluated"]
     assert main(["check-notebook", str(tmp_path / "Assignment7.ipynb")]) == 0
     out = capsys.readouterr().out
     assert (
         "[ OK ] test accuracy >= 80%: 81.50% single view (8150/10000" in out
         and out.rstrip().endswith("ready to hand in: every check cifarkit can make holds")
     )
+    assert "In [6], the trained network's 77,050 parameters" in out
 
 
 def broken(change):
@@ -120,12 +134,24 @@ def set_output(i, text):
     return change
 
 
+def fit_text(change):
+    def edit(nb):
+        out = nb["cells"][3]["outputs"][0]
+        out["text"] = change(out["text"])
+
+    return edit
+
+
+OTHER_NET_FAILS = RULES.replace("77,050", "1,204,000").replace(
+    "[PASS] parameters", "[FAIL] parameters"
+)
+
 CASES = {
     "an error": (
         lambda nb: nb["cells"][4]["outputs"].append(
             {"output_type": "error", "ename": "X", "evalue": "", "traceback": []}
         ),
-        "cells [4] hold an error",
+        "In [4] hold an error",
     ),
     "out of order": (
         lambda nb: nb["cells"][2].update(execution_count=9),
@@ -133,9 +159,9 @@ CASES = {
     ),
     "not executed": (
         lambda nb: nb["cells"][1].update(execution_count=None),
-        "cells [1] not executed",
+        "code cell 1 (not run) not executed",
     ),
-    "a missing figure": (lambda nb: nb["cells"][5]["outputs"].pop(), "cell 5: 1 of 2"),
+    "a missing figure": (lambda nb: nb["cells"][5]["outputs"].pop(), "In [5]: 1 of 2"),
     "a failed rule": (
         set_output(
             6,
@@ -147,17 +173,32 @@ CASES = {
         "[FAIL] dilated conv",
     ),
     "no rules": (set_output(6, "done\n"), "prints no check_rules output"),
-    "a leaked path": (
-        lambda nb: nb["cells"][1]["outputs"].append(
-            stream("cifarkit from /home/dev/src/cifarkit\n")
-        ),
-        "absolute paths in cell 1 (/home/",
+    "rules of another network only": (
+        set_output(6, RULES.replace("77,050", "324,586")),
+        "no check_rules output of the trained network (77,050 parameters in results.json); the"
+        " notebook shows rules of networks of 324,586 parameters",
+    ),
+    "a developer's path": (
+        lambda nb: nb["cells"][1]["outputs"].append(stream("cifarkit from /tmp/x/src/cifarkit\n")),
+        "paths of another machine in In [1] (/tmp/",
     ),
     "another run's numbers": (
-        lambda nb: nb["cells"][3]["outputs"][0].update(
-            text=nb["cells"][3]["outputs"][0]["text"].replace("8150/10000", "8151/10000")
+        fit_text(lambda t: t.replace("single view 8150/10000", "single view 8151/10000")),
+        "In [3] shows 8151/10000; the run's records: 8150/10000 single view",
+    ),
+    "a headline edited, the true count shown elsewhere": (
+        lambda nb: nb["cells"].insert(
+            7, code("print(headline)", 7, stream("final test acc.    single view: 9500/10000\n"))
         ),
-        "[FAIL] final numbers",
+        "In [7] shows 9500/10000",
+    ),
+    "an epoch line that differs": (
+        fit_text(lambda t: t.replace("Accuracy: 7000/10000", "Accuracy: 7100/10000")),
+        "epoch 1: the fit output shows 7100 right, history.json 7000/10000",
+    ),
+    "the template's words": (
+        lambda nb: nb["cells"][-1].update(source="*Write here what you changed, ...*"),
+        "the conclusion still holds the template's text",
     ),
     "untrue metadata": (lambda nb: nb["metadata"].update(accelerator="TPU"), None),
 }
@@ -168,9 +209,55 @@ def test_what_a_grader_catches_fails_the_check(tmp_path, run, case):
     change, needle = CASES[case]
     report = check_notebook(write(tmp_path, broken(change)))
     text = str(report)
-    assert not report.ok and text.rstrip().endswith("failed"), text
+    assert report.state == "not ready" and text.rstrip().endswith("failed"), text
     if needle:
         assert needle in text, text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # a comparison cell after training shows another network, failing a rule
+        lambda nb: nb["cells"].insert(
+            7, code("print(ck.check_rules(Other()))", 7, stream(OTHER_NET_FAILS))
+        ),
+        # a student's own machine: /home paths are theirs
+        lambda nb: nb["cells"][1]["outputs"].append(stream("data from /home/ada/cifar.tar\n")),
+        # the second Run all: the loaded run's one-line epoch log, with counts
+        fit_text(
+            lambda t: t.replace(
+                "Test set: Average loss: 1.2000, Accuracy: 7000/10000 (70.00%)",
+                "epoch 1/2: train loss 1.5 acc 50.00% | test loss 1.2000 acc 7000/10000 (70.00%)",
+            )
+        ),
+    ],
+)
+def test_what_a_grader_must_not_fail(tmp_path, run, change):
+    report = check_notebook(write(tmp_path, broken(change)))
+    assert report.ok, str(report)
+
+
+def test_the_untouched_template_and_a_printout_claiming_more_are_not_ready(tmp_path, run):
+    nb = broken(lambda nb: nb["cells"][0].update(source="**Authors:** *your name(s) here.*"))
+    assert "[FAIL] your own words: the authors line still holds" in str(
+        check_notebook(write(tmp_path, nb))
+    )
+    claims = broken(set_output(6, RULES.replace("81.50%", "95.00%")))
+    assert "the notebook prints 95.00% for the trained network, results.json 81.50%" in str(
+        check_notebook(write(tmp_path, claims))
+    )
+
+
+def test_a_results_json_that_contradicts_itself_fails(tmp_path, run):
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "single_view_accuracy": 95.0}))
+    text = str(check_notebook(write(tmp_path, good_notebook())))
+    assert "[FAIL] run records agree: results.json says single view 95.0% but 8150/10000 is" in text
+    (run / "results.json").write_text(
+        json.dumps({**results, "single_view_correct": 8300, "single_view_accuracy": 83.0})
+    )
+    text = str(check_notebook(write(tmp_path, good_notebook())))
+    assert "the last epoch in history.json has 8150/10000 right, results.json 8300/10000" in text
 
 
 def test_the_accuracy_rule_is_the_runs_not_the_notebooks(tmp_path, run):
@@ -178,26 +265,137 @@ def test_the_accuracy_rule_is_the_runs_not_the_notebooks(tmp_path, run):
     (run / "results.json").write_text(
         json.dumps({**results, "single_view_accuracy": 79.9, "single_view_correct": 7990})
     )
-    nb = broken(
-        lambda nb: nb["cells"][3]["outputs"][0].update(
-            text=nb["cells"][3]["outputs"][0]["text"].replace("8150/10000", "7990/10000")
+    (run / "history.json").write_text(json.dumps([{"eval_correct": 7000}, {"eval_correct": 7990}]))
+    nb = broken(fit_text(lambda t: t.replace("8150/10000", "7990/10000")))
+    nb["cells"][6]["outputs"] = [stream(RULES.replace("81.50%", "79.90%"))]
+    text = str(check_notebook(write(tmp_path, nb)))
+    assert "[FAIL] test accuracy >= 80%: 79.90% single view" in text
+    # a smoke run decides nothing: not "ready"
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                **results,
+                "test_total": 500,
+                "single_view_correct": 400,
+                "tta_correct": 410,
+                "single_view_accuracy": 80.0,
+                "tta_accuracy": 82.0,
+            }
         )
     )
-    text = str(check_notebook(write(tmp_path, nb)))
-    # the printed [PASS] 81.50% does not count
-    assert "[FAIL] test accuracy >= 80%: 79.90% single view" in text
-    (run / "results.json").write_text(json.dumps({**results, "test_total": 500}))
-    assert "[ ?? ] test accuracy >= 80%: measured on 500 test images" in str(
-        check_notebook(write(tmp_path, nb))
+    (run / "history.json").write_text(
+        json.dumps(
+            [{"eval_correct": 300, "eval_total": 500}, {"eval_correct": 400, "eval_total": 500}]
+        )
+    )
+    smoke = broken(
+        fit_text(
+            lambda t: (
+                t.replace("7000/10000", "300/500")
+                .replace("8150/10000", "400/500")
+                .replace("8290/10000", "410/500")
+            )
+        )
+    )
+    report = check_notebook(write(tmp_path, smoke))
+    assert report.state == "cannot tell", str(report)
+    assert (
+        "[ ?? ] test accuracy >= 80%: undecided: measured on 500 of the 10,000 test images"
+        in str(report)
     )
 
 
-def test_a_missing_run_folder_fails_and_run_points_elsewhere(tmp_path, run, capsys):
+def test_a_missing_run_folder_cannot_be_told_and_run_points_elsewhere(tmp_path, run, capsys):
     moved = tmp_path / "elsewhere"
     run.rename(moved)
     path = write(tmp_path, copy.deepcopy(good_notebook()))
-    assert "[FAIL] run folder" in str(check_notebook(path))
+    report = check_notebook(path)
+    assert report.state == "cannot tell" and "[ ?? ] run folder: cannot check the run" in str(
+        report
+    )
+    assert "[FAIL]" not in str(report)
     assert check_notebook(path, run=moved).ok
-    assert main(["check-notebook", str(path)]) == 1
+    assert main(["check-notebook", str(path)]) == 3
     assert main(["check-notebook", str(tmp_path / "missing.ipynb")]) == 2
     assert "cannot read the notebook" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ([{"epoch": 1}], "is JSON but not a notebook (a list)"),
+        ({"cells": None}, "is not a notebook: it has no list of cells"),
+        ({"cells": [1, 2]}, "is not a notebook: it has no list of cells"),
+    ],
+)
+def test_json_that_is_not_a_notebook_is_one_line(tmp_path, capsys, content, needle):
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(content))
+    assert main(["check-notebook", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        ("results.json", [1, 2], "holds a JSON list, not the dict a finished run writes"),
+        ("history.json", {"a": 1}, "holds a JSON dict, not the list a finished run writes"),
+        ("results.json", {"final_test_accuracy": 81.5}, "written by an older cifarkit"),
+    ],
+)
+def test_run_records_of_another_shape_are_one_failed_line(tmp_path, run, name, content, needle):
+    (run / name).write_text(json.dumps(content))
+    text = str(check_notebook(write(tmp_path, good_notebook())))
+    assert "[FAIL] run folder: " in text and needle in text, text
+
+
+def test_an_nbformat_3_notebook_is_read(tmp_path, run):
+    nbformat = pytest.importorskip("nbformat")
+    v4 = nbformat.from_dict(good_notebook())
+    v3 = nbformat.convert(v4, 3)
+    path = tmp_path / "Assignment7.ipynb"
+    path.write_text(nbformat.writes(v3, version=3))
+    assert "worksheets" in json.loads(path.read_text())
+    report = check_notebook(path)
+    assert report.ok, str(report)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, run):
+    import subprocess
+    import sys
+
+    path = write(tmp_path, good_notebook())
+    p = subprocess.run(
+        f"{sys.executable} -m cifarkit check-notebook {path} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert p.stdout.startswith("[ OK ] executed") and "Traceback" not in p.stderr, p.stderr
+
+
+def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(tmp_path, tree):
+    from cifarkit.config import TrainConfig
+    from cifarkit.training.trainer import fit
+    from cifarkit.verify import reevaluate
+
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=10,
+        eval_batch_size=10,
+        data=str(tree),
+        out=str(tmp_path / "run"),
+        progress=False,
+        precision="fp32",
+        tta="none",
+        device="cpu",
+    )
+    results = fit(cfg).final
+    check = reevaluate(tmp_path / "run", results)
+    assert check.ok is True, str(check)
+    claimed = {**results, "single_view_correct": results["single_view_correct"] + 5}
+    check = reevaluate(tmp_path / "run", claimed)
+    assert check.ok is False and "were not made by this checkpoint" in str(check)
+    (tmp_path / "run" / "last.pt").unlink()
+    assert reevaluate(tmp_path / "run", results).ok is None  # nothing to evaluate: said so

@@ -83,12 +83,31 @@ def test_the_committed_run_folder_is_complete(name):
     assert (RUN / name).is_file() and (ROOT / "checkpoints" / "notebook.pt").is_file()
 
 
-def test_the_committed_notebook_passes_the_hand_in_check():
+def filled_in(nb: dict) -> dict:
+    """The notebook as a student hands it in: their names and their own conclusion in place of the
+    template's."""
+    from cifarkit.handin import TEMPLATE
+
+    nb = json.loads(json.dumps(nb))
+    for c in nb["cells"]:
+        text = "".join(c["source"])
+        for marker in TEMPLATE.values():
+            text = text.replace(marker, "Ada Lovelace and Alan Turing wrote this.")
+        c["source"] = text
+    return nb
+
+
+def test_the_committed_notebook_is_a_template_and_ready_once_filled_in(tmp_path):
     from cifarkit.handin import check_notebook
 
     report = check_notebook(ROOT / "Assignment7.ipynb", run=RUN)
+    # everything holds but the words only a student can write
+    assert [c.what for c in report if c.ok is False] == ["your own words"], str(report)
+    path = tmp_path / "Assignment7.ipynb"
+    path.write_text(json.dumps(filled_in(NB)))
+    report = check_notebook(path, run=RUN)
     assert report.ok, str(report)
-    assert [c.what for c in report if c.ok is None] == ["the run is this code's", "your own words"]
+    assert [c.what for c in report if c.ok is None] == ["your own words", "results re-evaluated"]
 
 
 def test_the_findings_are_the_runs_own_numbers():

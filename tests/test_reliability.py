@@ -36,6 +36,7 @@ from cifarkit.runfolder.checkpoint import (
     save_checkpoint,
 )
 from cifarkit.runfolder.files import LOCK, RUN_FILES
+from cifarkit.runfolder.signals import SIGNAL_NAMES
 from cifarkit.runfolder.state import checkpoint_epoch
 
 from conftest import tiny_arrays, write_archive, write_tree
@@ -364,8 +365,10 @@ def wait_for_epoch_line(q: queue.Queue, p: subprocess.Popen) -> int:
 
 # A few milliseconds after an epoch's line the run is writing last.pt (5.7 MB, fsynced), best.pt,
 # history.
+# A closed terminal (SIGHUP) stops a run as SIGTERM does.
 SIGNALS = [(signal.SIGINT, d) for d in (0.0, 0.002, 0.005, 0.010, 0.020)] + [
-    (signal.SIGTERM, 0.005)
+    (signal.SIGTERM, 0.005),
+    (signal.SIGHUP, 0.005),
 ]
 
 
@@ -393,9 +396,9 @@ def test_signal_right_after_an_epoch_line_saves_says_and_resumes(tmp_path, data_
         finally:
             stop(p)
         case = f"{signal.Signals(sig).name} {delay * 1000:.0f} ms after the line of epoch {shown}"
-        assert p.returncode == (130 if sig == signal.SIGINT else 143), (case, err)
+        assert p.returncode == 128 + sig, (case, err)
         msg = error_line(err)
-        name = "Ctrl-C (SIGINT)" if sig == signal.SIGINT else "SIGTERM"
+        name = SIGNAL_NAMES[sig]
         assert re.match(
             rf"Interrupted during epoch ({shown}|{shown + 1}) by {re.escape(name)}: ", msg
         ), (case, msg)

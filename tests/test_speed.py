@@ -11,7 +11,7 @@ from cifarkit.speed import MEASURED, Measured, epoch_estimate
 
 def test_every_measurement_names_its_source_and_is_in_the_docs():
     table = (Path(__file__).resolve().parents[1] / "docs" / "speed.md").read_text()
-    assert len({m.kind for m in MEASURED}) == len(MEASURED)
+    assert len({(m.kind, m.path) for m in MEASURED}) == len(MEASURED)
     for m in MEASURED:
         assert (
             m.seconds > 0 and m.source and m.device in table and f"| {m.seconds:.1f} |" in table
@@ -32,6 +32,10 @@ def test_the_estimate_for_a_measured_and_an_unmeasured_device(monkeypatch):
     assert "measured with 2 threads, this process has 8" in epoch_estimate(cpu, 20, threads=8)
     assert "yours may differ" in epoch_estimate(cpu, 1, model="mine.py:Net", threads=2)
     assert "about 50 s;" in epoch_estimate(cpu, 1, threads=2)
+    # another path on a measured device borrows no number
+    assert "not measured on this device with cuda_graphs" in epoch_estimate(
+        cpu, 20, path="cuda_graphs"
+    )
     monkeypatch.setattr(speed, "cpu_kind", lambda: "OTHER")
     assert epoch_estimate(cpu, 20).startswith(
         "time per epoch: not measured on this device (cpu:OTHER)"

@@ -67,6 +67,15 @@ def __getattr__(name: str):
     return value
 
 
+def _notebook_setup() -> None:
+    from .nbtools import show_refusals_in_one_line
+
+    show_refusals_in_one_line()
+
+
+_notebook_setup()
+
+
 def __dir__() -> list[str]:
     """The public names and the module's own dunders (not the helpers this file imports)."""
     return sorted({n for n in globals() if n.startswith("__")} | set(_PUBLIC))

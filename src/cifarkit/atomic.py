@@ -115,10 +115,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
     """Call write(file_object) on a temp file in the same folder, fsync it, then rename over `path`.
 
     A crash at any moment (SIGKILL included) leaves either the old file or the complete new one.
+    Only a regular file (or a new one) is written: a folder or a device at `path` is refused.
     Any OS failure (full disk, read-only, permissions) raises WriteError with one line; the temp
     file is always removed and the old file left as it was.
     """
     path = Path(path)
+    if (
+        path.exists() and not path.is_file()
+    ):  # a folder, a device (/dev/null), a FIFO: never replaced
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise WriteError(f"{path} is {kind}: give the path of a file to write")
     tmp: str | None = None
     recorder: _Recorder | None = None
     try:

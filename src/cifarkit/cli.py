@@ -240,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--run", help="its run folder (default: the out folder the notebook's fit printed)"
     )
+    n.add_argument(
+        "--verify",
+        action="store_true",
+        help="also evaluate the run's checkpoint on the test set again and compare with"
+        " results.json (needs torch, the data and the network's code)",
+    )
+    n.add_argument(
+        "--data", help="with --verify: the CIFAR-10 copy (default: the run's, or $CIFARKIT_DATA)"
+    )
 
     f = sub.add_parser(
         "lr-find", help="learning-rate range test for the configured network and recipe"

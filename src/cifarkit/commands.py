@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
+import sys
 
 from .base import CifarkitError, show_path
 
@@ -171,8 +172,12 @@ def runs(args) -> int:
 def check_notebook(args) -> int:
     """The hand-in check (`handin.check_notebook`): one line per check; exit 0 only when all
     hold."""
+    from .handin import EXIT
     from .handin import check_notebook as check
 
-    report = check(args.notebook, args.run)
-    print(report)
-    return 0 if report.ok else 1
+    report = check(args.notebook, args.run, verify=args.verify, data=args.data)
+    try:
+        print(report, flush=True)
+    except BrokenPipeError:  # `check-notebook ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT[report.state]

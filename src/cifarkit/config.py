@@ -34,8 +34,7 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the recommended recipe for the seed
     network."""
 
-    # Each field's comment, the lines right above it, is its `--help` text (`field_help`): whole
-    # sentences a student can read, naming the values a field takes.
+    # The comment right above each field is its --help text (cli.field_help), whole sentences.
 
     # --- what to train ---
     # The network: "seed" (the Assignment 7 network), "compact" (a faster, larger one), or your own
@@ -55,8 +54,7 @@ class TrainConfig:
     limit_train: int | None = None
     # Test on a class-balanced, seeded subset of this many images (quick runs); unset: all 10,000.
     limit_test: int | None = None
-    # Hold out this many training images as a validation set, to tune on; 0: evaluate on the test
-    # set.
+    # Hold out this many training images as a validation set to tune on; 0: test on the test set.
     val_split: int = 0
     # Random crop after padding each side by this many pixels (the original assignment's 4).
     crop_padding: int = 4
@@ -69,15 +67,13 @@ class TrainConfig:
     # Side in pixels of a random square painted with the mean colour (cutout); 0: off.
     cutout: int = 0
     # Extra torchvision.transforms.v2 augmentations, e.g. "RandomRotation(15)" or
-    # "ColorJitter(brightness=0.2)", applied to each image (its own random draw) after crop and
-    # flip.
+    # "ColorJitter(brightness=0.2)", applied to each image (its own draw) after crop and flip.
     transforms: list = field(default_factory=list)
 
     # --- optimisation ---
     # Passes over the training set (the original assignment ran 20).
     epochs: int = 20
-    # Images per training step (the original assignment used 128; 256 at lr 0.4 is +0.3% on
-    # validation, in fewer steps).
+    # Images per training step (the original used 128; 256 at lr 0.4: +0.3% on validation).
     batch_size: int = 256
     # The optimiser: "sgd", "adam" or "adamw" (adam and adamw want a peak lr near 1e-3).
     optimizer: str = "sgd"
@@ -95,13 +91,11 @@ class TrainConfig:
     schedule: str = "onecycle"
     # Fraction of all steps spent warming up ("onecycle" and "linear").
     warmup: float = 0.2
-    # "linear" schedule: the learning rate at step 0, as a fraction of the peak (warm-up starts
-    # here).
+    # "linear" schedule: the learning rate at step 0 (where warm-up starts), a fraction of the peak.
     lr_start: float = 0.0
     # "linear" schedule: the learning rate at the last step, as a fraction of the peak.
     lr_end: float = 0.0
-    # "step" schedule: multiply the learning rate by gamma every this many epochs (0: use
-    # milestones instead).
+    # "step" schedule: multiply the learning rate by gamma every this many epochs (0: milestones).
     step_size: int = 0
     # "step" schedule: multiply the learning rate by gamma at these epochs; on the command line
     # --milestones 10 15.
@@ -112,8 +106,7 @@ class TrainConfig:
     bias_lr_scale: float = 1.0
     # Label smoothing of the cross-entropy loss (airbench's 0.2).
     label_smoothing: float = 0.2
-    # Decay per step of an exponential moving average of the weights (e.g. 0.999), which is
-    # evaluated instead of the weights; 0: off.
+    # Per-step decay of a moving average of the weights that is evaluated instead (0.999); 0: off.
     ema: float = 0.0
     # airbench's lookahead: a slow average of the weights copied back into them every 5 steps.
     lookahead: bool = True
@@ -139,8 +132,7 @@ class TrainConfig:
     compile: bool = False
     # On CUDA: replay each training step as a recorded CUDA graph (fewer kernel launches).
     cuda_graphs: bool = False
-    # On a GPU, training steps between reads of the loss by the host (the NaN check, the progress
-    # bar).
+    # On a GPU, training steps between host reads of the loss (the NaN check, the progress bar).
     check_every: int = 50
     # Images per evaluation step (no gradients are kept, so it can be large).
     eval_batch_size: int = 1000
@@ -162,6 +154,15 @@ class TrainConfig:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ConfigError(msg)
+
+        for f in dataclasses.fields(self):  # the type first: "5" or "False" is no number or bool
+            v, (kinds, words) = getattr(self, f.name), _TYPES[str(f.type)]
+            need(
+                any(
+                    isinstance(v, k) and not (k is not bool and isinstance(v, bool)) for k in kinds
+                ),
+                f"{f.name} must be {words}, got {type(v).__name__} {v!r}",
+            )
 
         need(
             isinstance(self.epochs, int) and self.epochs >= 1,
@@ -324,6 +325,17 @@ class TrainConfig:
         lines = [f"  {k:<{width}} = {v!r}" for k, v in self.to_dict().items() if k not in skip]
         return "TrainConfig(\n" + "\n".join(lines) + "\n)"
 
+
+# What each annotation admits (a bool is no int here), and how a message names it.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "bool": ((bool,), "True or False"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), "a string"),
+    "str | None": ((str, type(None)), "a string or None"),
+    "int | None": ((int, type(None)), "a whole number or None"),
+    "list": ((list, tuple), "a list"),
+}
 
 # Fields a resumed run may take from the new call: how it runs, not what it computes.
 RUNTIME_FIELDS = (

@@ -1,4 +1,5 @@
-"""Execute a notebook for real and save it the way Jupyter shows it.
+"""Notebooks: cifarkit's refusals in one line in a Jupyter kernel, and executing a notebook for
+real, saved the way Jupyter shows it.
 
     python -m cifarkit.nbtools Assignment7.ipynb [--timeout SECONDS]
 
@@ -13,6 +14,26 @@ import argparse
 import os
 import re
 import sys
+
+
+def show_refusals_in_one_line() -> bool:
+    """In a Jupyter kernel (the notebook, Colab): a cifarkit refusal (any `CifarkitError`: a bad
+    setting, a missing file, a network that cannot train) shows as its one line, e.g.
+    "ConfigError: epochs must be ...", not as a traceback through cifarkit's files. Any other
+    exception (a bug in your own code) keeps its full traceback. The cell still fails, so Run all
+    stops there. Called when cifarkit is imported; True where it applied."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    from .base import CifarkitError
+
+    def one_line(shell, etype, value, tb, tb_offset=None):
+        text = " ".join(str(value).split())  # one line, whatever the message holds
+        shell._showtraceback(etype, value, [f"{etype.__name__}: {text}"])
+
+    shell.set_custom_exc((CifarkitError,), one_line)
+    return True
 
 
 def collapse_carriage_returns(text: str) -> str:

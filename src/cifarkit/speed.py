@@ -25,6 +25,9 @@ class Measured:
     device: str  # the machine, in words
     precision: str  # what "auto" chose there
     source: str  # the command / run that measured it
+    path: str = (
+        "eager"  # the training path: "eager" (the default) or "cuda_graphs" (cuda_graphs=True)
+    )
 
 
 MEASURED: tuple[Measured, ...] = (
@@ -55,10 +58,21 @@ MEASURED: tuple[Measured, ...] = (
     ),
     Measured(
         "cuda:H200",
-        4.0,
+        1.1,
         "NVIDIA H200",
         "bf16",
-        "benchmarks/README.md: an earlier code path at batch 128, 3.8 s train + 0.2 s test",
+        "2026-12-04, torch 2.11: benchmarks/throughput.py row B2 (eager, channels_last, 39,351"
+        " img/s steps) and the notebook's 20 epochs (median 1.1 s, 0.9-2.2 s); before"
+        " deterministic cuDNN (benchmark off) became the default",
+    ),
+    Measured(
+        "cuda:H200",
+        0.7,
+        "NVIDIA H200",
+        "bf16",
+        "2026-12-04, torch 2.11: benchmarks/throughput.py row C (cuda_graphs=True, 73,697 img/s"
+        " steps); before deterministic cuDNN (benchmark off) became the default",
+        path="cuda_graphs",
     ),
 )
 
@@ -76,23 +90,30 @@ def device_kind(device: torch.device) -> str:
     return device.type
 
 
-def measured_for(device: torch.device) -> Measured | None:
-    """The measurement for this kind of device, if the project has one."""
+def measured_for(device: torch.device, path: str = "eager") -> Measured | None:
+    """The measurement for this kind of device and training path, if the project has one (never
+    another device's or path's)."""
     kind = device_kind(device)
-    return next((m for m in MEASURED if m.kind == kind), None)
+    return next((m for m in MEASURED if m.kind == kind and m.path == path), None)
 
 
 def epoch_estimate(
-    device: torch.device, epochs: int, *, model: str = "seed", threads: int | None = None
+    device: torch.device,
+    epochs: int,
+    *,
+    model: str = "seed",
+    threads: int | None = None,
+    path: str = "eager",
 ) -> str:
     """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source; or
     that this device was never measured. A CPU with other than 2 threads, or a network other than
     the registered "seed", gets a caution (the figures are for 2 threads and the Assignment 7
     network)."""
-    m = measured_for(device)
+    m = measured_for(device, path)
     if m is None:
+        how = "" if path == "eager" else f" with {path}"
         return (
-            f"time per epoch: not measured on this device ({device_kind(device)}); run a short"
+            f"time per epoch: not measured on this device{how} ({device_kind(device)}); run a short"
             " version first (epochs=1, limit_train=5000) and multiply"
         )
     total = m.seconds * epochs
@@ -110,9 +131,12 @@ def epoch_estimate(
     )
 
 
-def timing_report(history: list[dict], final: dict, device: torch.device) -> str:
-    """How long the run's epochs took (training + test pass, from its history), why they varied when
-    they did, and how that compares with the estimate `epoch_estimate` printed before training."""
+def timing_report(
+    history: list[dict], final: dict, device: torch.device, path: str = "eager"
+) -> str:
+    """How long the run's epochs took (training + test pass, from its history), how much they
+    varied (no cause is named: the run does not measure what else ran), and how that compares with
+    the estimate `epoch_estimate` printed before training for this device and path."""
     secs = [h["train_seconds"] + h["eval_seconds"] for h in history]
     later = sorted(secs[1:]) or secs
     median = later[len(later) // 2]
@@ -129,12 +153,10 @@ def timing_report(history: list[dict], final: dict, device: torch.device) -> str
     if len(later) > 1 and later[-1] > 1.3 * later[0]:
         lines.append(
             f"epochs 2-{len(secs)} took {later[0]:.1f} to {later[-1]:.1f} s"
-            f" ({later[-1] / later[0]:.1f}x) for the same work: the slower ones were slowed by"
-            " something outside the run (other processes on the same cores, or a shared or"
-            f" throttled machine); the quickest, {later[0]:.1f} s, is nearest this machine's own"
-            " speed"
+            f" ({later[-1] / later[0]:.1f}x) for the same work; the run does not measure what else"
+            " the machine did meanwhile, so it names no cause"
         )
-    m = measured_for(device)
+    m = measured_for(device, path)
     # per epoch
     images = history[-1].get("images_per_second", 0) * history[-1].get("train_seconds", 0)
     if m is None:

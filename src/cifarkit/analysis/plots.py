@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..atomic import WriteError, atomic_write
 from ..base import CifarkitError
 from ..report import view_name
 
@@ -79,12 +80,17 @@ def finish(fig, path: str | Path | None, tight: bool = True):
     if path is not None:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=DISPLAY_DPI, bbox_inches="tight")
-        except OSError as e:  # a read-only or full folder: one line (and the figure is closed)
+            # PNG bytes at exactly `path` (no suffix added), through a temp file renamed over the
+            # old figure: a full disk or a kill mid-save leaves the previous figure whole
+            atomic_write(
+                path, lambda f: fig.savefig(f, format="png", dpi=DISPLAY_DPI, bbox_inches="tight")
+            )
+        except (OSError, WriteError) as e:  # a read-only or full folder: one line, figure closed
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-            raise CifarkitError(f"cannot save the figure {path}: {e.strerror or e}") from None
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise CifarkitError(f"cannot save the figure {path}: {why}") from None
     if not isinstance(fig, _NotebookFigure):  # same object, shown once
         fig.__class__ = _SHOWN_ONCE.setdefault(
             type(fig), type("Figure", (_NotebookFigure, type(fig)), {})

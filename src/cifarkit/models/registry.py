@@ -122,6 +122,14 @@ def spec_string(model: Any) -> str:
     return f"{module}:{qual}" if importable else f"object:{qual}"
 
 
+def display_name(spec: str) -> str:
+    """A model spec as a person names the network: "seed" stays "seed"; "object:StudentNet",
+    "my_net.py:StudentNet(width=2)" and "pkg.mod:StudentNet" are "StudentNet"."""
+    if ":" not in spec:
+        return spec
+    return spec.rsplit(":", 1)[1].split("(", 1)[0].rsplit(".", 1)[-1] or spec
+
+
 def _takes_no_arguments(ctor: Callable) -> bool:
     """True when `ctor()` can be called: every parameter has a default (or is *args / **kwargs)."""
     try:

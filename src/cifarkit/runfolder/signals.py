@@ -10,12 +10,19 @@ from contextlib import contextmanager
 from typing import Iterator
 
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
+# the signals that stop a run cleanly: a closed terminal (SIGHUP, where the OS has it) as SIGTERM
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+)
+if hasattr(signal, "SIGHUP"):
+    SIGNAL_NAMES[signal.SIGHUP] = "SIGHUP (the terminal was closed)"
 
 
 class RunInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the run. A KeyboardInterrupt, so existing handlers still catch it.
 
-    `exit_code` is the shell convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM.
+    `exit_code` is the shell convention 128 + signal number: 130 for SIGINT, 143 for SIGTERM, 129
+    for SIGHUP.
     """
 
     def __init__(self, signum: int):
@@ -41,9 +48,7 @@ class StopSignals:
     are restored on exit.
     """
 
-    def __init__(
-        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM), *, exiting: bool = False
-    ):
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, *, exiting: bool = False):
         self.signals = signals
         # the process ends after the run (the CLI): once stopped, stay deaf to signals
         self.exiting = exiting

@@ -162,4 +162,6 @@ def interrupt_message(
     if saved is None:
         again = "the same command" if speak == "cli" else "the same call"
         return f"{head}: no epoch had finished; nothing to resume ({again} starts the run afresh)"
-    return f"{head}: the checkpoint after epoch {saved} is {last}; {advice(speak, 'resume', last)}"
+    text = f"{head}: the checkpoint after epoch {saved} is {last}; {advice(speak, 'resume', last)}"
+    # one line, whatever the run folder's name holds (as the CLI's error line writes it)
+    return text.replace("\n", "[newline]").replace("\r", "[return]")

@@ -14,6 +14,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.dataset import Cifar10
 from ..data.splits import make_splits
+from ..models.registry import display_name
 from ..report import epoch_line, final_line
 from ..runfolder.checkpoint import (
     config_from_checkpoint,
@@ -43,6 +44,11 @@ class FitResult:
     loaded: bool = False  # resume="auto" found this run finished and loaded it instead of training
     # how the run computed (device, precision, layout, determinism): what its readers use
     runtime: Runtime | None = None
+
+    @property
+    def network(self) -> str:
+        """The trained network's name, for titles: "seed", or your class's name ("StudentNet")."""
+        return display_name(self.config.model)
 
     @property
     def precision(self) -> str:
@@ -97,6 +103,7 @@ def load_finished(cfg: TrainConfig, data: Cifar10 | None, model) -> FitResult:
     run = build_run(run_cfg, data, model=model, ckpt=ckpt, upto="network", verbose=False)
     model, data = run.model, run.data
     load_weights(model, reported_weights(ckpt), run_dir / LAST, run_cfg.model)
+    print(run_cfg)  # the settings, as fit printed them when it trained (its run folder included)
     print(
         f"{run_dir} holds a finished run with these settings: loaded, not trained again "
         f"({advice('python', 'overwrite')} to train it again)"

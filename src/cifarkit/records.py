@@ -1,0 +1,175 @@
+"""The run's records, checked against each other and against what the notebook shows (for the
+hand-in check, `handin.py`): results.json and history.json read in one line or refused in one,
+their counts and percentages, the final results and every epoch's test line in the notebook. Also
+the `Check` line every hand-in check is made of."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import CifarkitError
+
+OUT_LINE = re.compile(r"^\s+out\s+= '(.+)'\s*$", re.M)  # TrainConfig's printout, as fit prints it
+# a per-epoch test line: the seed-style line (progress on) or the one-line log (`report.epoch_line`)
+EPOCH_TEST = re.compile(
+    r"(?:(?:Test|Validation) set: Average loss: [\d.]+, Accuracy: |\| (?:test|validation) loss"
+    r" [\d.]+ acc )(\d+)/(\d+)"
+)
+# the final results as cifarkit prints them (report.py, the notebook's results cell)
+HEADLINE = re.compile(
+    r"(?:final test acc\.\s+single view: |Final test, [^:\n]*: Accuracy: |final test accuracy:"
+    r" single view |TTA \(\d+ views\):? )(\d+)/(\d+)"
+)
+RESUMED = re.compile(r"resuming \S.* after epoch (\d+)/")
+
+
+@dataclass
+class Check:
+    ok: bool | None  # None: cifarkit cannot check this; a person must
+    what: str
+    detail: str
+    decides: bool = False  # left open (None), it leaves the verdict open too
+
+    def __str__(self) -> str:
+        mark = {True: "[ OK ]", False: "[FAIL]", None: "[ ?? ]"}[self.ok]
+        return f"{mark} {self.what}: {self.detail}"
+
+
+def cell_text(cell: dict) -> str:
+    parts = []
+    for o in cell.get("outputs") or []:
+        if isinstance(o, dict):
+            parts.append("".join(o.get("text", "")))
+            parts.append("".join(o.get("data", {}).get("text/plain", "")))
+            parts.append("".join(o.get("data", {}).get("text/markdown", "")))
+    return "".join(parts)
+
+
+def cell_name(cells: list[dict], i: int) -> str:
+    """A cell as Jupyter shows it: "In [12]", or "code cell 5 (not run)"."""
+    n = cells[i].get("execution_count")
+    if n is not None:
+        return f"In [{n}]"
+    k = sum(c.get("cell_type") == "code" for c in cells[: i + 1])
+    return f"code cell {k} (not run)"
+
+
+def find_run(cells: list[dict], notebook_dir: Path, run: str | Path | None) -> Path | None:
+    """--run, else the last run folder a fit output in the notebook names (relative to the
+    notebook's folder)."""
+    if run is not None:
+        return Path(run)
+    outs = [m.group(1) for c in cells for m in OUT_LINE.finditer(cell_text(c))]
+    if not outs:
+        return None
+    path = Path(outs[-1])
+    return path if path.is_absolute() else notebook_dir / path
+
+
+def read_records(run_dir: Path) -> tuple[dict, list]:
+    """(results.json, history.json) of a finished run; CifarkitError, one line, when they are
+    missing, not JSON of the right shape, or written by an older cifarkit."""
+
+    def load(name: str, kind: type):
+        try:
+            value = json.loads((run_dir / name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CifarkitError(f"{run_dir / name} missing or unreadable ({type(e).__name__})")
+        if not isinstance(value, kind):
+            raise CifarkitError(
+                f"{run_dir / name} holds a JSON {type(value).__name__}, not the"
+                f" {kind.__name__} a finished run writes"
+            )
+        return value
+
+    results, history = load("results.json", dict), load("history.json", list)
+    if any(k.startswith("final_test_") for k in results):
+        raise CifarkitError(
+            f"{run_dir / 'results.json'} was written by an older cifarkit (final_test_* keys):"
+            " evaluate the run again (python -m cifarkit evaluate) or train it again"
+        )
+    need = {"single_view_correct": int, "test_total": int, "single_view_accuracy": (int, float)}
+    bad = [k for k, t in need.items() if not isinstance(results.get(k), t)]
+    if bad or not all(isinstance(h, dict) and "eval_correct" in h for h in history):
+        raise CifarkitError(
+            f"{run_dir} holds no finished run's records"
+            + (f" (results.json lacks {', '.join(bad)})" if bad else " (history.json rows)")
+        )
+    return results, history
+
+
+def check_records(results: dict, history: list) -> Check:
+    """The run's own records agree with each other."""
+    total, odd = results["test_total"], []
+    for view in ("single_view", "tta"):
+        correct, acc = results.get(f"{view}_correct"), results.get(f"{view}_accuracy")
+        if correct is None:
+            continue
+        if not isinstance(acc, (int, float)) or abs(acc - 100 * correct / total) > 0.006:
+            odd.append(
+                f"results.json says {view.replace('_', ' ')} {acc}% but {correct}/{total} is"
+                f" {100 * correct / total:.2f}%"
+            )
+    if results.get("epochs", len(history)) != len(history):
+        odd.append(
+            f"results.json says {results['epochs']} epochs, history.json holds {len(history)}"
+        )
+    last = history[-1] if history else {}
+    if (
+        results.get("eval_set", "test") == "test"
+        and last.get("eval_total", total) == total
+        and last.get("eval_correct") != results["single_view_correct"]
+    ):
+        odd.append(
+            f"the last epoch in history.json has {last.get('eval_correct')}/{total} right,"
+            f" results.json {results['single_view_correct']}/{total}"
+        )
+    if odd:
+        return Check(False, "run records agree", "; ".join(odd))
+    return Check(True, "run records agree", "results.json and history.json tell the same numbers")
+
+
+def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
+    """What the notebook shows is what the run recorded: the final results, every epoch's line."""
+    total = results["test_total"]
+    known = {results["single_view_correct"], results.get("tta_correct")}
+    shown = [
+        (cell_name(cells, i), int(m.group(1)))
+        for i, c in enumerate(cells)
+        for m in HEADLINE.finditer(cell_text(c))
+        if int(m.group(2)) == total
+    ]
+    stray = [f"{name} shows {n}/{total}" for name, n in shown if n not in known]
+    have = {n for _, n in shown}
+    want = f"{results['single_view_correct']}/{total} single view" + (
+        f", {results['tta_correct']}/{total} TTA" if results.get("tta_correct") is not None else ""
+    )
+    if stray or results["single_view_correct"] not in have:
+        detail = "; ".join(stray) or "the notebook shows no final test result of this run"
+        final = Check(False, "final numbers", f"{detail}; the run's records: {want}")
+    else:
+        final = Check(True, "final numbers", f"{want}, shown in the notebook as in results.json")
+    fit_cells = [c for c in cells if OUT_LINE.search(cell_text(c))]
+    text = cell_text(fit_cells[-1]) if fit_cells else ""
+    lines = [int(m.group(1)) for m in EPOCH_TEST.finditer(text)]
+    resumed = RESUMED.search(text)
+    start = int(resumed.group(1)) if resumed else 0
+    expected = [h["eval_correct"] for h in history][start:]
+    got = lines[: len(expected)]
+    if got == expected:
+        per_epoch = Check(
+            True, "per-epoch test lines", f"{len(history)} epochs, as history.json holds them"
+        )
+    else:
+        k = next((k for k in range(len(expected)) if k >= len(got) or got[k] != expected[k]), 0)
+        seen = f"{got[k]} right" if k < len(got) else "no test line"
+        per_epoch = Check(
+            False,
+            "per-epoch test lines",
+            f"epoch {start + k + 1}: the fit output shows {seen}, history.json"
+            f" {expected[k]}/{history[start + k].get('eval_total', total)}",
+        )
+    return [final, per_epoch]
