@@ -288,3 +288,21 @@ def test_plain_pickle_prints_no_warning(tmp_path, recwarn):
 def test_mmap_load_reads_the_epoch(tmp_path):
     save_checkpoint(tmp_path / "last.pt", ckpt_state(7))
     assert load_checkpoint(tmp_path / "last.pt", mmap=True)["epoch"] == 7
+
+
+def test_export_writes_only_a_regular_file_and_clears_what_a_killed_export_left(tmp_path):
+    from cifarkit.runfolder.checkpoint import export_checkpoint
+
+    src = tmp_path / "last.pt"
+    save_checkpoint(src, {**ckpt_state(3), "config": {}, "model": {}})
+    out = tmp_path / "share"
+    out.mkdir()
+    left = out / ".slim.pt.k1ll3d00.tmp"  # what SIGKILL during an earlier export leaves
+    left.write_bytes(b"half a checkpoint")
+    export_checkpoint(src, out / "slim.pt")
+    assert load_checkpoint(out / "slim.pt")["epoch"] == 3 and not left.exists()
+    before = os.stat("/dev/null")
+    with pytest.raises(WriteError) as e:
+        export_checkpoint(src, "/dev/null")
+    one_line(e, "/dev/null is not a regular file")
+    assert os.stat("/dev/null").st_rdev == before.st_rdev  # the device is still a device

@@ -287,3 +287,32 @@ def test_a_path_with_a_newline_is_still_one_line(tmp_path, capsys):
     code = main(["train", "--dry-run", "--data", str(odd), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "two[newline]lines" in err
+
+
+@pytest.mark.slow  # a real process, stopped
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_command_stopped_by_a_signal_says_so_in_one_line(tmp_path, sig):
+    import signal
+    import time
+
+    (tmp_path / "slow_net.py").write_text(
+        "import time\nimport torch.nn as nn\n\nclass Net(nn.Sequential):\n"
+        "    def __init__(self):\n        print('building', flush=True)\n        time.sleep(60)\n"
+        "        super().__init__(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cifarkit", "summary", "--model", "slow_net.py:Net"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().strip() == "building"  # inside the command now
+        time.sleep(0.2)
+        p.send_signal(getattr(signal, sig))
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 128 + getattr(signal, sig)
+    assert err.strip().count("\n") == 0 and f"summary stopped by {sig}" in err, err

@@ -2,6 +2,7 @@
 back."""
 
 import json
+import os
 
 import pytest
 from torch import nn
@@ -98,3 +99,18 @@ def test_an_accuracy_on_a_test_subset_decides_nothing():
         and part.value
         == "UNKNOWN (84.20% on 500 of the 10,000 test images: evaluate on all of them to decide)"
     )
+
+
+def test_the_plot_goes_to_a_regular_file_exactly_where_it_says(tmp_path, learnable_data, capsys):
+    tiny_run(tmp_path, "v1", learnable_data)
+    code = main(["runs", str(tmp_path / "v1"), "--plot", str(tmp_path / "exp" / "cmp")])
+    out = capsys.readouterr().out
+    assert code == 0 and f"plot: {tmp_path / 'exp' / 'cmp'}" in out
+    # exactly the named file, PNG bytes, no suffix added
+    assert (tmp_path / "exp" / "cmp").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "exp" / "cmp.png").exists()
+    before = os.stat("/dev/null")
+    code = main(["runs", str(tmp_path / "v1"), "--plot", "/dev/null"])
+    err = capsys.readouterr().err
+    assert code != 0 and "/dev/null is not a regular file" in err and err.count("\n") == 1
+    assert not os.path.exists("/dev/null.png") and os.stat("/dev/null").st_rdev == before.st_rdev

@@ -114,6 +114,34 @@ def test_corrupt_cache_file_is_rebuilt(tree, private_cache):
     assert_exact(load_cifar10(tree, progress=False))
 
 
+@pytest.mark.parametrize("how", ["another dataset's cache file", "its arrays replaced"])
+def test_a_cache_holding_other_images_is_never_trusted(tmp_path, tree, private_cache, capsys, how):
+    """A cache file under this source's name that holds another dataset's arrays (the same image
+    counts) is detected by its content and decoded again; the run trains on the source's images."""
+    from conftest import tiny_arrays, write_tree
+
+    truth = load_cifar10(tree, progress=False)
+    (mine,) = private_cache.glob("*.npz")
+    other_tree = write_tree(tmp_path / "other", "png", tiny_arrays(seed=5))
+    if how == "another dataset's cache file":
+        load_cifar10(other_tree, progress=False)
+        (theirs,) = [p for p in private_cache.glob("*.npz") if p != mine]
+        mine.write_bytes(theirs.read_bytes())
+    else:
+        other = load_cifar10(other_tree, progress=False)
+        with np.load(mine) as z:
+            kept = {k: z[k] for k in z.files}
+        kept.update(train_x=other.train_images.numpy(), test_x=other.test_images.numpy())
+        with open(mine, "wb") as f:
+            np.savez(f, **kept)
+    capsys.readouterr()
+    again = load_cifar10(tree, progress=False)
+    assert torch.equal(again.train_images, truth.train_images)
+    assert torch.equal(again.test_images, truth.test_images)
+    assert "does not hold" in capsys.readouterr().out
+    assert load_cifar10(tree, progress=False).source == truth.source  # rebuilt: trusted again
+
+
 def test_a_truncated_cache_in_a_read_only_cache_folder_still_loads(
     tree, private_cache, monkeypatch
 ):

@@ -179,3 +179,20 @@ def test_keep_freed_memory_is_for_cpus_only_and_fit_says_it(tmp_path, learnable_
     fit(dataclasses.replace(cfg, out=str(tmp_path / "run")), data=learnable_data)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("memory: ")]
     assert len(lines) == (1 if GLIBC else 0), lines
+
+
+@pytest.mark.parametrize("stored", [[None, None], ["fast", "slow"], [0.0, 5.0], [1.0], {"a": 1}])
+def test_a_layout_cache_entry_that_is_no_measurement_is_measured_again(
+    tmp_path, monkeypatch, stored
+):
+    cache = tmp_path / "layout.json"
+    monkeypatch.setenv("CIFARKIT_LAYOUT_CACHE", str(cache))
+    calls = []
+    monkeypatch.setattr(hardware, "_time_layouts", lambda *a: calls.append(1) or (300.0, 200.0))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    choose_channels_last("auto", CPU, None, model=model)
+    entries = json.loads(cache.read_text())
+    cache.write_text(json.dumps({k: stored for k in entries}))
+    use, why = choose_channels_last("auto", CPU, None, model=model)
+    assert len(calls) == 2 and use is False and "measured now" in why
+    assert list(json.loads(cache.read_text()).values()) == [[300.0, 200.0]]  # the bad entry is gone

@@ -3,6 +3,7 @@ behind."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -259,3 +260,29 @@ def test_a_second_call_shows_the_kept_result_and_a_change_runs_it_again(
         lr_find(args.pop("cfg"), learnable_data, start_lr=1e-4, end_lr=1.0, **args)
     assert len(calls) == 4
     assert len(list((tmp_path / "run").glob("lr-range-*.json"))) == 4  # keep=False wrote nothing
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(lrs=[], losses=[], raw_losses=[]),
+        lambda d: d.update(suggestion=0.0),
+        lambda d: d.update(min_loss_lr=None),
+        lambda d: d.update(losses=d["losses"][:-1]),
+    ],
+)
+def test_a_kept_result_that_no_range_test_gives_is_measured_again(
+    learnable_data, tmp_path, capsys, edit
+):
+    cfg = TrainConfig(
+        batch_size=64, device="cpu", precision="fp32", progress=False, out=str(tmp_path / "run")
+    )
+    first = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)
+    (kept,) = (tmp_path / "run").glob("lr-range-*.json")
+    d = json.loads(kept.read_text())
+    edit(d)
+    kept.write_text(json.dumps(d))
+    capsys.readouterr()
+    again = lr_find(cfg, learnable_data, model=small_net, num_iter=6, start_lr=1e-4, end_lr=1.0)
+    assert "the result kept in" not in capsys.readouterr().out  # measured again, no traceback
+    assert again.lrs == first.lrs and again.suggestion == first.suggestion > 0

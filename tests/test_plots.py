@@ -1,6 +1,8 @@
 """Figures: they read only the history (and predictions) they are given, save PNGs, and label what
 they show."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -267,3 +269,29 @@ def test_every_figure_is_readable_at_notebook_width(name):
         ), name
         shown = im.axes.get_position().width * fig.get_figwidth() * DISPLAY_DPI * scale
         assert shown >= 100, f"{name}: an image panel is {shown:.0f} px wide as shown"
+
+
+def test_a_full_disk_while_saving_a_figure_keeps_the_previous_one_whole(mount_tmpfs):
+    from cifarkit.base import CifarkitError
+
+    disk = mount_tmpfs(512 * 1024)
+    path = disk / "curves.png"
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "eval_loss": 1.2 / e,
+            "train_accuracy": 50.0 + e,
+            "eval_accuracy": 48.0 + e,
+            "lr": 0.1,
+        }
+        for e in (1, 2, 3)
+    ]
+    plt.close(plot_history(history, path=path))
+    before = path.read_bytes()
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"x" * max(0, free - 4096))  # 4 KB left: no figure fits
+    with pytest.raises(CifarkitError, match="cannot save the figure .*curves.png"):
+        plot_history(history * 2, path=path, title="a bigger figure")
+    assert path.read_bytes() == before  # the previous figure, whole
+    assert sorted(p.name for p in disk.iterdir()) == ["curves.png", "filler"]  # no temp file left

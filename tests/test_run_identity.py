@@ -14,6 +14,7 @@ from cifarkit.cli import main
 from cifarkit.config import TrainConfig
 from cifarkit.models.identity import identity_changes, network_identity
 from cifarkit.runfolder.checkpoint import load_checkpoint
+from cifarkit.runfolder.signals import RunStopped
 from cifarkit.training.trainer import fit
 
 from conftest import interrupt_in_epoch_2
@@ -309,7 +310,9 @@ def test_a_resumed_run_keeps_the_layout_it_started_with(tmp_path, learnable_data
     monkeypatch.setattr(hardware, "_time_layouts", lambda *a: (100.0, 200.0))
     straight = fit(cfg("straight"), data=learnable_data)
     real = interrupt_in_epoch_2(monkeypatch)
-    assert fit(cfg("cut"), data=learnable_data).interrupted
+    with pytest.raises(RunStopped) as stopped:
+        fit(cfg("cut"), data=learnable_data)
+    assert stopped.value.result.interrupted
     choices = load_checkpoint(tmp_path / "cut" / "run" / "last.pt")["choices"]
     assert {k: choices[k] for k in ("precision", "channels_last", "device")} == {
         "precision": "fp32",

@@ -96,6 +96,19 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tmp_path):
     assert outside.read_text() == "not yours\n" and (run / LOCK).is_symlink()
 
 
+def test_a_lock_file_replaced_by_a_folder_is_recovered_or_named(tmp_path):
+    run = tmp_path / "run"
+    (run / LOCK).mkdir(parents=True)  # empty: nothing can hold it, so it is replaced
+    with RunLock(run):
+        assert (run / LOCK).is_file()
+    (run / LOCK).mkdir()
+    (run / LOCK / "kept.txt").write_text("someone's\n")
+    with pytest.raises(RunDirError) as e:
+        RunLock(run).acquire()
+    one_line(e, "is a folder, not cifarkit's lock file: remove it")
+    assert (run / LOCK / "kept.txt").read_text() == "someone's\n"  # nothing of it is removed
+
+
 def test_the_command_line_locks_before_importing_torch():
     # `train` takes its lock from cifarkit.runfolder.lock right after parsing: neither may pull in
     # torch, or a second command started during the first's imports could take the folder.

@@ -11,6 +11,7 @@ import cifarkit.training.trainer as trainer_mod
 from cifarkit.base import CifarkitError
 from cifarkit.config import TrainConfig
 from cifarkit.runfolder.checkpoint import load_checkpoint
+from cifarkit.runfolder.signals import RunStopped
 from cifarkit.training.step import DivergenceError
 from cifarkit.training.trainer import fit
 
@@ -80,8 +81,11 @@ def test_interrupt_then_resume_equals_uninterrupted(
     tmp_path, learnable_data, straight, monkeypatch, capsys
 ):
     real = interrupt_in_epoch_2(monkeypatch)
-    cut = fit(cfg_for(tmp_path / "cut", **CUT, device=straight.config.device), data=learnable_data)
+    with pytest.raises(RunStopped) as stopped:  # Run all stops here
+        fit(cfg_for(tmp_path / "cut", **CUT, device=straight.config.device), data=learnable_data)
+    cut = stopped.value.result
     assert cut.interrupted and len(cut.history) == 1
+    assert "Interrupted during epoch 2" in str(stopped.value) and "\n" not in str(stopped.value)
     err = capsys.readouterr().err  # the interrupt message goes to stderr
     assert (
         "Interrupted during epoch 2" in err
@@ -218,7 +222,9 @@ def test_auto_loads_a_finished_run_without_training(tmp_path, learnable_data, mo
 def test_auto_resumes_an_interrupted_run_exactly(tmp_path, learnable_data, straight, monkeypatch):
     real = interrupt_in_epoch_2(monkeypatch)
     cfg = cfg_for(tmp_path / "cut", **CUT, device=straight.config.device)
-    cut = fit(cfg, data=learnable_data, resume="auto")
+    with pytest.raises(RunStopped) as stopped:
+        fit(cfg, data=learnable_data, resume="auto")
+    cut = stopped.value.result
     assert cut.interrupted and len(cut.history) == 1
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
     # the same cell again

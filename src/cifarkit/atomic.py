@@ -7,6 +7,7 @@ layout cache are all written here. No torch.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -109,6 +110,18 @@ def temp_stem(name: str, limit: int = 200) -> str:
         if len(raw) <= limit
         else os.fsdecode(raw[:limit]).encode("utf-8", "ignore").decode() or "file"
     )
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Remove the temp files an earlier write of `path` left when its process was killed mid-write
+    (SIGKILL: `atomic_write`'s clean-up never ran). For files written outside a locked run folder
+    (an export); a run folder's are removed under its lock (`runfolder.state.remove_temp_files`)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(temp_stem(path.name))}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: the write below is unaffected
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:

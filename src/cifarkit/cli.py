@@ -372,17 +372,24 @@ def _lr_find(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = {
+        "train": _train,
+        "summary": commands.summary,
+        "evaluate": commands.evaluate,
+        "export": commands.export,
+        "predict": commands.predict,
+        "runs": commands.runs,
+        "check-notebook": commands.check_notebook,
+        "lr-find": _lr_find,
+    }[args.command]
     try:
-        return {
-            "train": _train,
-            "summary": commands.summary,
-            "evaluate": commands.evaluate,
-            "export": commands.export,
-            "predict": commands.predict,
-            "runs": commands.runs,
-            "check-notebook": commands.check_notebook,
-            "lr-find": _lr_find,
-        }[args.command](args)
+        if args.command == "train":
+            return command(args)  # fit handles its own stop signals, saving first
+        from .runfolder.signals import StopSignals
+
+        # SIGTERM / SIGHUP stop any other command as Ctrl-C does: one line, not a silent exit
+        with StopSignals(exiting=True):
+            return command(args)
     except CifarkitError as e:
         from .atomic import WriteError
         from .training.step import DivergenceError
@@ -397,5 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     # outside fit's own handling, or during its setup (then fit said what was saved)
     except KeyboardInterrupt as e:
         if not getattr(e, "reported", False):
-            print("cifarkit: interrupted", file=sys.stderr)
+            from .runfolder.signals import SIGNAL_NAMES
+
+            by = SIGNAL_NAMES.get(getattr(e, "signum", None), "Ctrl-C")
+            print(
+                f"cifarkit: {args.command} stopped by {by}; files it writes are written whole or"
+                " not at all",
+                file=sys.stderr,
+            )
         return getattr(e, "exit_code", 130)

@@ -155,7 +155,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        for f in dataclasses.fields(self):  # the type first: "5" or "False" is no number or bool
+        # the type first: "5" or "False" is no number or bool (model: its own message, below)
+        for f in (f for f in dataclasses.fields(self) if f.name != "model"):
             v, (kinds, words) = getattr(self, f.name), _TYPES[str(f.type)]
             need(
                 any(

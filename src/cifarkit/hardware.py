@@ -274,7 +274,8 @@ def _time_copy(probe: nn.Module, device: torch.device, amp_dtype, batch: int) ->
                     total = output_sum(probe(xi))
                 if not torch.isfinite(total):
                     raise FloatingPointError("its output is not finite")
-                total.backward()
+                if total.requires_grad:  # every weight frozen: nothing to time backward through
+                    total.backward()
             except Exception as e:  # noqa: BLE001 - the network's own error, kept as the reason for this layout
                 result[nhwc] = failure_text(e)
                 continue

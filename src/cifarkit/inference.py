@@ -8,6 +8,7 @@ ck.predict_image(model, "my_cat.jpg")                      # in a notebook
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def load_image(image) -> tuple[torch.Tensor, list[str]]:
 
     notes: list[str] = []
     if isinstance(image, (str, os.PathLike)):
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", os.fspath(image)):  # https://, ftp://, s3://
+            raise ImageError(
+                f"{os.fspath(image)} is a URL: cifarkit reads image files on this machine only;"
+                " download it first (e.g. urllib.request.urlretrieve(url, 'photo.jpg'))"
+            )
         path = Path(image)
         shown = show_path(path)
         if path.is_dir():

@@ -18,7 +18,8 @@ import sys
 
 def show_refusals_in_one_line() -> bool:
     """In a Jupyter kernel (the notebook, Colab): a cifarkit refusal (any `CifarkitError`: a bad
-    setting, a missing file, a network that cannot train) shows as its one line, e.g.
+    setting, a missing file, a network that cannot train) and a stopped run (`RunStopped`) show as
+    their one line, e.g.
     "ConfigError: epochs must be ...", not as a traceback through cifarkit's files. Any other
     exception (a bug in your own code) keeps its full traceback. The cell still fails, so Run all
     stops there. Called when cifarkit is imported; True where it applied."""
@@ -27,12 +28,14 @@ def show_refusals_in_one_line() -> bool:
     if shell is None or getattr(shell, "kernel", None) is None:
         return False
     from .base import CifarkitError
+    from .runfolder.signals import RunStopped
 
     def one_line(shell, etype, value, tb, tb_offset=None):
         text = " ".join(str(value).split())  # one line, whatever the message holds
         shell._showtraceback(etype, value, [f"{etype.__name__}: {text}"])
 
-    shell.set_custom_exc((CifarkitError,), one_line)
+    # RunStopped: a run stopped by the stop button says what was saved and how to resume
+    shell.set_custom_exc((CifarkitError, RunStopped), one_line)
     return True
 
 

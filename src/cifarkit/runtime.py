@@ -206,7 +206,8 @@ def try_candidate(model: nn.Module, x: torch.Tensor, device, dtype, nhwc: bool) 
                 total = output_sum(net(x.to(device).contiguous(memory_format=fmt)))
             if not torch.isfinite(total):
                 raise FloatingPointError("its output is not finite")
-            total.backward()
+            if total.requires_grad:  # a network with every weight frozen trains nothing: said later
+                total.backward()
         except Exception as e:  # noqa: BLE001 - the network's own failure in this candidate
             return failure_text(e)
     return None

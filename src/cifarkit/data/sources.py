@@ -31,12 +31,12 @@ import numpy as np
 
 from ..atomic import WriteError, atomic_write
 from ..base import CLASSES, cache_dir, show_path
-from .dataset import Cifar10, DataError, data_warnings, to_tensors
+from .dataset import Cifar10, DataError, data_warnings, fingerprint, to_tensors
 from .imagefiles import archive_kind, decode_archive, decode_tree, find_tree
 
 # bump when the cached layout or the decoding changes, so old caches are ignored (2: 16-bit, alpha,
-# EXIF)
-CACHE_VERSION = 2
+# EXIF; 3: the cache records its source key and its arrays' fingerprint)
+CACHE_VERSION = 3
 
 
 def load_cifar10(
@@ -198,12 +198,17 @@ def _walk_error(e: OSError) -> None:
 
 
 def _cached(path: Path, key: str, build) -> Cifar10:
+    """The decoded data of `path`, from the cache when the cache file is this source's: it records
+    the source's key (for an archive, a hash of its bytes; for a tree, of its files' names, sizes
+    and times) and the fingerprint of the arrays it holds, and both must match; anything else (a
+    file of another dataset under this name, arrays changed since, a truncated file) is decoded
+    again from the source, with one line saying so."""
     file = cache_dir() / f"cifar10-{key[:20]}.npz"
     if file.is_file():
         try:
             with np.load(file) as z:
                 notes = tuple(str(n) for n in z["notes"]) if "notes" in z.files else ()
-                return to_tensors(
+                data = to_tensors(
                     z["train_x"],
                     z["train_y"],
                     z["test_x"],
@@ -211,11 +216,20 @@ def _cached(path: Path, key: str, build) -> Cifar10:
                     source=str(path),
                     notes=notes,
                 )
+                stored_key = str(z["key"]) if "key" in z.files else ""
+                stored = str(z["fingerprint"]) if "fingerprint" in z.files else ""
+            if stored_key == key and stored == fingerprint(data):
+                return data
+            print(
+                f"warning: the decoded cache {show_path(file)} does not hold {show_path(path)}'s"
+                " images: decoding them again"
+            )
         except Exception:  # noqa: BLE001 - unreadable cache (truncated, bit-flipped): decode again
-            try:
-                file.unlink(missing_ok=True)
-            except OSError:
-                pass  # a read-only cache folder: decode every time, the source is still read right
+            pass
+        try:
+            file.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache folder: decode every time, the source is still read right
     data = build()
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +243,9 @@ def _cached(path: Path, key: str, build) -> Cifar10:
                 test_y=data.test_labels.numpy(),
                 # a cached load warns too
                 notes=np.array(data.notes, dtype=str),
+                # what the cache is checked against when read: its source, its own arrays
+                key=np.array(key),
+                fingerprint=np.array(fingerprint(data)),
             ),
         )
     except (OSError, WriteError):

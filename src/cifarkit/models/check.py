@@ -80,6 +80,22 @@ def check_output(out, model: nn.Module, n: int) -> None:
         )
 
 
+class OutOfMemory(CifarkitError):
+    """A batch does not fit in the device's memory."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for a GPU's OutOfMemoryError or a CPU allocator's failure to allocate."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    text = str(e)
+    return (bool(oom) and isinstance(e, oom)) or (
+        isinstance(e, (RuntimeError, MemoryError))
+        and (
+            "out of memory" in text or "can't allocate memory" in text or isinstance(e, MemoryError)
+        )
+    )
+
+
 def checked_forward(model: nn.Module, x: torch.Tensor, any_output: bool = False):
     """model(x), refusing in one line a forward that raises or returns anything but (N, 10) float
     scores (`any_output`: anything it returns is passed on, for a `loss_fn` to read)."""
@@ -88,6 +104,12 @@ def checked_forward(model: nn.Module, x: torch.Tensor, any_output: bool = False)
     except CifarkitError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of the student's forward: one line, the shape in it
+        if is_out_of_memory(e):  # the batch's fault, not the network's code
+            raise OutOfMemory(
+                f"out of memory running {network_name(model)} on a batch of {len(x)} images"
+                f" ({first_line(e, 120)}): lower batch_size (training) or eval_batch_size"
+                " (evaluation), or use a smaller network"
+            ) from None
         # chained, not hidden: the command line prints this one line; in Python the student's
         # traceback follows
         raise NetworkError(

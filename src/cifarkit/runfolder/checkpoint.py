@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stale_temps
 from ..base import CifarkitError
 from ..config import TrainConfig
 from ..hardware import channels_last_for
@@ -124,6 +124,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[st
         "resumable": False,
     }
     dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dst)  # what an export killed mid-write left beside `dst`
     save_checkpoint(dst, slim)
     return slim
 

@@ -131,6 +131,17 @@ class RunLock:
                 )
             except FileNotFoundError:
                 continue  # a finishing run removed its empty folder between our mkdir and open
+            except IsADirectoryError:
+                # a folder where the lock file belongs: no run can hold it, so an empty one goes
+                try:
+                    os.rmdir(self.path)
+                    continue
+                except OSError:
+                    _remove_empty(self._created)
+                    raise RunDirError(
+                        f"{show_path(self.path)} is a folder, not cifarkit's lock file: remove it"
+                        " (it holds files of its own), then run again"
+                    ) from None
             except OSError as e:
                 _remove_empty(self._created)
                 if e.errno == errno.ELOOP or self.path.is_symlink():

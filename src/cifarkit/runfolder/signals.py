@@ -31,6 +31,17 @@ class RunInterrupted(KeyboardInterrupt):
         self.exit_code = 128 + int(signum)
 
 
+class RunStopped(KeyboardInterrupt):
+    """`fit` in Python (a notebook's stop button, Ctrl-C, SIGTERM / SIGHUP): the run was stopped
+    after what it had finished was saved. Raised, as a KeyboardInterrupt is, so "Run all" stops at
+    this cell and no later cell shows a half run as a result. The message is the one line saying
+    what was saved and how to resume; `result` is the stopped run (history so far, the model)."""
+
+    def __init__(self, message: str, result, exit_code: int = 130):
+        super().__init__(message)
+        self.result, self.exit_code, self.reported = result, exit_code, True
+
+
 class StopSignals:
     """``with StopSignals() as stop:`` turns SIGINT / SIGTERM into RunInterrupted, raised at once,
     except inside ``with stop.critical():``, where the signal is remembered and raised when the

@@ -176,6 +176,11 @@ def build_run(
     )
     if upto == "loaders":
         return run
+    if not any(p.requires_grad for p in net.parameters()):
+        raise ConfigError(
+            f"every parameter of {type(net).__name__} is frozen (requires_grad=False): there is"
+            " nothing to train; unfreeze at least one layer"
+        )
     optimizer = make_optimizer(net, cfg)
     run.averager = make_averager(cfg, net, cfg.epochs * len(run.loader))
     run.step = TrainStep(

@@ -289,11 +289,23 @@ def kept_result_path(
 
 
 def _load_kept(path: Path) -> LRFindResult | None:
+    """The kept result, or None (the test runs again) when it is absent, truncated, from another
+    version, or holds values no range test gives (empty or uneven curves, a suggestion that is not
+    a positive learning rate)."""
     try:
-        return LRFindResult(**json.loads(path.read_text()))
-    # absent, truncated or from another version: run the test
+        result = LRFindResult(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
+    curves = (result.lrs, result.losses, result.raw_losses)
+    numbers = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for c in curves for v in c
+    )
+    positive = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+        for v in (result.suggestion, result.steepest_lr, result.min_loss_lr)
+    )
+    even = len(result.lrs) >= 2 and len({len(c) for c in curves}) == 1
+    return result if numbers and positive and even else None
 
 
 def lr_find(

@@ -23,7 +23,15 @@ from ..base import CifarkitError
 from ..compiled import guarded
 from ..hardware import autocast
 from ..models import checked_forward
-from ..models.check import NetworkError, describe_output, failure_text, logits_of, network_name
+from ..models.check import (
+    NetworkError,
+    OutOfMemory,
+    describe_output,
+    failure_text,
+    is_out_of_memory,
+    logits_of,
+    network_name,
+)
 from ..optim import Averager, make_grad_scaler
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
@@ -82,7 +90,15 @@ class TrainStep:
                     out, loss = self._own_loss(x, y)
             # before backward: a CUDA graph may reuse `out` afterwards
             hits = (out.argmax(1) == labels).sum()
-            self.scaler.scale(loss).backward()
+            try:
+                self.scaler.scale(loss).backward()
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise OutOfMemory(
+                    f"out of memory in the backward pass of a batch of {len(x)} images: lower"
+                    " batch_size, or use a smaller network"
+                ) from None
             return hits, loss
 
         return guarded(self.model, work)  # a compiled model that fails here falls back to eager

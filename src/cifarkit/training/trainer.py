@@ -9,6 +9,7 @@ signals: build the run, `_restore` a checkpoint's state, `_train_loop` (epochs, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write_json
+from ..base import ConfigError
 from ..config import TrainConfig
 from ..data.dataset import Cifar10
 from ..data.loader import DeviceLoader
@@ -37,7 +39,7 @@ from ..runfolder.checkpoint import (
 from ..runfolder.files import BEST, CONFIG, LAST, RESULTS, write_history
 from ..runfolder.lock import RunDirError, RunLock
 from ..runfolder.resume import auto_resume, check_same_network, network_now, resume_config
-from ..runfolder.signals import StopSignals
+from ..runfolder.signals import RunStopped, StopSignals
 from ..runfolder.state import (
     check_run_dir,
     clear_run_dir,
@@ -259,11 +261,24 @@ def fit(
     CutMix); `loss_fn(out, y) -> loss` replaces the label-smoothed cross-entropy and receives
     whatever the network returns in training mode (auxiliary outputs too: evaluation uses the
     eval-mode logits). Neither hook is recorded, so pass them again when resuming. `caller`: the
-    command line's (`Caller`). Ctrl-C / SIGTERM stop at a safe point (never inside a checkpoint
-    write) and return interrupted=True. A NaN / Inf loss raises step.DivergenceError; the last good
-    checkpoint stays in place.
+    command line's (`Caller`). Ctrl-C / SIGTERM / SIGHUP (a notebook's stop button) stop at a safe
+    point (never inside a checkpoint write) and raise `RunStopped` (a KeyboardInterrupt: Run all
+    stops there) holding the stopped run as `.result`; the command line gets interrupted=True. A
+    NaN / Inf loss raises step.DivergenceError; the last good checkpoint stays in place.
     """
     caller = caller or Caller()
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(
+            f"fit takes a TrainConfig first, got {type(cfg).__name__}: fit(ck.TrainConfig(...))"
+        )
+    if isinstance(data, (str, os.PathLike)):  # a path: loaded as TrainConfig(data=...) loads it
+        cfg, data = dataclasses.replace(cfg, data=os.fspath(data)), None
+    elif data is not None and not isinstance(data, Cifar10):
+        raise ConfigError(
+            f"data= takes the data ck.load_cifar10(PATH) returns, or a path; got"
+            f" {type(data).__name__}: pass fit(cfg, data=ck.load_cifar10(PATH)) or set"
+            " TrainConfig(data=PATH)"
+        )
     if model is not None:
         cfg = dataclasses.replace(cfg, model=spec_string(model))
     resume, ckpt, cfg = _what_to_resume(cfg, resume, overwrite, model, caller)
@@ -309,16 +324,16 @@ def fit(
             stop.delivered()  # from here on the run is stopping: later signals are not raised again
             # None: during the setup, no epoch yet
             epoch = run.current_epoch + 1 if run is not None else None
-            print(
-                interrupt_message(
-                    run_dir, getattr(e, "signum", signal.SIGINT), epoch, caller.speak
-                ),
-                file=sys.stderr,
+            message = interrupt_message(
+                run_dir, getattr(e, "signum", signal.SIGINT), epoch, caller.speak
             )
-            if run is None:
+            print(message, file=sys.stderr)
+            if run is None:  # stopped while setting up: nothing to resume
+                if caller.speak != "cli":
+                    raise RunStopped(message, None, getattr(e, "exit_code", 130)) from None
                 e.reported = True  # the CLI adds no second line
                 raise
-            return FitResult(
+            stopped = FitResult(
                 run.cfg,
                 run.history,
                 run.eval_model,
@@ -328,6 +343,10 @@ def fit(
                 exit_code=getattr(e, "exit_code", 130),
                 runtime=run.runtime,
             )
+            if caller.speak == "cli":
+                return stopped  # the command line exits with its code
+            # Python: stop the caller too (a notebook's Run all), the stopped run in the exception
+            raise RunStopped(message, stopped, stopped.exit_code) from None
     return FitResult(
         run.cfg,
         run.history,
