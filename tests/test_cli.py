@@ -2,6 +2,8 @@
 input."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -253,13 +255,16 @@ def test_dry_run_never_touches_a_finished_run(tree, tmp_path, capsys):
     # no --out: a temp folder
     code, out, _ = run(["train", "--dry-run", "--data", str(tree), "--no-progress"], capsys)
     assert code == 0 and "cifarkit-dry-run-" in out
+    (folder,) = re.findall(r"throwaway folder (\S+) was removed", out)
+    assert not os.path.exists(folder)  # a dry run leaves nothing behind
 
 
 def test_options_come_from_the_config_with_its_comments_as_help(capsys):
     import dataclasses
     import re
 
-    from cifarkit.cli import build_parser, field_help
+    from cifarkit.cli import build_parser
+    from cifarkit.options import field_help
 
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     flat = re.sub(r"\s+", " ", text)  # argparse wraps the help at the terminal's width

@@ -66,7 +66,7 @@ def test_every_field_has_its_whole_comment_as_help():
     import dataclasses
     import inspect
 
-    from cifarkit.cli import CHOICES, field_help
+    from cifarkit.options import CHOICES, field_help
 
     helps = field_help()
     lines = inspect.getsource(TrainConfig).splitlines()

@@ -83,9 +83,12 @@ def test_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
         raise urllib.error.URLError("no internet")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", refuse)
-    with pytest.raises(DataError, match=r"could not download CIFAR-10.*--data PATH"):
+    with pytest.raises(DataError, match=r"could not download CIFAR-10.*--data PATH.*CIFARKIT_DATA"):
         load_cifar10(None, root=tmp_path)
     assert not (tmp_path / "cifar-10-python.tar.gz").exists()  # the partial file is gone
+    with pytest.raises(DataError):
+        load_cifar10(None, root=tmp_path / "data")
+    assert not (tmp_path / "data").exists()  # no empty data/ folder left behind
 
 
 def test_second_load_comes_from_cache(tree, private_cache, monkeypatch):

@@ -144,17 +144,25 @@ def test_the_notebook_run_quoted_in_the_readme_is_the_committed_one():
     )
 
 
-def test_the_readme_test_facts_are_the_line_pytest_prints():
-    """The README's test facts are a `test facts:` line as the root conftest.py prints it at the end
-    of `python -m pytest` (counts, minutes, the CPU, torch), quoted whole, and it says where the
-    data must be."""
+def test_the_test_facts_are_the_line_pytest_prints():
+    """docs/testing.md's test facts are `test facts:` lines as the root conftest.py prints them at
+    the end of `python -m pytest` (counts, minutes, the CPU, torch), quoted whole; the README's Test
+    section says where the data must be and points there."""
     import re
 
-    section = (ROOT / "README.md").read_text().split("## Test", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "testing.md").read_text().split("## Test facts", 1)[1]
     quoted = re.findall(r"`(test facts: [^`]+)`", section)
     line = (
         r"test facts: \d+ passed(, \d+ skipped)? in \d+\.\d min on a \d+-core .+ \(.+\), "
         r"torch \d+\.\d+(\.\d+)?"
     )
     assert quoted and all(re.fullmatch(line, q) for q in quoted), quoted
-    assert "../shared/data/cifar10-jpg.tar.gz" in section and "CIFARKIT_DATA" in section
+    readme = (ROOT / "README.md").read_text().split("## Test", 1)[1].split("\n## ", 1)[0]
+    assert "../shared/data/cifar10-jpg.tar.gz" in readme and "CIFARKIT_DATA" in readme
+    assert "docs/testing.md" in readme
+
+
+def test_the_readme_stays_a_front_door():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("python3 -m venv"))
+    assert len(lines) <= 160 and first < 60, (len(lines), first)

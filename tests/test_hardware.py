@@ -26,7 +26,7 @@ def test_explicit_layouts_and_old_bools_are_honoured():
     assert TrainConfig.from_dict({"channels_last": True}).channels_last == "yes"
     assert TrainConfig.from_dict({"channels_last": False, "flip": True}).flip == "random"
     # only saved configs are translated
-    with pytest.raises(ConfigError, match="channels_last must be one of"):
+    with pytest.raises(ConfigError, match="channels_last must be a string, got bool True"):
         TrainConfig(channels_last=True)
     with pytest.raises(ConfigError, match="channels_last must be one of auto, yes, no"):
         TrainConfig(channels_last="maybe")

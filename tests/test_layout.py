@@ -73,6 +73,7 @@ def test_the_ground_floor_imports_nothing_of_the_package():
         "runfolder.lock",
         "runfolder.files",
         "cli",
+        "options",
         "commands",
     ],
 )
@@ -95,6 +96,7 @@ def test_what_the_command_line_needs_before_its_lock_imports_no_torch(module):
             "config",
             "recipes",
             "report",
+            "options",
             "commands",
             "runfolder",
             "runfolder.lock",

@@ -10,6 +10,7 @@ or jet).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -89,7 +90,8 @@ def finish(fig, path: str | Path | None, tight: bool = True):
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            code = e.errno if isinstance(e, (OSError, WriteError)) else None
+            why = os.strerror(code) if code else e
             raise CifarkitError(f"cannot save the figure {path}: {why}") from None
     if not isinstance(fig, _NotebookFigure):  # same object, shown once
         fig.__class__ = _SHOWN_ONCE.setdefault(

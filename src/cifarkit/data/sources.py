@@ -126,7 +126,7 @@ def _load_torchvision(root: Path, download: bool) -> Cifar10:
         if not download:
             raise DataError(f"CIFAR-10 not found in {root} and download is off")
         archive = root / "cifar-10-python.tar.gz"
-        existed = archive.exists()
+        existed, made = archive.exists(), not root.exists()
         try:
             from torchvision.datasets import CIFAR10
 
@@ -134,11 +134,16 @@ def _load_torchvision(root: Path, download: bool) -> Cifar10:
         except Exception as e:
             if not existed and archive.exists():
                 archive.unlink()  # a partial download would only fail its checksum next time
+            if made:
+                try:
+                    root.rmdir()  # the folder the download made, if it stayed empty
+                except OSError:
+                    pass
             raise DataError(
                 f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without"
-                " internet, point at a local copy instead: --data PATH (a folder with"
-                " cifar-10-batches-py/, an ImageFolder train/ test/ tree, or a .tar.gz / .zip of"
-                " one)"
+                " internet, point at a local copy instead: --data PATH, or set CIFARKIT_DATA=PATH"
+                " (a folder with cifar-10-batches-py/, an ImageFolder train/ test/ tree, or a"
+                " .tar.gz / .zip of one)"
             ) from None
     return _load_batches(folder)
 
