@@ -189,7 +189,8 @@ def user_frame(e: BaseException) -> str:
     if not frames:
         return ""
     f = frames[-1]
-    where = os.path.basename(f.filename) if not f.filename.startswith("<") else "a notebook cell"
+    cell = f.filename.startswith("<") or "ipykernel_" in f.filename  # Jupyter's cell files
+    where = "a notebook cell" if cell else os.path.basename(f.filename)
     return f" ({where}, line {f.lineno}{': ' + f.line.strip()[:80] if f.line else ''})"
 
 
