@@ -339,7 +339,11 @@ def check_notebook(
             run_checks.append(Check(False, "run folder", str(e)))
     if results is not None:
         run_checks += [
-            Check(True, "run folder", f"{run_dir} holds a finished run of {len(history)} epochs"),
+            Check(
+                True,
+                "run folder",
+                f"{run_dir} holds a finished run of {len(history)} epoch{'s' * (len(history) != 1)}",
+            ),
             check_records(results, history),
             *check_shown(cells, results, history),
         ]
