@@ -342,7 +342,8 @@ def check_notebook(
             Check(
                 True,
                 "run folder",
-                f"{run_dir} holds a finished run of {len(history)} epoch{'s' * (len(history) != 1)}",
+                f"{run_dir} holds a finished run of {len(history)}"
+                f" epoch{'s' * (len(history) != 1)}",
             ),
             check_records(results, history),
             *check_shown(cells, results, history),
