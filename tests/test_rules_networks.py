@@ -615,3 +615,42 @@ def test_a_sum_divided_by_something_else_is_not_an_average():
         checks["global average pooling"].value
         == "none (x.sum in forward is a global sum pool, not an average)"
     )
+
+
+def test_a_squeezed_global_pool_keeps_the_receptive_field():
+    """`gap(x).squeeze(-1).squeeze(-1)` into the head is a global pool, not a map rebuilt from
+    flattened features: the receptive field is followed, not UNKNOWN."""
+    import torch.nn.functional as F
+
+    class Squeezes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+            self.c2 = nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=16)
+            self.pw = nn.Conv2d(16, 32, 1)
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.c1(x)), 2)
+            x = F.max_pool2d(F.relu(self.pw(self.c2(x))), 4)
+            return self.fc(self.gap(x).squeeze(-1).squeeze(-1))
+
+    rules = check_rules(Squeezes())
+    rf = next(r for r in rules if r.rule.startswith("receptive field"))
+    assert rf.passed is not None and "UNKNOWN" not in rf.value, rf.value
+
+
+@pytest.mark.parametrize(
+    "accuracy, needle", [(0.85, "a fraction?"), (150, "got 150"), ("85", "'85'")]
+)
+def test_an_accuracy_that_is_no_percentage_is_one_line(accuracy, needle):
+    from cifarkit.base import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        check_rules(nn.Conv2d(3, 10, 3), accuracy=accuracy)
+    assert "accuracy is the test accuracy in percent" in str(e.value) and needle in str(e.value)
+    rules = check_rules(
+        nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), accuracy=85.0
+    )
+    assert "taken as measured on all 10,000 test images" in str(rules)

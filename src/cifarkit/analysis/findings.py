@@ -156,16 +156,15 @@ def findings(
             precision=precision,
         )
         same = sum(c > SAME_PLACE for c in g["correlation"])
-        off = sum(s < 0.5 for s in g["centre_share"])
+        shares = [100 * v for v in g["centre_share"]]
         lines += [
             (
                 f"**Grad-CAM on the {len(wrong)} most confident mistakes** (read at `{g['layer']}`,"
                 f" measured on the maps). On {same} of {len(wrong)} the evidence for the wrong"
                 " class lies where the evidence for the true class lies (the maps correlate above"
-                f" {SAME_PLACE}: the network looked at the object and read it as the other class);"
-                f" on {len(wrong) - same} it lies elsewhere. On {off} of {len(wrong)} most of the"
-                " wrong class's evidence lies outside the central 16x16 pixels (background or"
-                " border rather than the object)."
+                f" {SAME_PLACE}); on {len(wrong) - same} it lies elsewhere. The central 16x16"
+                f" pixels, a quarter of each image, hold {min(shares):.0f}-{max(shares):.0f}% of"
+                " the wrong class's evidence (25% would be evidence spread evenly)."
             ),
             "",
         ]

@@ -165,7 +165,8 @@ def plot_history(
             f" {epochs[-1]})"
         ),
     )
-    ax_acc.legend(loc="lower right", fontsize=9)
+    # below the axes: inside, it would hide part of the curves (an early dip of the test accuracy)
+    ax_acc.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9, frameon=False)
     ax_acc.set_title(
         f"best {eval_label} {best['eval_accuracy']:.2f}% at epoch {best['epoch']} (single view)",
         fontsize=10,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..base import IMAGE_SHAPE
+from ..base import IMAGE_SHAPE, ConfigError
 from .tracer import GlobalPool, Pair, RFRow, Trace, collapse, trace
 
 MIN_RF, MAX_PARAMS, MIN_ACCURACY = 44, 1_000_000, 80.0
@@ -191,6 +191,14 @@ def check_rules(
     average pooling, and test accuracy >= 80% (percent; None: not measured yet, the verdict is
     unknown). `test_images`: how many test images `accuracy` was measured on; fewer than CIFAR-10's
     10,000 (a --limit-test run) decide nothing, and the line says so."""
+    number = isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool)
+    if accuracy is not None and not (number and (1 < accuracy <= 100 or accuracy == 0)):
+        hint = (
+            " (a fraction? pass the percentage, e.g. 86.92)" if number and 0 < accuracy <= 1 else ""
+        )
+        raise ConfigError(
+            f"accuracy is the test accuracy in percent, in [0, 100], got {accuracy!r}{hint}"
+        )
     tr = trace(model, input_size)
     params = tr.params
     rf, why, _ = _final(tr)
@@ -230,7 +238,13 @@ def check_rules(
                     else RuleCheck(
                         f"test accuracy >= {MIN_ACCURACY:.0f}%",
                         float(accuracy) >= MIN_ACCURACY,
-                        f"{float(accuracy):.2f}%",
+                        f"{float(accuracy):.2f}%"
+                        + (
+                            " (taken as measured on all 10,000 test images: test_images= says"
+                            " otherwise)"
+                            if test_images is None
+                            else ""
+                        ),
                     )
                 )
             ),

@@ -595,7 +595,13 @@ class _Tracer(TorchFunctionMode):
     def _reshape(self, func: Any, x: torch.Tensor, m: _Meta, y: torch.Tensor) -> None:
         shape_in, shape = tuple(x.shape), tuple(y.shape)
         if m.kind != "map" or m.dims is None or shape == shape_in:
-            rebuilt = m.kind != "map" and len(shape) >= 3 and shape[-1] * shape[-2] > 1
+            # more axes than it came with (a squeeze of a pooled (N, C, 1, 1) adds none)
+            rebuilt = (
+                m.kind != "map"
+                and len(shape) >= 3
+                and len(shape) > len(shape_in)
+                and shape[-1] * shape[-2] > 1
+            )
             if rebuilt:  # e.g. linear -> view(n, c, 4, 4): a map made from flattened features
                 why = (
                     f"the RF cannot be followed past {self._where(func, None)[2]}, which rebuilds a"
