@@ -24,8 +24,8 @@ from cifarkit.base import CifarkitError
 from cifarkit.models import build_model
 
 
-def verdicts(model, accuracy=None):
-    return {c.rule: c for c in check_rules(model, accuracy=accuracy)}
+def verdicts(model, accuracy=None, test_images=None):
+    return {c.rule: c for c in check_rules(model, accuracy=accuracy, test_images=test_images)}
 
 
 def local_rfs(model):
@@ -371,11 +371,12 @@ def test_accuracy_rule():
     unknown = verdicts(seed)["test accuracy >= 80%"]
     assert unknown.passed is None and unknown.value == "UNKNOWN (not trained / not measured yet)"
     assert verdicts(seed, accuracy=83.61)["test accuracy >= 80%"].passed is True
-    assert verdicts(seed, accuracy=83.61)["test accuracy >= 80%"].value == "83.61%"
+    full = dict(test_images=10000)
+    assert verdicts(seed, accuracy=83.61, **full)["test accuracy >= 80%"].value == "83.61%"
     assert verdicts(seed, accuracy=80)["test accuracy >= 80%"].passed is True
-    low = verdicts(seed, accuracy=79.9)["test accuracy >= 80%"]
+    low = verdicts(seed, accuracy=79.9, **full)["test accuracy >= 80%"]
     assert low.passed is False and low.value == "79.90%"
-    text = format_rules(check_rules(seed, accuracy=79.9))
+    text = format_rules(check_rules(seed, accuracy=79.9, test_images=10000))
     assert "[FAIL] test accuracy >= 80%       79.90%" in text
     assert (
         "[ ?? ] test accuracy >= 80%       UNKNOWN (not trained / not measured yet)"
