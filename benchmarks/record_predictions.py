@@ -26,7 +26,7 @@ from cifarkit.atomic import atomic_write_json
 from cifarkit.base import CifarkitError
 from cifarkit.data.sources import load_cifar10
 from cifarkit.hardware import PRECISION_NAME, choose_precision, hardware_string, resolve_device
-from cifarkit.runfolder.checkpoint import model_from_checkpoint
+from cifarkit.runfolder.checkpoint import model_from_checkpoint, recorded_precision
 from cifarkit.training.evaluate import predict_images
 
 
@@ -47,11 +47,13 @@ def main() -> int:
     pts = [root / f"{n}.pt" for n in args.names] or sorted(root.glob("*.pt"))
     for pt in pts:
         folder = pt.with_suffix("")
-        model, cfg, _ = model_from_checkpoint(pt, device)
+        model, cfg, ckpt = model_from_checkpoint(pt, device)
         if cfg.val_split or cfg.limit_test or not (folder / "results.json").is_file():
             print(f"{pt.name}: skipped (no results on the full test set)")
             continue
-        amp, _ = choose_precision(cfg.precision, device)
+        # the run's own precision (its runtime record), not "auto" decided again here
+        precision = recorded_precision(ckpt) or cfg.precision
+        amp, _ = choose_precision(precision, device)
         rec = {
             "test_total": len(data.test_labels),
             "recorded_on": hardware_string(device),
@@ -65,7 +67,7 @@ def main() -> int:
                 model,
                 data.test_images,
                 data.test_labels,
-                precision=cfg.precision,
+                precision=precision,
                 tta=tta,
                 batch_size=cfg.eval_batch_size,
             )

@@ -22,7 +22,7 @@ from pathlib import Path
 from cifarkit.atomic import atomic_write_json
 from cifarkit.data.sources import load_cifar10
 from cifarkit.hardware import hardware_string, resolve_device
-from cifarkit.runfolder.checkpoint import model_from_checkpoint
+from cifarkit.runfolder.checkpoint import model_from_checkpoint, recorded_precision
 from cifarkit.runfolder.files import write_history
 from cifarkit.training.evaluate import predict_images, score
 
@@ -44,9 +44,11 @@ def main() -> int:
             continue
         x, y = data.test_images, data.test_labels
 
+        precision = recorded_precision(ckpt) or cfg.precision  # the run's record first
+
         def evaluated(tta: str) -> dict:
             probs, labels = predict_images(
-                model, x, y, precision=cfg.precision, tta=tta, batch_size=cfg.eval_batch_size
+                model, x, y, precision=precision, tta=tta, batch_size=cfg.eval_batch_size
             )
             return score(probs, labels, verbose=False)
 

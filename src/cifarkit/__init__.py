@@ -68,9 +68,13 @@ def __getattr__(name: str):
 
 
 def _notebook_setup() -> None:
-    from .nbtools import show_refusals_in_one_line
+    """In a Jupyter kernel (IPython loaded), cifarkit's refusals show as one line."""
+    import sys
 
-    show_refusals_in_one_line()
+    if "IPython" in sys.modules:
+        from .nbtools import show_refusals_in_one_line
+
+        show_refusals_in_one_line()
 
 
 _notebook_setup()
