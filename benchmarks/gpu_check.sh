@@ -4,7 +4,8 @@
 #   2. full 20-epoch runs of the default recipe: eager and CUDA graphs, random seeds 0-2 each, in the card's
 #      native precision (bf16 on compute capability >= 8.0, else fp16 + scaler), plus one fp16 + scaler run
 #      where bf16 is native; run side by side on the one card;
-#   3. one JSON line per result in benchmarks/results/gpu-check-<card>.jsonl (wall time, accuracy, setting).
+#   3. one JSON line per result in benchmarks/results/gpu-check-<card>.jsonl (wall time, accuracy, setting);
+#   4. benchmarks/student_networks.py: a dozen student-style networks, every default, one epoch each.
 # Defaults follow from it: cuda_graphs stays off until its three seeds match eager's within seed noise and
 # its epochs are faster. Usage: bash benchmarks/gpu_check.sh DATA  (DATA: CIFAR-10 folder or archive; empty
 # or absent: torchvision's download into ./data)
@@ -61,4 +62,6 @@ print(json.dumps(line))
 open(out, "a").write(json.dumps(line) + "\n")
 PY
 done
-echo "wrote $out"
+# A dozen networks written the way students write them, every default, on this card (issue 37).
+$py benchmarks/student_networks.py "${data_args[@]}" --out "benchmarks/results/student-networks-$card.jsonl"
+echo "wrote $out and benchmarks/results/student-networks-$card.jsonl"

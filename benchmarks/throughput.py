@@ -402,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rows", default="A,B,C", help=f"comma-separated, from A,{','.join(ENGINE_ROWS)}"
     )
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of row A")
+    ap.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda")
     ap.add_argument(
         "--sync-debug",
         action="store_true",
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device,
     )
 
-    cfg = TrainConfig(progress=False)
+    cfg = TrainConfig(progress=False, device=args.device)
     device = resolve_device(cfg.device)
     data = (
         load_cifar10(args.data, progress=False)

@@ -60,3 +60,18 @@ def test_summarize_mean_sd_and_difference_to_first_row():
     assert lines[1].split()[-3:] == ["88.20", "0.20", "+0.00"]
     assert lines[2].split()[-3:] == ["89.00", "0.00", "+0.80"]
     assert "no finished run" in lines[3]
+
+
+students = load_script("student_networks")
+
+
+@pytest.mark.parametrize("name", sorted(set(students.NETWORKS) - {"seed", "buggy"}))
+def test_every_student_network_of_the_gpu_check_trains_in_plain_pytorch(name):
+    """The script's promise covers networks that train in plain PyTorch (fp32, NCHW): each does."""
+    factory, _ = students.NETWORKS[name]
+    assert students.plain_pytorch_trains(factory)
+
+
+def test_the_buggy_student_network_fails_in_plain_pytorch_too():
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        students.plain_pytorch_trains(students.NETWORKS["buggy"][0])

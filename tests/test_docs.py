@@ -70,7 +70,7 @@ def test_results_table_rows_are_the_committed_runs(name, row_start):
     minutes = [r["wall_seconds"] / 60 for r in runs]
     assert f"{min(minutes):.1f}-{max(minutes):.1f} min" in row
     assert f"| {runs[0]['epochs']} |" in row and f"{runs[0]['parameters']:,} parameters" in row
-    assert all("AMD EPYC" in r["hardware"] and r["precision"] == "bfloat16" for r in runs)
+    assert all("AMD EPYC" in r["hardware"] and r["precision"] == "bf16" for r in runs)
 
 
 def commands() -> list[list[str]]:
@@ -166,3 +166,12 @@ def test_the_readme_stays_a_front_door():
     lines = (ROOT / "README.md").read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("python3 -m venv"))
     assert len(lines) <= 160 and first < 60, (len(lines), first)
+
+
+def test_every_committed_run_spells_its_precision_one_way():
+    from cifarkit.base import PRECISIONS
+
+    for f in sorted((ROOT / "checkpoints").glob("*/*.json")):
+        data = json.loads(f.read_text())
+        if isinstance(data, dict) and "precision" in data:
+            assert data["precision"] in PRECISIONS, (f, data["precision"])

@@ -237,6 +237,21 @@ def test_what_a_grader_must_not_fail(tmp_path, run, change):
     assert report.ok, str(report)
 
 
+def test_a_built_in_network_trained_beside_a_network_of_ones_own_cannot_be_told(tmp_path, run):
+    """A student who wrote a network (its rules printed) but trained the seed network: not
+    "ready"."""
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "model": "seed"}))
+    # the cell that defines the student's network also prints its rules
+    nb = broken(set_output(2, RULES.replace("77,050", "324,586")))
+    report = check_notebook(write(tmp_path, nb))
+    assert report.state == "cannot tell", str(report)
+    assert (
+        "seed (77,050 parameters) was trained, while the notebook also checks networks of 324,586"
+        in str(report)
+    )
+
+
 def test_the_untouched_template_and_a_printout_claiming_more_are_not_ready(tmp_path, run):
     nb = broken(lambda nb: nb["cells"][0].update(source="**Authors:** *your name(s) here.*"))
     assert "[FAIL] your own words: the authors line still holds" in str(

@@ -175,7 +175,9 @@ def test_keep_freed_memory_is_for_cpus_only_and_fit_says_it(tmp_path, learnable_
     from cifarkit.training.trainer import fit
 
     assert hardware.keep_freed_memory(torch.device("meta")) is None
-    cfg = TrainConfig(epochs=1, batch_size=100, precision="fp32", progress=False, tta="none")
+    cfg = TrainConfig(
+        epochs=1, batch_size=100, precision="fp32", progress=False, tta="none", device="cpu"
+    )
     fit(dataclasses.replace(cfg, out=str(tmp_path / "run")), data=learnable_data)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("memory: ")]
     assert len(lines) == (1 if GLIBC else 0), lines

@@ -48,6 +48,8 @@ TIMING = ("train_seconds", "eval_seconds", "images_per_second")
 # fp32: on a CPU with native bf16 the first bf16 steps of every fresh process cost ~2 s of kernel
 # set-up
 RECIPE = (
+    "--device",  # real processes stopped at moments timed for a CPU's epochs
+    "cpu",
     "--batch-size",
     "50",
     "--eval-batch-size",

@@ -655,3 +655,20 @@ def test_an_accuracy_that_is_no_percentage_is_one_line(accuracy, needle):
         nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), accuracy=85.0
     )
     assert "taken as measured on all 10,000 test images" in str(rules)
+
+
+def test_a_forward_that_fails_in_the_rule_check_names_the_students_line():
+    from cifarkit.analysis.tracer import AnalysisError
+
+    class Buggy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.c(x).mean((2, 3)))  # 8 features into a 16-input layer
+
+    with pytest.raises(AnalysisError) as e:
+        check_rules(Buggy())
+    assert "mat1 and mat2" in str(e.value) and "test_rules_networks.py, line" in str(e.value)
+    assert "return self.fc(self.c(x).mean((2, 3)))" in str(e.value) and "\n" not in str(e.value)

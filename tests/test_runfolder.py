@@ -440,6 +440,15 @@ def test_stop_signals_in_another_thread_do_nothing():
     assert errors == [] and signal.getsignal(signal.SIGINT) == before
 
 
+def test_interrupt_message_is_one_line_whatever_the_folder_is_named(tmp_path):
+    run = tmp_path / "two\nlines\rrun"
+    run.mkdir()
+    write_ckpt(run / "last.pt", 1)
+    msg = interrupt_message(run, signal.SIGHUP, epoch=2)
+    assert "\n" not in msg and "\r" not in msg and "two[newline]lines[return]run" in msg
+    assert msg.startswith("Interrupted during epoch 2 by SIGHUP (the terminal was closed)")
+
+
 def test_interrupt_message_names_the_saved_epoch(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

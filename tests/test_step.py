@@ -620,6 +620,8 @@ def test_throughput_rows_run_on_cpu(capsys):
                 "100",
                 "--epoch",
                 "estimate",
+                "--device",
+                "cpu",  # what the rows do on a CPU (row C is CUDA-only)
             ]
         )
         == 0

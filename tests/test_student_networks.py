@@ -303,8 +303,10 @@ def test_auto_precision_is_chosen_among_those_the_network_runs_in(
         "choose_precision",
         lambda p, d, kept=None: (torch.bfloat16, "bf16: native") if p == "auto" else real(p, d),
     )
-    result = fit(
-        cfg_for(tmp_path, epochs=1, precision="auto"), data=learnable_data, model=BreaksInBf16
+    result = fit(  # the CPU: the network checks CPU autocast
+        cfg_for(tmp_path, epochs=1, precision="auto", device="cpu"),
+        data=learnable_data,
+        model=BreaksInBf16,
     )
     out = capsys.readouterr().out
     assert "precision: fp32: your network fails in bf16: the network fails in both layouts:" in out
@@ -313,7 +315,7 @@ def test_auto_precision_is_chosen_among_those_the_network_runs_in(
     assert result.runtime.precision == "fp32"
     with pytest.raises(NetworkError, match="fails in every precision and layout tried: bf16"):
         fit(  # asked for explicitly, bf16 is the one candidate: its failure is the error
-            cfg_for(tmp_path / "b", epochs=1, precision="bf16"),
+            cfg_for(tmp_path / "b", epochs=1, precision="bf16", device="cpu"),
             data=learnable_data,
             model=BreaksInBf16,
         )

@@ -117,7 +117,9 @@ def test_finished_run_is_not_overwritten(tmp_path, learnable_data):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["seed"] == 5
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, learnable_data, monkeypatch):
+def test_divergence_stops_and_keeps_last_good_checkpoint(
+    tmp_path, learnable_data, monkeypatch, device
+):
     real = trainer_mod.train_one_epoch
 
     def poison_epoch_2(step, *a, **k):
@@ -131,7 +133,8 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, learnable_dat
     with pytest.raises(
         DivergenceError, match=r"loss is nan at epoch 2, step 1 \(lr .*\).*Lower --lr"
     ):
-        fit(cfg_for(tmp_path, epochs=3), data=learnable_data)
+        # check_every=1: the loss is read at every step on a GPU too (a CPU reads it always)
+        fit(cfg_for(tmp_path, epochs=3, device=device, check_every=1), data=learnable_data)
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # the good one from epoch 1, intact
     assert ckpt["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
     assert not (tmp_path / "run" / "results.json").exists()

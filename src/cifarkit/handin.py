@@ -181,6 +181,20 @@ def check_rules(cells: list[dict], results: dict | None) -> list[Check]:
                 " parameters: print ck.check_rules(result.model, ...) after training",
             )
         ]
+    others = sorted({p for p in map(_parameters, (b[1] for b in blocks)) if p and p != want})
+    out = []
+    if want is not None and others and ":" not in str(results.get("model", ":")):
+        # a built-in network was trained while the notebook checks networks of its own
+        out.append(
+            Check(
+                None,
+                "network trained",
+                f"results.json: {results['model']} ({want:,} parameters) was trained, while the"
+                f" notebook also checks networks of {', '.join(f'{p:,}' for p in others)}"
+                " parameters: if yours is one, set NETWORK to it and Run all again",
+                decides=True,
+            )
+        )
     judged = [b for b in mine if any("accuracy" in r and "%" in e for _, r, e in b[1])]
     name, rules = (judged or mine)[-1]
     which = (
@@ -188,7 +202,6 @@ def check_rules(cells: list[dict], results: dict | None) -> list[Check]:
         if want is not None
         else f"{name}; which network was trained needs the run folder"
     )
-    out = []
     for verdict, rule, evidence in rules:
         if "accuracy" in rule:
             out.append(_accuracy_rule(rule, evidence, results))

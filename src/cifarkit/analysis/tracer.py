@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..base import IMAGE_SHAPE, CifarkitError, first_line
+from ..base import IMAGE_SHAPE, CifarkitError
 from ..models import count_parameters
-from ..models.check import PROBE_BATCH, check_output
+from ..models.check import PROBE_BATCH, check_output, failure_text
 
 Pair = tuple[int, int]
 Cell = Union[int, Pair, str, None]
@@ -793,9 +793,9 @@ def trace(
         with torch.random.fork_rng(devices=[]), torch.no_grad(), tracer:
             out = net(x)
     except Exception as e:
+        # naming the student's own line, as fit does (models.check.failure_text)
         raise AnalysisError(
-            f"the network's forward pass fails on a {tuple(x.shape)} input: "
-            f"{type(e).__name__}: {first_line(e, 1000)}"
+            f"the network's forward pass fails on a {tuple(x.shape)} input: {failure_text(e)}"
         ) from None
     finally:
         for h in handles:

@@ -333,28 +333,26 @@ def fit(
                     raise RunStopped(message, None, getattr(e, "exit_code", 130)) from None
                 e.reported = True  # the CLI adds no second line
                 raise
-            stopped = FitResult(
-                run.cfg,
-                run.history,
-                run.eval_model,
-                run_dir,
-                interrupted=True,
-                data=run.data,
-                exit_code=getattr(e, "exit_code", 130),
-                runtime=run.runtime,
+            stopped = _fit_result(
+                run, run_dir, interrupted=True, exit_code=getattr(e, "exit_code", 130)
             )
             if caller.speak == "cli":
                 return stopped  # the command line exits with its code
             # Python: stop the caller too (a notebook's Run all), the stopped run in the exception
             raise RunStopped(message, stopped, stopped.exit_code) from None
+    return _fit_result(run, run_dir, final=final)
+
+
+def _fit_result(run: Run, run_dir: Path, **kw) -> FitResult:
+    """What `fit` returns for `run` (finished: `final`; stopped: `interrupted`, `exit_code`)."""
     return FitResult(
         run.cfg,
         run.history,
         run.eval_model,
         run_dir,
-        final=final,
         data=run.data,
         runtime=run.runtime,
+        **kw,
     )
 
 
