@@ -33,6 +33,7 @@ from .records import (
     Check,
     cell_name,
     cell_text,
+    check_leaks,
     check_records,
     check_shown,
     find_run,
@@ -41,8 +42,6 @@ from .records import (
 
 PLOT_CALL = re.compile(r"\b(plot_\w+|show_images|gradcam_misclassified)\s*\(|\.plot\(")
 RULE_LINE = re.compile(r"^\[(PASS|FAIL| \?\? )\] (\S.*?)\s{2,}(\S.*)$")
-# a developer's or CI machine; a student's own /home, /Users or C:\ paths are theirs to keep
-DEV_PATH = re.compile(r"(?<![\w.~/-])(/tmp/|/work/|/root/)")
 TEMPLATE = {"authors line": "*your name(s) here.*", "conclusion": "*Write here what you changed"}
 EXIT = {"ready": 0, "not ready": 1, "cannot tell": 3}
 
@@ -252,37 +251,6 @@ def check_own_words(cells: list[dict]) -> Check:
             " write your own",
         )
     return Check(None, "your own words", "a person reads the conclusion you wrote")
-
-
-def check_leaks(nb: dict, run_dir: Path | None, results: dict | None) -> list[Check]:
-    cells = nb.get("cells", [])
-    texts = [(cell_name(cells, i), cell_text(c)) for i, c in enumerate(cells)]
-    texts.append(("metadata", json.dumps(nb.get("metadata", {}))))
-    if run_dir is not None and (run_dir / "config.json").is_file():
-        texts.append(("config.json", (run_dir / "config.json").read_text(errors="replace")))
-    found = [(where, m.group(0)) for where, t in texts for m in [DEV_PATH.search(t)] if m]
-    checks = [
-        Check(
-            not found,
-            "nothing of another machine",
-            (
-                "no path of a developer's or CI machine in the outputs, metadata or config.json"
-                if not found
-                else "paths of another machine in "
-                + ", ".join(f"{w} ({p}...)" for w, p in found[:4])
-                + ": keep the run folder and the data beside the notebook (relative paths, e.g."
-                " out='runs/mine') and run it again"
-            ),
-        )
-    ]
-    accel = nb.get("metadata", {}).get("accelerator")
-    if accel and results is not None:
-        kind = "GPU" if str(results.get("hardware", "")).startswith("GPU") else "CPU"
-        ok = str(accel).upper() == kind or (kind == "CPU" and str(accel).upper() == "NONE")
-        checks.append(
-            Check(ok, "metadata", f"accelerator {accel!r}, the run used {results.get('hardware')}")
-        )
-    return checks
 
 
 def read_notebook(notebook: str | Path | dict) -> dict:

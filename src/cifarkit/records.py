@@ -1,7 +1,8 @@
 """The run's records, checked against each other and against what the notebook shows (for the
 hand-in check, `handin.py`): results.json and history.json read in one line or refused in one,
-their counts and percentages, the final results and every epoch's test line in the notebook. Also
-the `Check` line every hand-in check is made of."""
+their counts and percentages, the final results and every epoch's test line in the notebook, and no
+path of a developer's machine in the outputs or the run's config. Also the `Check` line every
+hand-in check is made of."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ HEADLINE = re.compile(
     r" single view |TTA \(\d+ views\):? )(\d+)/(\d+)"
 )
 RESUMED = re.compile(r"resuming \S.* after epoch (\d+)/")
+# a developer's or CI machine; a student's own /home, /Users or C:\ paths are theirs to keep
+DEV_PATH = re.compile(r"(?<![\w.~/-])(/tmp/|/work/|/root/)")
 
 
 @dataclass
@@ -173,3 +176,34 @@ def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
             f" {expected[k]}/{history[start + k].get('eval_total', total)}",
         )
     return [final, per_epoch]
+
+
+def check_leaks(nb: dict, run_dir: Path | None, results: dict | None) -> list[Check]:
+    cells = nb.get("cells", [])
+    texts = [(cell_name(cells, i), cell_text(c)) for i, c in enumerate(cells)]
+    texts.append(("metadata", json.dumps(nb.get("metadata", {}))))
+    if run_dir is not None and (run_dir / "config.json").is_file():
+        texts.append(("config.json", (run_dir / "config.json").read_text(errors="replace")))
+    found = [(where, m.group(0)) for where, t in texts for m in [DEV_PATH.search(t)] if m]
+    checks = [
+        Check(
+            not found,
+            "nothing of another machine",
+            (
+                "no path of a developer's or CI machine in the outputs, metadata or config.json"
+                if not found
+                else "paths of another machine in "
+                + ", ".join(f"{w} ({p}...)" for w, p in found[:4])
+                + ": keep the run folder and the data beside the notebook (relative paths, e.g."
+                " out='runs/mine') and run it again"
+            ),
+        )
+    ]
+    accel = nb.get("metadata", {}).get("accelerator")
+    if accel and results is not None:
+        kind = "GPU" if str(results.get("hardware", "")).startswith("GPU") else "CPU"
+        ok = str(accel).upper() == kind or (kind == "CPU" and str(accel).upper() == "NONE")
+        checks.append(
+            Check(ok, "metadata", f"accelerator {accel!r}, the run used {results.get('hardware')}")
+        )
+    return checks
