@@ -34,6 +34,14 @@ SCHEDULES = ("onecycle", "linear", "constant", "step")
 OPTIMIZERS = ("sgd", "adam", "adamw")  # `optim.make_optimizer`
 # autocast dtypes; "auto" picks what the device does natively
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def saved_precision(name: str) -> str:
+    """A precision name as a checkpoint or results.json saved it, in today's spelling (an older
+    cifarkit wrote "bfloat16" / "float16")."""
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
+
 # memory layout; "auto": measured on a CPU (hardware.py)
 CHANNELS_LAST_MODES = ("auto", "yes", "no")
 TTA_MODES = ("none", "flip", "flip-translate")  # test-time augmentation of the separate final test

@@ -55,7 +55,7 @@ def cpu_has_fast_bf16() -> bool:
     return cpu_kind() in ("AMX-BF16", "AVX-512-BF16")
 
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # name -> autocast dtype
 _LABEL = {torch.bfloat16: "bf16", torch.float16: "fp16 + gradient scaler", None: "fp32"}
 
 
@@ -91,7 +91,7 @@ def choose_precision(
         major, minor = torch.cuda.get_device_capability(device)
         card = f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor}"
         auto = torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
-        dtype = auto if precision == "auto" else _DTYPES[precision]
+        dtype = auto if precision == "auto" else DTYPES[precision]
         if dtype == torch.bfloat16:
             note = (
                 "native bf16"
@@ -111,14 +111,14 @@ def choose_precision(
         return dtype, f"{_LABEL[dtype]}{asked}: {card} ({note})"
     if device.type == "cpu":
         native = cpu_has_fast_bf16()
-        dtype = (torch.bfloat16 if native else None) if precision == "auto" else _DTYPES[precision]
+        dtype = (torch.bfloat16 if native else None) if precision == "auto" else DTYPES[precision]
         why = f"this CPU has {'' if native else 'no '}native bf16 (AMX or AVX-512-BF16)"
         if dtype == torch.float16:
             why = "fp16 on a CPU is mostly emulated, likely slower than fp32"
         elif dtype == torch.bfloat16 and not native:
             why += ": emulated, likely slower than fp32"
         return dtype, f"{_LABEL[dtype]}{asked}: {why}"
-    dtype = None if precision == "auto" else _DTYPES[precision]
+    dtype = None if precision == "auto" else DTYPES[precision]
     why = (
         "autocast support on Apple MPS varies with the macOS / torch version"
         if precision == "auto"

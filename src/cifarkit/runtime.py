@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .base import saved_precision
 from .hardware import (
+    DTYPES,
     PRECISION_NAME,
     autocast,
     choose_channels_last,
@@ -34,7 +36,6 @@ from .hardware import (
 from .models.check import NetworkError, failure_text, network_name, output_sum, probe
 from .models.keep import forked_rng
 
-_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 LAYOUT_NAME = {True: "channels_last", False: "NCHW"}
 
 
@@ -57,7 +58,7 @@ class Runtime:
     @property
     def amp_dtype(self) -> torch.dtype | None:
         """The autocast dtype (None: plain fp32)."""
-        return _DTYPE[self.precision]
+        return DTYPES[self.precision]
 
     @property
     def layout(self) -> str:
@@ -71,7 +72,7 @@ class Runtime:
     def from_dict(cls, d: dict) -> "Runtime":
         """A saved record; an older checkpoint's {"precision", "channels_last"} is read too
         (precision names "bfloat16" / "float16" as "bf16" / "fp16")."""
-        precision = {"bfloat16": "bf16", "float16": "fp16"}.get(d["precision"], d["precision"])
+        precision = saved_precision(d["precision"])
         return cls(
             str(d.get("device", "cpu")),
             precision,
@@ -143,8 +144,7 @@ def _precisions(precision: str, device: torch.device, kept: dict) -> list:
     """[(dtype, reason)], best first: the kept or explicit precision alone, else what "auto" picks
     on this device, then fp32."""
     if "precision" in kept:
-        name = {"bfloat16": "bf16", "float16": "fp16"}.get(kept["precision"], kept["precision"])
-        return [choose_precision(precision, device, kept=name)]
+        return [choose_precision(precision, device, kept=saved_precision(kept["precision"]))]
     first = choose_precision(precision, device)
     if precision != "auto" or first[0] is None:
         return [first]

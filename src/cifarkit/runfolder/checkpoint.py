@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write, remove_stale_temps
-from ..base import CifarkitError
+from ..base import CifarkitError, saved_precision
 from ..config import TrainConfig
 from ..hardware import channels_last_for
 from ..models import build_model
@@ -133,7 +133,7 @@ def recorded_precision(ckpt: dict[str, Any]) -> str | None:
     """The precision the run trained in, from its runtime record ("bf16", "fp16", "fp32"), or None
     for a checkpoint an older cifarkit wrote without one."""
     name = (ckpt.get("choices") or {}).get("precision")
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+    return saved_precision(name) if name is not None else None
 
 
 def config_from_checkpoint(
