@@ -3,6 +3,8 @@ before the first step, predict, evaluate, Grad-CAM, the tracer), and every probe
 two, so a head that only breaks on a batch of one (x.squeeze()) works everywhere."""
 
 import json
+import os
+import shutil
 import textwrap
 
 import pytest
@@ -167,18 +169,72 @@ def test_an_import_that_exits_is_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "called sys.exit(0)" in err and "__main__" in err
 
 
-def test_the_recorded_import_path_is_absolute_and_one_file_is_one_model(tmp_path, monkeypatch):
-    (tmp_path / "mine.py").write_text(
-        "from torch import nn\nclass Net(nn.Sequential):\n"
-        "    def __init__(self):\n        super().__init__(nn.Flatten(), nn.Linear(3072, 10))\n"
+def test_typed_paths_are_kept_relative_where_they_can_be_and_one_file_is_one_model(
+    tmp_path, monkeypatch
+):
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    for folder in (proj, elsewhere):
+        folder.mkdir()
+        (folder / "mine.py").write_text(
+            "from torch import nn\nclass Net(nn.Sequential):\n    def __init__(self):\n"
+            "        super().__init__(nn.Flatten(), nn.Linear(3072, 10))\n"
+        )
+    monkeypatch.chdir(proj)
+    named = [
+        ck.TrainConfig(model=m) for m in ("mine.py:Net", "./mine.py:Net", f"{proj}/mine.py:Net")
+    ]
+    assert {c.model for c in named} == {"mine.py:Net"}  # one file named three ways: one model
+    assert ck.TrainConfig(model="../elsewhere/mine.py:Net").model == "../elsewhere/mine.py:Net"
+    outside = ck.TrainConfig(model=f"{elsewhere}/mine.py:Net", data=f"{elsewhere}/c.tar.gz")
+    assert outside.model == f"{elsewhere}/mine.py:Net" and outside.data == f"{elsewhere}/c.tar.gz"
+    inside = ck.TrainConfig(
+        data=f"{proj}/data/c.tar.gz", data_root=f"{proj}/dl", out=f"{proj}/runs/a"
     )
-    monkeypatch.chdir(tmp_path)
-    relative, absolute = (
-        ck.TrainConfig(model="mine.py:Net"),
-        ck.TrainConfig(model=f"{tmp_path}/mine.py:Net"),
+    assert (inside.data, inside.data_root, inside.out) == ("data/c.tar.gz", "dl", "runs/a")
+    assert ck.TrainConfig(data="~/c.tar.gz").data == os.path.expanduser("~/c.tar.gz")
+
+
+def test_a_fresh_process_in_another_folder_finds_a_runs_relative_paths(
+    tmp_path, monkeypatch, learnable_data
+):
+    from cifarkit.analysis.compare import compare_runs
+    from cifarkit.runfolder.checkpoint import model_from_checkpoint
+    from cifarkit.runfolder.files import rebase_paths, started_in
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "mine.py").write_text(
+        "from torch import nn\nclass Net(nn.Sequential):\n    def __init__(self):\n"
+        "        super().__init__(nn.Flatten(), nn.Linear(3072, 10))\n"
     )
-    assert relative.model == absolute.model == f"{tmp_path.resolve()}/mine.py:Net"
-    assert json.loads(json.dumps(relative.to_dict()))["model"].startswith("/")
+    monkeypatch.chdir(proj)
+    cfg = ck.TrainConfig(
+        model=f"{proj}/mine.py:Net",
+        out=f"{proj}/runs/a",
+        epochs=1,
+        progress=False,
+        tta="none",
+        device="cpu",
+        precision="fp32",
+        batch_size=100,
+    )
+    ck.fit(cfg, data=learnable_data)
+    saved = json.loads((proj / "runs/a/config.json").read_text())
+    assert (saved["model"], saved["out"]) == ("mine.py:Net", "runs/a")
+    assert str(tmp_path) not in (proj / "runs/a/config.json").read_text()
+
+    assert started_in(proj / "runs/a", "runs/a") == proj
+    assert started_in(tmp_path / "copy", "runs/a") is None
+    monkeypatch.chdir(tmp_path)  # a fresh process one folder up: evaluate, export, --verify
+    model, again, _ = model_from_checkpoint("proj/runs/a/last.pt")
+    assert again.model == "proj/mine.py:Net" and type(model).__name__ == "Net"
+    assert "Net" in str(compare_runs("proj/runs/a"))
+    assert rebase_paths(saved, tmp_path / "proj/runs/a")["model"] == f"{proj}/mine.py:Net"
+
+    (tmp_path / "copy").mkdir()  # the run copied where nothing says where it started
+    shutil.copy(proj / "runs/a/last.pt", tmp_path / "copy/last.pt")
+    with pytest.raises(CifarkitError, match=r"model file not found: mine.py \(looked in /"):
+        model_from_checkpoint("copy/last.pt")
 
 
 def test_a_container_or_a_class_needing_arguments_is_recorded_as_not_rebuildable():

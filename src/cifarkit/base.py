@@ -116,6 +116,18 @@ def show_path(path: str | os.PathLike) -> str:
     return text if text.isprintable() else repr(text)
 
 
+def portable_path(path: str) -> str:
+    """A path a person typed, as a config keeps, prints and saves it: relative to the working
+    directory when it lies under it (so a notebook, its printed config and its run folder name
+    nothing of the machine they ran on), else as typed with ~ expanded. Symlinks are not followed:
+    a link stays the name it was given."""
+    full = os.path.abspath(os.path.expanduser(path))
+    here = os.path.abspath(os.getcwd())
+    if full == here or full.startswith(here.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(full, here)).as_posix()
+    return os.path.expanduser(path)
+
+
 def cache_dir() -> Path:
     """The folder cifarkit caches decoded datasets and layout measurements in (created on first
     write): $CIFARKIT_CACHE, else $XDG_CACHE_HOME/cifarkit, else ~/.cache/cifarkit."""

@@ -25,6 +25,7 @@ from .base import (
     check_choice,
     format_call,
     parse_call,
+    portable_path,
 )
 from .recipes import RECIPES
 
@@ -165,6 +166,8 @@ class TrainConfig:
                 f"{f.name} must be {words}, got {type(v).__name__} {v!r}",
             )
 
+        for name in ("data", "data_root", "out"):  # typed paths: relative to here where they can be
+            setattr(self, name, getattr(self, name) and portable_path(getattr(self, name)))
         need(
             isinstance(self.epochs, int) and self.epochs >= 1,
             f"epochs must be an integer >= 1, got {self.epochs!r}",
@@ -177,9 +180,8 @@ class TrainConfig:
             isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1,
             f"eval_batch_size must be >= 1, got {self.eval_batch_size!r}",
         )
-        for f in dataclasses.fields(
-            self
-        ):  # inf / nan / non-numbers would pass the range checks below or diverge
+        # inf / nan / non-numbers would pass the range checks below or diverge
+        for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.type in ("float", float) and not (
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -255,9 +257,7 @@ class TrainConfig:
             f" {type(self.model).__name__}: pass a network object beside the config, fit(cfg,"
             " model=net)",
         )
-        self.model = normalize_spec(
-            self.model
-        )  # a file path made absolute: it works from any folder
+        self.model = normalize_spec(self.model)  # its file: relative to here where it can be
         check_model_spec(self.model)
 
     # --- (de)serialisation ---
@@ -273,14 +273,10 @@ class TrainConfig:
         otherwise defaults.
         """
         cls._check_names(d)
-        d = {
-            **LEGACY_FIELDS,
-            **d,
-        }  # a field the saved config lacks keeps the value it was trained with
-        for (
-            name,
-            meaning,
-        ) in LEGACY_VALUES.items():  # a value saved in an older form: what it meant then
+        # a field the saved config lacks keeps the value it was trained with
+        d = {**LEGACY_FIELDS, **d}
+        # a value saved in an older form: what it meant then
+        for name, meaning in LEGACY_VALUES.items():
             if isinstance(d.get(name), bool):
                 d = {**d, name: meaning[d[name]]}
         return cls(**d)

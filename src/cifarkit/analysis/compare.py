@@ -9,7 +9,7 @@ from pathlib import Path
 from ..base import CifarkitError
 from ..config import TrainConfig
 from ..models import build_model, count_parameters
-from ..runfolder.files import CONFIG, HISTORY_JSON, RESULTS
+from ..runfolder.files import CONFIG, HISTORY_JSON, RESULTS, rebase_paths
 from ..runfolder.lock import RunDirError
 from .rules import check_rules, final_receptive_field
 
@@ -61,7 +61,9 @@ def compare_runs(*folders: str | Path) -> RunsTable:
     table = RunsTable()
     for folder in map(Path, folders):
         try:
-            cfg = TrainConfig.from_dict(json.loads((folder / CONFIG).read_text()))
+            cfg = TrainConfig.from_dict(
+                rebase_paths(json.loads((folder / CONFIG).read_text()), folder)
+            )
         except (OSError, ValueError, TypeError, CifarkitError) as e:
             raise RunDirError(
                 f"{folder} is not a run folder with a readable {CONFIG} ({type(e).__name__})"

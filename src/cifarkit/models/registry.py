@@ -1,8 +1,8 @@
 """The name -> constructor registry, and model specs: how a network is named in a config and
 rebuilt.
 
-A spec is a registered name ("seed"), or an import path: "file.py:Class(k=v)" (stored with the
-file's absolute path, so it works from any folder) or "package.module:Class". A network passed as an
+A spec is a registered name ("seed"), or an import path: "file.py:Class(k=v)" (stored relative to
+the working directory when the file lies under it) or "package.module:Class". A network passed as an
 object is recorded as "module:Class" when that import rebuilds it with no arguments, else as
 "object:Class": a fresh process then asks for an import path instead of guessing.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
-from ..base import ConfigError, first_line, parse_call
+from ..base import ConfigError, first_line, parse_call, portable_path, show_path
 from .check import user_frame
 from .identity import materialize
 
@@ -51,7 +52,8 @@ def load_attr(path: str, option: str = "--model") -> Callable[..., nn.Module]:
     if where.endswith(".py"):
         file = Path(where).expanduser()
         if not file.is_file():
-            raise ConfigError(f"model file not found: {file}")
+            here = "" if file.is_absolute() else f" (looked in {show_path(os.getcwd())})"
+            raise ConfigError(f"model file not found: {show_path(file)}{here}")
         mod_name = f"cifarkit_user_{file.stem}_{abs(hash(str(file.resolve()))) % 10**8}"
         spec = importlib.util.spec_from_file_location(mod_name, file)
         module = importlib.util.module_from_spec(spec)
@@ -142,11 +144,13 @@ def _takes_no_arguments(ctor: Callable) -> bool:
 
 
 def normalize_spec(spec: str) -> str:
-    """`spec` with a relative "file.py:..." path made absolute (so it works from any folder, and the
-    same file named two ways is one model); any other spec unchanged."""
+    """`spec` with its "file.py" path as a config keeps it (`base.portable_path`: relative to the
+    working directory when the file lies under it, so "./my_net.py", "my_net.py" and its absolute
+    path are one model, and nothing of this machine is saved); any other spec unchanged. A fresh
+    process elsewhere finds the file through the run folder (`runfolder.files.rebase_paths`)."""
     where, sep, call = spec.rpartition(":")
     if sep and where.endswith(".py") and not spec.startswith("object:"):
-        return f"{Path(where).expanduser().resolve()}:{call}"
+        return f"{portable_path(where)}:{call}"
     return spec
 
 

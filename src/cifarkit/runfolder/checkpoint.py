@@ -24,6 +24,7 @@ from ..base import CifarkitError, saved_precision
 from ..config import TrainConfig
 from ..hardware import channels_last_for
 from ..models import build_model
+from .files import rebase_paths
 
 FORMAT = "cifarkit-checkpoint"
 VERSION = 1
@@ -140,7 +141,7 @@ def config_from_checkpoint(
     ckpt: dict[str, Any], path: str | os.PathLike = "checkpoint"
 ) -> TrainConfig:
     try:
-        return TrainConfig.from_dict(ckpt["config"])
+        return TrainConfig.from_dict(rebase_paths(ckpt["config"], Path(path).parent))
     except CifarkitError as e:
         raise CheckpointError(f"{path} holds an invalid config: {e}") from None
 

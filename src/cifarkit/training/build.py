@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..base import ConfigError, check_choice
+from ..base import ConfigError, check_choice, portable_path
 from ..compiled import prepare_train_model
 from ..config import TrainConfig
 from ..data.dataset import Cifar10, DataError, fingerprint
@@ -228,7 +228,7 @@ def load_run_data(
     env = os.environ.get("CIFARKIT_DATA")
     hint = (
         f"; $CIFARKIT_DATA={env} chose it: unset it, or pass --data {where}"
-        if env and cfg.data == env
+        if env and cfg.data == portable_path(env)
         else f"; resume with --data {where}"
     )
     if data is None:
