@@ -48,6 +48,14 @@ MEASURED: tuple[Measured, ...] = (
         " kept for reuse, which made the epoch 1.26x faster on a Sapphire Rapids)",
     ),
     Measured(
+        "cpu:AVX-512-BF16",
+        24.3,
+        "2-core AMD EPYC Zen 5 (AVX-512-BF16)",
+        "bf16",
+        "checkpoints/notebook/history.json: the notebook's 20 epochs of 2026-12-04, median 24.3 s"
+        " (22.6-28.6 s), freed memory kept for reuse",
+    ),
+    Measured(
         "cpu:AVX2",
         100.5,
         "2-core AMD EPYC Zen 3 (AVX2, no native bf16)",
@@ -90,11 +98,20 @@ def device_kind(device: torch.device) -> str:
     return device.type
 
 
-def measured_for(device: torch.device, path: str = "eager") -> Measured | None:
-    """The measurement for this kind of device and training path, if the project has one (never
-    another device's or path's)."""
+def measured_for(device: torch.device, path: str = "eager") -> list[Measured]:
+    """The measurements for this kind of device and training path, fastest first (several where
+    machines of one kind were measured, e.g. a Zen 4 and a Zen 5 with AVX-512-BF16); never another
+    device's or path's."""
     kind = device_kind(device)
-    return next((m for m in MEASURED if m.kind == kind and m.path == path), None)
+    return sorted(
+        (m for m in MEASURED if m.kind == kind and m.path == path), key=lambda m: m.seconds
+    )
+
+
+def _span(values: list[float], unit: str = "s") -> str:
+    """ "24 s" or "24-43 s": one number, or the range of several."""
+    lo, hi = f"{min(values):.0f}", f"{max(values):.0f}"
+    return f"{lo} {unit}" if lo == hi else f"{lo}-{hi} {unit}"
 
 
 def epoch_estimate(
@@ -105,19 +122,19 @@ def epoch_estimate(
     threads: int | None = None,
     path: str = "eager",
 ) -> str:
-    """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source; or
-    that this device was never measured. A CPU with other than 2 threads, or a network other than
-    the registered "seed", gets a caution (the figures are for 2 threads and the Assignment 7
-    network)."""
-    m = measured_for(device, path)
-    if m is None:
+    """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source (a
+    range, each machine named, where machines of this kind differ); or that this device was never
+    measured. A CPU with other than 2 threads, or a network other than the registered "seed", gets
+    a caution (the figures are for 2 threads and the Assignment 7 network)."""
+    rows = measured_for(device, path)
+    if not rows:
         how = "" if path == "eager" else f" with {path}"
         return (
             f"time per epoch: not measured on this device{how} ({device_kind(device)}); run a short"
             " version first (epochs=1, limit_train=5000) and multiply"
         )
-    total = m.seconds * epochs
-    when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    totals = [m.seconds * epochs for m in rows]
+    when = _span([t / 60 for t in totals], "min") if max(totals) >= 90 else _span(totals)
     notes = []
     threads = threads if threads is not None else torch.get_num_threads()
     if device_kind(device).startswith("cpu:") and threads != 2:
@@ -125,9 +142,18 @@ def epoch_estimate(
     if model != "seed":
         notes.append("measured for the Assignment 7 network; yours may differ")
     caution = f" ({'; '.join(notes)})" if notes else ""
+    if len(rows) == 1:
+        m = rows[0]
+        return (
+            f"time per epoch: about {m.seconds:.0f} s on a {m.device} in {m.precision}, so {epochs}"
+            f" epochs take about {when}{caution}; source: {m.source}"
+        )
     return (
-        f"time per epoch: about {m.seconds:.0f} s on a {m.device} ({m.precision}), so {epochs}"
-        f" epochs take about {when}{caution}; source: {m.source}"
+        f"time per epoch: {_span([m.seconds for m in rows])} on this kind of device"
+        f" ({device_kind(device)}), measured on {len(rows)} machines: "
+        + ", ".join(f"{m.seconds:.0f} s on a {m.device} in {m.precision}" for m in rows)
+        + f"; so {epochs} epochs take about {when}{caution}; sources: "
+        + "; ".join(m.source for m in rows)
     )
 
 
@@ -156,19 +182,26 @@ def timing_report(
             f" ({later[-1] / later[0]:.1f}x) for the same work; the run does not measure what else"
             " the machine did meanwhile, so it names no cause"
         )
-    m = measured_for(device, path)
+    rows = measured_for(device, path)
+    estimate = "; ".join(f"{m.seconds:.1f} s per epoch ({m.device})" for m in rows)
     # per epoch
     images = history[-1].get("images_per_second", 0) * history[-1].get("train_seconds", 0)
-    if m is None:
+    if not rows:
         lines.append("no estimate was printed before training: this device was never measured")
     elif images < 0.9 * 50000:
         lines.append(
-            f"the estimate before training ({m.seconds:.1f} s per epoch) is for 50,000 training"
-            f" images; this run trained on {images:,.0f} per epoch, so the two do not compare"
+            f"the estimate before training ({estimate}) is for 50,000 training images; this run"
+            f" trained on {images:,.0f} per epoch, so the two do not compare"
         )
     else:
         lines.append(
-            f"the estimate before training: {m.seconds:.1f} s per epoch ({m.device}); the median"
-            f" epoch here took {median / m.seconds:.2f}x that"
+            f"the estimate before training: {rows[0].seconds:.1f} s per epoch ({rows[0].device});"
+            f" the median epoch here took {median / rows[0].seconds:.2f}x that"
+            if len(rows) == 1
+            else "the estimates before training, one per machine of this kind, and the median epoch"
+            " here against each: "
+            + "; ".join(
+                f"{m.seconds:.1f} s per epoch ({m.device}), {median / m.seconds:.2f}x" for m in rows
+            )
         )
     return "\n".join(lines)
