@@ -264,6 +264,23 @@ def test_summary_falls_back_to_one_line_when_torchsummary_cannot_cope():
         assert "Traceback" not in text
 
 
+def test_a_summary_whose_total_is_not_the_networks_says_the_true_count():
+    class Shared(nn.Module):  # one conv called twice, and a parameter outside any layer
+        def __init__(self):
+            super().__init__()
+            self.conv, self.scale = nn.Conv2d(3, 3, 3, padding=1), nn.Parameter(torch.ones(1))
+            self.fc = nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc((self.conv(self.conv(x)) * self.scale).mean((2, 3)))
+
+    text = summary_text(Shared())
+    assert "Total params: 208" in text  # torchsummary: 84 twice + 40, the scale missed
+    assert "the network has 125 parameters, each counted once" in text
+    plain = summary_text(nn.Sequential(nn.Conv2d(3, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    assert "Total params: 280" in plain and "each counted once" not in plain
+
+
 def test_uncopyable_model_is_analysed_in_place_and_restored():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1)).train()
     net.lock = threading.Lock()  # deepcopy fails on this

@@ -142,6 +142,19 @@ def fit_text(change):
     return edit
 
 
+def findings(count, percent, tta):
+    """The findings cell's output as `ck.findings` writes it (Markdown, and its plain text)."""
+    text = (
+        f"**Accuracy.** {percent:.2f}% single view ({count}/10000 test images of CIFAR-10) after 2"
+        f" epochs, {tta:.2f}% with flip-translate TTA."
+    )
+    return {
+        "output_type": "display_data",
+        "data": {"text/markdown": text, "text/plain": text},
+        "metadata": {},
+    }
+
+
 OTHER_NET_FAILS = RULES.replace("77,050", "1,204,000").replace(
     "[PASS] parameters", "[FAIL] parameters"
 )
@@ -192,6 +205,31 @@ CASES = {
         ),
         "In [7] shows 9500/10000",
     ),
+    "a percentage edited beside its true count": (
+        fit_text(
+            lambda t: t.replace(
+                "single view 8150/10000 (81.50%)", "single view 8150/10000 (91.50%)"
+            )
+        ),
+        "In [3] shows 8150/10000 as 91.50% (that count is 81.50%)",
+    ),
+    "an epoch's percentage edited": (
+        fit_text(lambda t: t.replace("7000/10000 (70.00%)", "7000/10000 (80.00%)")),
+        "epoch 1: the fit output shows 7000/10000 as 80.00% (that count is 70.00%)",
+    ),
+    "the findings' count edited": (
+        lambda nb: nb["cells"].insert(7, code("ck.findings(...)", 7, findings(9150, 91.5, 82.9))),
+        "In [7] shows 9150/10000",
+    ),
+    "the findings' percentages edited": (
+        lambda nb: nb["cells"].insert(7, code("ck.findings(...)", 7, findings(8150, 91.5, 92.9))),
+        "In [7] shows 8150/10000 as 91.50% (that count is 81.50%); In [7] shows 92.90% TTA,"
+        " results.json 82.90%",
+    ),
+    "a summary table of other parameters": (
+        lambda nb: nb["cells"][2]["outputs"].append(stream("Total params: 67,050\n")),
+        "[FAIL] network summary: the summary tables show other parameter counts (In [2]: 67,050)",
+    ),
     "an epoch line that differs": (
         fit_text(lambda t: t.replace("Accuracy: 7000/10000", "Accuracy: 7100/10000")),
         "epoch 1: the fit output shows 7100 right, history.json 7000/10000",
@@ -220,6 +258,20 @@ def test_what_a_grader_catches_fails_the_check(tmp_path, run, case):
         # a comparison cell after training shows another network, failing a rule
         lambda nb: nb["cells"].insert(
             7, code("print(ck.check_rules(Other()))", 7, stream(OTHER_NET_FAILS))
+        ),
+        # the findings, as generated
+        lambda nb: nb["cells"].insert(7, code("ck.findings(...)", 7, findings(8150, 81.5, 82.9))),
+        # the summary table of the trained network, and of another one
+        lambda nb: nb["cells"][2]["outputs"].append(
+            stream("Total params: 77,050\nTrainable params: 77,050\n\nTotal params: 5,000\n")
+        ),
+        # torchsummary counting a shared layer twice, with the true count under it
+        lambda nb: nb["cells"][2]["outputs"].append(
+            stream(
+                "Total params: 80,000\nTotal params above: torchsummary counts a layer once per"
+                " call and misses parameters held outside layers; the network has 77,050"
+                " parameters, each counted once\n"
+            )
         ),
         # a student's own machine: /home paths are theirs
         lambda nb: nb["cells"][1]["outputs"].append(stream("data from /home/ada/cifar.tar\n")),
@@ -281,7 +333,7 @@ def test_the_accuracy_rule_is_the_runs_not_the_notebooks(tmp_path, run):
         json.dumps({**results, "single_view_accuracy": 79.9, "single_view_correct": 7990})
     )
     (run / "history.json").write_text(json.dumps([{"eval_correct": 7000}, {"eval_correct": 7990}]))
-    nb = broken(fit_text(lambda t: t.replace("8150/10000", "7990/10000")))
+    nb = broken(fit_text(lambda t: t.replace("8150/10000 (81.50%)", "7990/10000 (79.90%)")))
     nb["cells"][6]["outputs"] = [stream(RULES.replace("81.50%", "79.90%"))]
     text = str(check_notebook(write(tmp_path, nb)))
     assert "[FAIL] test accuracy >= 80%: 79.90% single view" in text
@@ -306,9 +358,9 @@ def test_the_accuracy_rule_is_the_runs_not_the_notebooks(tmp_path, run):
     smoke = broken(
         fit_text(
             lambda t: (
-                t.replace("7000/10000", "300/500")
-                .replace("8150/10000", "400/500")
-                .replace("8290/10000", "410/500")
+                t.replace("7000/10000 (70.00%)", "300/500 (60.00%)")
+                .replace("8150/10000 (81.50%)", "400/500 (80.00%)")
+                .replace("8290/10000 (82.90%)", "410/500 (82.00%)")
             )
         )
     )

@@ -15,14 +15,23 @@ from .base import CifarkitError
 
 OUT_LINE = re.compile(r"^\s+out\s+= '(.+)'\s*$", re.M)  # TrainConfig's printout, as fit prints it
 # a per-epoch test line: the seed-style line (progress on) or the one-line log (`report.epoch_line`)
+# A count and the percentage printed with it: "8741/10000 = 87.41%", "8741/10000 (87.41%)".
+_COUNT = r"(\d+)/(\d+)(?:(?: = | \()(\d+(?:\.\d+)?)%)?"
 EPOCH_TEST = re.compile(
     r"(?:(?:Test|Validation) set: Average loss: [\d.]+, Accuracy: |\| (?:test|validation) loss"
-    r" [\d.]+ acc )(\d+)/(\d+)"
+    r" [\d.]+ acc )" + _COUNT
 )
-# the final results as cifarkit prints them (report.py, the notebook's results cell)
+# the final results as cifarkit prints them (report.py, the notebook's results cell, findings)
 HEADLINE = re.compile(
     r"(?:final test acc\.\s+single view: |Final test, [^:\n]*: Accuracy: |final test accuracy:"
-    r" single view |TTA \(\d+ views\):? )(\d+)/(\d+)"
+    r" single view |TTA \(\d+ views\):? )" + _COUNT
+)
+# findings.py: "87.41% single view (8741/10000 test images ..., 88.60% with flip-translate TTA"
+FINDINGS = re.compile(r"(\d+\.\d+)% single view \((\d+)/(\d+) test images")
+FINDINGS_TTA = re.compile(r"(\d+\.\d+)% with \S+ TTA")
+# torchsummary's table, and summary.py's count when torchsummary's differs (a shared layer)
+SUMMARY_TOTAL = re.compile(
+    r"^Total params: ([\d,]+)$|the network has ([\d,]+) parameters, each", re.M
 )
 RESUMED = re.compile(r"resuming \S.* after epoch (\d+)/")
 # a developer's or CI machine; a student's own /home, /Users or C:\ paths are theirs to keep
@@ -135,18 +144,45 @@ def check_records(results: dict, history: list) -> Check:
     return Check(True, "run records agree", "results.json and history.json tell the same numbers")
 
 
+def _shown_counts(cells: list[dict]) -> list[tuple[str, int, int, float | None]]:
+    """Every final result cifarkit printed in the notebook: (cell, count, of, percent or None)."""
+    shown = []
+    for i, c in enumerate(cells):
+        text = cell_text(c)
+        for m in HEADLINE.finditer(text):
+            p = m.group(3)
+            shown.append((cell_name(cells, i), int(m.group(1)), int(m.group(2)), p and float(p)))
+        for m in FINDINGS.finditer(text):
+            shown.append((cell_name(cells, i), int(m.group(2)), int(m.group(3)), float(m.group(1))))
+    return shown
+
+
+def _percent_off(n: int, of: int, percent: float | None) -> bool:
+    """A percentage printed beside a count that is not that count's (to the 2 decimals shown)."""
+    return percent is not None and of > 0 and abs(percent - 100 * n / of) > 0.006
+
+
 def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
-    """What the notebook shows is what the run recorded: the final results, every epoch's line."""
+    """What the notebook shows is what the run recorded: the final results (each count, and the
+    percentage printed with it), every epoch's line."""
     total = results["test_total"]
     known = {results["single_view_correct"], results.get("tta_correct")}
-    shown = [
-        (cell_name(cells, i), int(m.group(1)))
-        for i, c in enumerate(cells)
-        for m in HEADLINE.finditer(cell_text(c))
-        if int(m.group(2)) == total
+    shown = [row for row in _shown_counts(cells) if row[2] == total]
+    stray = [f"{name} shows {n}/{total}" for name, n, _, _ in shown if n not in known]
+    stray += [
+        f"{name} shows {n}/{of} as {p:.2f}% (that count is {100 * n / of:.2f}%)"
+        for name, n, of, p in shown
+        if n in known and _percent_off(n, of, p)
     ]
-    stray = [f"{name} shows {n}/{total}" for name, n in shown if n not in known]
-    have = {n for _, n in shown}
+    tta = results.get("tta_accuracy")
+    stray += [
+        f"{cell_name(cells, i)} shows {m.group(1)}% TTA, results.json {tta:.2f}%"
+        for i, c in enumerate(cells)
+        for m in FINDINGS_TTA.finditer(cell_text(c))
+        if isinstance(tta, (int, float)) and abs(float(m.group(1)) - tta) > 0.006
+    ]
+    stray = list(dict.fromkeys(stray))  # a rich output holds its text twice (Markdown and plain)
+    have = {n for _, n, _, _ in shown}
     want = f"{results['single_view_correct']}/{total} single view" + (
         f", {results['tta_correct']}/{total} TTA" if results.get("tta_correct") is not None else ""
     )
@@ -157,14 +193,28 @@ def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
         final = Check(True, "final numbers", f"{want}, shown in the notebook as in results.json")
     fit_cells = [c for c in cells if OUT_LINE.search(cell_text(c))]
     text = cell_text(fit_cells[-1]) if fit_cells else ""
-    lines = [int(m.group(1)) for m in EPOCH_TEST.finditer(text)]
+    found = list(EPOCH_TEST.finditer(text))
+    lines = [int(m.group(1)) for m in found]
     resumed = RESUMED.search(text)
     start = int(resumed.group(1)) if resumed else 0
     expected = [h["eval_correct"] for h in history][start:]
     got = lines[: len(expected)]
-    if got == expected:
+    off = [
+        k
+        for k, m in enumerate(found[: len(expected)])
+        if _percent_off(int(m.group(1)), int(m.group(2)), m.group(3) and float(m.group(3)))
+    ]
+    if got == expected and not off:
         per_epoch = Check(
             True, "per-epoch test lines", f"{len(history)} epochs, as history.json holds them"
+        )
+    elif got == expected:
+        m = found[off[0]]
+        per_epoch = Check(
+            False,
+            "per-epoch test lines",
+            f"epoch {start + off[0] + 1}: the fit output shows {m.group(1)}/{m.group(2)} as"
+            f" {m.group(3)}% (that count is {100 * int(m.group(1)) / int(m.group(2)):.2f}%)",
         )
     else:
         k = next((k for k in range(len(expected)) if k >= len(got) or got[k] != expected[k]), 0)
@@ -175,7 +225,32 @@ def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
             f"epoch {start + k + 1}: the fit output shows {seen}, history.json"
             f" {expected[k]}/{history[start + k].get('eval_total', total)}",
         )
-    return [final, per_epoch]
+    return [final, per_epoch, *_check_summaries(cells, results)]
+
+
+def _check_summaries(cells: list[dict], results: dict) -> list[Check]:
+    """The network's summary table: when the notebook shows any, one of them is of the trained
+    network (its parameter count is results.json's); none when it shows none."""
+    want = results.get("parameters")
+    totals = [
+        (cell_name(cells, i), int((m.group(1) or m.group(2)).replace(",", "")))
+        for i, c in enumerate(cells)
+        for m in SUMMARY_TOTAL.finditer(cell_text(c))
+    ]
+    if not totals or not isinstance(want, int):
+        return []
+    mine = [name for name, n in totals if n == want]
+    if mine:
+        return [Check(True, "network summary", f"{mine[0]}: {want:,} parameters, as trained")]
+    shown = ", ".join(dict.fromkeys(f"{name}: {n:,}" for name, n in totals[:3]))
+    return [
+        Check(
+            False,
+            "network summary",
+            f"the summary tables show other parameter counts ({shown}) than the trained network's"
+            f" {want:,} (results.json)",
+        )
+    ]
 
 
 def check_leaks(nb: dict, run_dir: Path | None, results: dict | None) -> list[Check]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import re
 
 from torch import nn
 
 from ..base import IMAGE_SHAPE, first_line
+from ..models import count_parameters
 from .tracer import trace
 
 
@@ -35,6 +37,13 @@ def summary_text(model: nn.Module, input_size: tuple[int, ...] = IMAGE_SHAPE) ->
         text = (
             f"(torchsummary cannot tabulate this network: {type(e).__name__}:"
             f" {first_line(e, 1000)}; the receptive-field table lists its spatial layers)\n"
+        )
+    shown = re.search(r"^Total params: ([\d,]+)$", text, re.M)
+    count = count_parameters(model)
+    if shown and int(shown.group(1).replace(",", "")) != count:
+        text += (
+            f"Total params above: torchsummary counts a layer once per call and misses parameters"
+            f" held outside layers; the network has {count:,} parameters, each counted once\n"
         )
     hidden = [r for r in tr.rows if r.functional]
     if hidden:
