@@ -443,6 +443,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, run):
 
 
 def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(tmp_path, tree):
+    from cifarkit.analysis.rules import check_rules as check_rules_of
     from cifarkit.config import TrainConfig
     from cifarkit.training.trainer import fit
     from cifarkit.verify import reevaluate
@@ -458,11 +459,20 @@ def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(t
         tta="none",
         device="cpu",
     )
-    results = fit(cfg).final
-    check = reevaluate(tmp_path / "run", results)
+    result = fit(cfg)
+    results = result.final
+    (check,) = reevaluate(tmp_path / "run", results)
     assert check.ok is True, str(check)
     claimed = {**results, "single_view_correct": results["single_view_correct"] + 5}
-    check = reevaluate(tmp_path / "run", claimed)
+    (check,) = reevaluate(tmp_path / "run", claimed)
     assert check.ok is False and "were not made by this checkpoint" in str(check)
+    # the rule block the notebook printed, against the checkpoint's network traced again
+    printed = [(c.verdict.strip(), c.rule, c.value) for c in check_rules_of(result.model)]
+    rules, check = reevaluate(tmp_path / "run", results, printed=("In [9]", printed))
+    assert rules.ok is True and check.ok is True, f"{rules}\n{check}"
+    edited = [(v, r, "94 px" if r.startswith("receptive") else e) for v, r, e in printed]
+    rules, _ = reevaluate(tmp_path / "run", results, printed=("In [9]", edited))
+    assert rules.ok is False and "In [9] shows [PASS] 94 px, the network [PASS] 84 px" in str(rules)
     (tmp_path / "run" / "last.pt").unlink()
-    assert reevaluate(tmp_path / "run", results).ok is None  # nothing to evaluate: said so
+    (check,) = reevaluate(tmp_path / "run", results)
+    assert check.ok is None  # nothing to evaluate: said so

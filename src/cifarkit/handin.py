@@ -156,6 +156,19 @@ def _parameters(rules) -> int | None:
     return None
 
 
+def _judged(blocks: list) -> tuple[str, list[tuple[str, str, str]]]:
+    """Of the blocks of the trained network, the one that judges it: the last with an accuracy."""
+    judged = [b for b in blocks if any("accuracy" in r and "%" in e for _, r, e in b[1])]
+    return (judged or blocks)[-1]
+
+
+def judged_block(cells: list[dict], results: dict) -> tuple[str, list] | None:
+    """The rule block `check_rules` judges: the last of the trained network's (results.json's
+    parameter count) with an accuracy; None when the notebook prints none of that network."""
+    mine = [b for b in rule_blocks(cells) if _parameters(b[1]) == results.get("parameters")]
+    return _judged(mine) if mine else None
+
+
 def check_rules(cells: list[dict], results: dict | None) -> list[Check]:
     """The course rules of the trained network: the block with the run's parameter count."""
     blocks = rule_blocks(cells)
@@ -194,8 +207,7 @@ def check_rules(cells: list[dict], results: dict | None) -> list[Check]:
                 decides=True,
             )
         )
-    judged = [b for b in mine if any("accuracy" in r and "%" in e for _, r, e in b[1])]
-    name, rules = (judged or mine)[-1]
+    name, rules = _judged(mine)
     which = (
         f"{name}, the trained network's {want:,} parameters"
         if want is not None
@@ -332,7 +344,7 @@ def check_notebook(
         if verify:
             from .verify import reevaluate
 
-            run_checks.append(reevaluate(run_dir, results, data))
+            run_checks += reevaluate(run_dir, results, data, judged_block(cells, results))
     report = HandinReport(
         [
             check_executed(cells),
@@ -348,8 +360,8 @@ def check_notebook(
             Check(
                 None,
                 "results re-evaluated",
-                "not done: results.json is believed as written (--verify re-evaluates the run's"
-                " checkpoint on the test set)",
+                "not done: results.json and the printed rules are believed as written (--verify"
+                " evaluates the run's checkpoint on the test set again and traces its network)",
             )
         )
     return report
