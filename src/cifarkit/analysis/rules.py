@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..base import IMAGE_SHAPE, ConfigError
-from .tracer import GlobalPool, Pair, RFRow, Trace, collapse, trace
+from .tracefacts import GlobalPool, Pair, RFRow, Trace, collapse
+from .tracer import trace
 
 MIN_RF, MAX_PARAMS, MIN_ACCURACY = 44, 1_000_000, 80.0
 FULL_TEST = 10_000  # CIFAR-10's test images
