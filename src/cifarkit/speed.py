@@ -52,8 +52,8 @@ MEASURED: tuple[Measured, ...] = (
         24.3,
         "2-core AMD EPYC Zen 5 (AVX-512-BF16)",
         "bf16",
-        "checkpoints/notebook/history.json: the notebook's 20 epochs of 2026-12-04, median 24.3 s"
-        " (22.6-28.6 s), freed memory kept for reuse",
+        "the notebook's run of 86aa541 (git show 86aa541:checkpoints/notebook/history.json): 20"
+        " epochs on 2026-12-04, median 24.3 s (22.6-28.6 s), freed memory kept for reuse",
     ),
     Measured(
         "cpu:AVX2",
@@ -152,8 +152,8 @@ def epoch_estimate(
         f"time per epoch: {_span([m.seconds for m in rows])} on this kind of device"
         f" ({device_kind(device)}), measured on {len(rows)} machines: "
         + ", ".join(f"{m.seconds:.0f} s on a {m.device} in {m.precision}" for m in rows)
-        + f"; so {epochs} epochs take about {when}{caution}; sources: "
-        + "; ".join(m.source for m in rows)
+        + f"; so {epochs} epochs take about {when}{caution}; sources (docs/speed.md): "
+        + ", ".join(m.source.split(": ")[0] for m in rows)
     )
 
 
