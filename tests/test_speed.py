@@ -58,7 +58,9 @@ def test_two_machines_of_one_kind_give_a_range_each_named_and_the_report_compare
     line = epoch_estimate(cpu, 20, threads=2)
     assert line.startswith("time per epoch: 20-40 s on this kind of device (cpu:TESTKIND)")
     assert "20 s on a fast CPU in bf16, 40 s on a slow CPU in bf16" in line
-    assert "20 epochs take about 7-13 min" in line and line.endswith("sources (docs/speed.md): run B, run A")
+    assert "20 epochs take about 7-13 min" in line and line.endswith(
+        "sources (docs/speed.md): run B, run A"
+    )
     history = [{"train_seconds": 28.0, "eval_seconds": 2.0, "images_per_second": 50000 / 28.0}] * 3
     report = speed.timing_report(history, {"wall_seconds": 95.0, "hardware": "CPU: test"}, cpu)
     assert report.endswith(
