@@ -206,7 +206,9 @@ def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
     ]
     if got == expected and not off:
         per_epoch = Check(
-            True, "per-epoch test lines", f"{len(history)} epochs, as history.json holds them"
+            True,
+            "per-epoch test lines",
+            f"{len(history)} epoch{'s' * (len(history) != 1)}, as history.json holds them",
         )
     elif got == expected:
         m = found[off[0]]
