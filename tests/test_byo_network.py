@@ -97,6 +97,44 @@ def test_fit_trains_an_object_in_place_and_says_how_to_rebuild(tmp_path, learnab
     assert "\n" not in str(e.value)
 
 
+def test_the_notebooks_network_may_be_a_class_an_object_or_a_partial(
+    tmp_path, learnable_data, capsys
+):
+    """NETWORK = StudentNet(), as students write it: every cell builds a fresh copy, so neither the
+    summary, the step by hand, fit nor the LR range test trains the object, and each starts from the
+    weights it had when it was set; the name stays the class's."""
+    import functools
+
+    net = TinyNet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    maker = ck.own_network(net)
+    assert maker.__name__ == "TinyNet"
+    a, b = ck.build_model(maker), ck.build_model(maker)
+    assert a is not b and a is not net and torch.equal(a.conv.weight, net.conv.weight)
+    net.conv.weight.data.zero_()  # an edit after NETWORK was set does not reach the copies
+    assert not torch.equal(ck.build_model(maker).conv.weight, net.conv.weight)
+    net.load_state_dict(before)
+    cfg = cfg_for(tmp_path, device="cpu")
+    ck.lr_find(cfg, learnable_data, model=maker, num_iter=3, keep=False)
+    r = ck.fit(cfg, data=learnable_data, model=maker)
+    assert r.network == "TinyNet" and isinstance(r.model, TinyNet) and r.model is not net
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # never trained
+    assert not torch.equal(r.model.conv.weight, before["conv.weight"])  # its copy was
+    assert "seeded_init false" in capsys.readouterr().out  # the object's weights: not cfg.seed's
+    assert ck.fit(cfg, data=learnable_data, model=ck.own_network(TinyNet()), resume="auto").loaded
+
+    # a class stays the class (built under the seed); a partial and a lambda get a usable name
+    assert ck.own_network(TinyNet) is TinyNet
+    wide = ck.own_network(functools.partial(TinyNet))
+    assert wide.__name__ == "TinyNet" and isinstance(wide(), TinyNet)
+    assert ck.models.spec_string(wide) == "object:TinyNet"  # its arguments are in no import path
+    assert ck.own_network(lambda: TinyNet()).__name__ == "network"
+    for bad in ("seed", 3, [TinyNet]):
+        with pytest.raises(ConfigError, match=r"NETWORK = StudentNet\b") as e:
+            ck.own_network(bad)
+        assert "\n" not in str(e.value)
+
+
 @pytest.mark.slow  # a fresh Python process
 def test_a_notebook_class_is_recorded_as_an_object_and_refused_in_a_fresh_process(
     tmp_path, learnable_data, capsys

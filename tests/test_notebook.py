@@ -73,7 +73,7 @@ def test_the_saved_run_is_the_full_one_and_matches_the_committed_run():
         and f"wall time          {res['wall_seconds'] / 60:.1f} min" in outputs
     )
     # every per-epoch test line of the training cell is an epoch of the committed history
-    (train,) = [c for _, c in code_cells() if source(c).startswith("result = ck.fit(")]
+    (train,) = [c for _, c in code_cells() if "\nresult = ck.fit(" in source(c)]
     lines = re.findall(r"Accuracy: (\d+)/10000", text(train))
     assert [int(n) for n in lines[:20]] == [h["eval_correct"] for h in history]
 

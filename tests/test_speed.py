@@ -31,7 +31,13 @@ def test_the_estimate_for_a_measured_and_an_unmeasured_device(monkeypatch):
     )
     assert "measured with 2 threads, this process has 8" in epoch_estimate(cpu, 20, threads=8)
     assert "yours may differ" in epoch_estimate(cpu, 1, model="mine.py:Net", threads=2)
-    assert "about 50 s;" in epoch_estimate(cpu, 1, threads=2)
+    assert "so 1 epoch takes about 50 s;" in epoch_estimate(cpu, 1, threads=2)
+    assert "yours may differ" in epoch_estimate(cpu, 1, model=torch.nn.Linear, threads=2)
+    # an epoch of far fewer images: the figures are said not to apply, and no total is made up
+    short = epoch_estimate(cpu, 1, threads=2, train_images=1024)
+    assert "this run trains on 1,024 images per epoch, so those figures do not apply" in short
+    assert "take" not in short and "about" not in short
+    assert "take about 17 min" in epoch_estimate(cpu, 20, threads=2, train_images=49_000)
     # another path on a measured device borrows no number
     assert "not measured on this device with cuda_graphs" in epoch_estimate(
         cpu, 20, path="cuda_graphs"

@@ -16,7 +16,7 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(["CLASSES", "TTA_VIEWS", "CifarkitError"], "base"),
     **dict.fromkeys(["TrainConfig"], "config"),
     # networks
-    **dict.fromkeys(["register", "build_model"], "models"),
+    **dict.fromkeys(["register", "build_model", "own_network"], "models"),
     # data
     **dict.fromkeys(["load_cifar10"], "data.sources"),
     **dict.fromkeys(["make_splits", "balanced_indices"], "data.splits"),

@@ -103,6 +103,11 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+def plural(n: int, word: str) -> str:
+    """ "1 epoch", "20 epochs", "1,024 images": a count and its noun, the one spelling of both."""
+    return f"{n:,} {word}{'s' * (n != 1)}"
+
+
 def first_line(e: BaseException, limit: int = 300, default: str = "") -> str:
     """The first line of an error's message (at most `limit` characters), or `default` when it has
     none: what every one-line error here quotes of another error."""

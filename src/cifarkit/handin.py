@@ -28,7 +28,7 @@ import json
 import re
 from pathlib import Path
 
-from .base import CifarkitError
+from .base import CifarkitError, plural
 from .records import (
     Check,
     cell_name,
@@ -64,7 +64,7 @@ class HandinReport(list):
         failed = sum(c.ok is False for c in self)
         verdict = {
             "ready": "ready to hand in: every check cifarkit can make holds",
-            "not ready": f"not ready: {failed} check{'s' * (failed != 1)} failed",
+            "not ready": f"not ready: {plural(failed, 'check')} failed",
             "cannot tell": "not ready yet: cannot tell, "
             + "; ".join(c.what for c in self if c.ok is None and c.decides)
             + " left open (the [ ?? ] lines say why)",
@@ -335,8 +335,7 @@ def check_notebook(
             Check(
                 True,
                 "run folder",
-                f"{run_dir} holds a finished run of {len(history)}"
-                f" epoch{'s' * (len(history) != 1)}",
+                f"{run_dir} holds a finished run of {plural(len(history), 'epoch')}",
             ),
             check_records(results, history),
             *check_shown(cells, results, history),

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import CifarkitError
+from .base import CifarkitError, plural
 
 OUT_LINE = re.compile(r"^\s+out\s+= '(.+)'\s*$", re.M)  # TrainConfig's printout, as fit prints it
 # a per-epoch test line: the seed-style line (progress on) or the one-line log (`report.epoch_line`)
@@ -208,7 +208,7 @@ def check_shown(cells: list[dict], results: dict, history: list) -> list[Check]:
         per_epoch = Check(
             True,
             "per-epoch test lines",
-            f"{len(history)} epoch{'s' * (len(history) != 1)}, as history.json holds them",
+            f"{plural(len(history), 'epoch')}, as history.json holds them",
         )
     elif got == expected:
         m = found[off[0]]

@@ -7,7 +7,7 @@ these, so the same numbers always read the same way. Nothing here imports torch.
 
 from __future__ import annotations
 
-from .base import TTA_VIEWS
+from .base import TTA_VIEWS, plural
 
 
 def view_name(tta: str) -> str:
@@ -46,5 +46,5 @@ def final_line(r: dict) -> str:
     )
     return (
         f"final test accuracy: single view {r['single_view_correct']}/{r['test_total']} "
-        f"({r['single_view_accuracy']:.2f}%){tta}; {r['epochs']} epoch{'s' * (r['epochs'] != 1)}"
+        f"({r['single_view_accuracy']:.2f}%){tta}; {plural(r['epochs'], 'epoch')}"
     )

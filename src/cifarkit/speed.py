@@ -10,10 +10,14 @@ it before training, and docs/speed.md shows the same table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from .base import plural
 from .hardware import cpu_kind
+
+TRAIN_IMAGES = 50_000  # the training images an epoch of every MEASURED row trains on
 
 
 @dataclass(frozen=True)
@@ -118,14 +122,17 @@ def epoch_estimate(
     device: torch.device,
     epochs: int,
     *,
-    model: str = "seed",
+    model: Any = "seed",
     threads: int | None = None,
     path: str = "eager",
+    train_images: int | None = None,
 ) -> str:
     """One line: how long `epochs` epochs take on `device`, from `MEASURED`, with the source (a
     range, each machine named, where machines of this kind differ); or that this device was never
-    measured. A CPU with other than 2 threads, or a network other than the registered "seed", gets
-    a caution (the figures are for 2 threads and the Assignment 7 network)."""
+    measured. A CPU with other than 2 threads, or a network other than the registered "seed" (a
+    name, or the network object or class a run is given), gets a caution (the figures are for 2
+    threads and the Assignment 7 network). `train_images`: the images an epoch trains on (None: all
+    50,000); with far fewer the figures do not apply, and the line says so instead of a total."""
     rows = measured_for(device, path)
     if not rows:
         how = "" if path == "eager" else f" with {path}"
@@ -133,26 +140,35 @@ def epoch_estimate(
             f"time per epoch: not measured on this device{how} ({device_kind(device)}); run a short"
             " version first (epochs=1, limit_train=5000) and multiply"
         )
+    if train_images is not None and train_images < 0.9 * TRAIN_IMAGES:
+        return (
+            f"time per epoch: {_span([m.seconds for m in rows])} on this kind of device"
+            f" ({device_kind(device)}) for all {TRAIN_IMAGES:,} training images (docs/speed.md);"
+            f" this run trains on {plural(train_images, 'image')} per epoch, so those figures do"
+            " not apply: its epochs will be shorter"
+        )
     totals = [m.seconds * epochs for m in rows]
     when = _span([t / 60 for t in totals], "min") if max(totals) >= 90 else _span(totals)
     notes = []
     threads = threads if threads is not None else torch.get_num_threads()
     if device_kind(device).startswith("cpu:") and threads != 2:
         notes.append(f"measured with 2 threads, this process has {threads}")
-    if model != "seed":
+    if not (isinstance(model, str) and model == "seed"):
         notes.append("measured for the Assignment 7 network; yours may differ")
     caution = f" ({'; '.join(notes)})" if notes else ""
     if len(rows) == 1:
         m = rows[0]
         return (
-            f"time per epoch: about {m.seconds:.0f} s on a {m.device} in {m.precision}, so {epochs}"
-            f" epochs take about {when}{caution}; source: {m.source}"
+            f"time per epoch: about {m.seconds:.0f} s on a {m.device} in {m.precision}, so"
+            f" {plural(epochs, 'epoch')} take{'s' * (epochs == 1)} about {when}{caution}; source:"
+            f" {m.source}"
         )
     return (
         f"time per epoch: {_span([m.seconds for m in rows])} on this kind of device"
         f" ({device_kind(device)}), measured on {len(rows)} machines: "
         + ", ".join(f"{m.seconds:.0f} s on a {m.device} in {m.precision}" for m in rows)
-        + f"; so {epochs} epochs take about {when}{caution}; sources (docs/speed.md): "
+        + f"; so {plural(epochs, 'epoch')} take{'s' * (epochs == 1)} about {when}{caution};"
+        + " sources (docs/speed.md): "
         + ", ".join(m.source.split(": ")[0] for m in rows)
     )
 
@@ -188,10 +204,10 @@ def timing_report(
     images = history[-1].get("images_per_second", 0) * history[-1].get("train_seconds", 0)
     if not rows:
         lines.append("no estimate was printed before training: this device was never measured")
-    elif images < 0.9 * 50000:
+    elif images < 0.9 * TRAIN_IMAGES:
         lines.append(
-            f"the estimate before training ({estimate}) is for 50,000 training images; this run"
-            f" trained on {images:,.0f} per epoch, so the two do not compare"
+            f"the estimate before training ({estimate}) is for {TRAIN_IMAGES:,} training images;"
+            f" this run trained on {images:,.0f} per epoch, so the two do not compare"
         )
     else:
         lines.append(

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..base import plural
 from .gradcam import find_target_layer, gradcam
 from .metrics import confusion_matrix, misclassified, per_class_accuracy
 from .rules import check_rules
@@ -107,7 +108,7 @@ def findings(
         ),
         "",
         f"**Accuracy.** {sv:.2f}% single view ({results['single_view_correct']}/{total} test images"
-        f" of {data_name}) after {results['epochs']} epoch{'s' * (results['epochs'] != 1)}"
+        f" of {data_name}) after {plural(results['epochs'], 'epoch')}"
         + (
             f", {results['tta_accuracy']:.2f}% with {results['tta']} TTA"
             if results.get("tta_accuracy") is not None

@@ -15,6 +15,7 @@ from .registry import (
     check_model_spec,
     count_parameters,
     normalize_spec,
+    own_network,
     register,
     spec_string,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "check_model_spec",
     "count_parameters",
     "normalize_spec",
+    "own_network",
     "register",
     "spec_string",
 ]

@@ -9,6 +9,8 @@ object is recorded as "module:Class" when that import rebuilds it with no argume
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -106,6 +108,9 @@ def spec_string(model: Any) -> str:
     """
     if isinstance(model, str):
         return model
+    if isinstance(model, (functools.partial, ObjectCopies)):
+        # its arguments (or the object's weights and later edits) are not in any import path
+        return f"object:{model.__name__}"
     cls = model if isinstance(model, type) else type(model)
     if not isinstance(model, (nn.Module, type)) and hasattr(model, "__qualname__"):
         cls = model  # a factory function
@@ -122,6 +127,47 @@ def spec_string(model: Any) -> str:
         and _takes_no_arguments(cls)
     )
     return f"{module}:{qual}" if importable else f"object:{qual}"
+
+
+class ObjectCopies:
+    """Fresh deep copies of a network object as it was when given (`own_network`): each call
+    returns a new copy, so that no cell trains the object itself and each starts from the weights
+    it had then (drawn when the object was made, not from cfg.seed). `fit` and `lr_find` take one
+    copy and treat it as the object passed."""
+
+    def __init__(self, net: nn.Module):
+        self.net = copy.deepcopy(net)
+        self.__name__ = self.__qualname__ = type(net).__qualname__
+
+    def __call__(self) -> nn.Module:
+        return copy.deepcopy(self.net)
+
+    def __repr__(self) -> str:
+        return f"copies of a {self.__name__} object"
+
+
+def own_network(network: Any) -> Callable[[], nn.Module]:
+    """The notebook's NETWORK as its cells use it: a zero-argument maker of fresh networks with a
+    `__name__` (the run folder's and the figures' name). A class or function is returned as it is;
+    functools.partial(Net, width=32) is named "Net"; an nn.Module object (NETWORK = Net()) becomes
+    `ObjectCopies` of it. Anything else is refused in one line that says what to write."""
+    if isinstance(network, nn.Module):
+        return ObjectCopies(network)
+    if isinstance(network, functools.partial):
+        named = functools.partial(network.func, *network.args, **network.keywords)
+        named.__name__ = getattr(network.func, "__name__", "network")
+        return named
+    if (isinstance(network, type) and issubclass(network, nn.Module)) or inspect.isfunction(
+        network
+    ):
+        if not network.__name__.isidentifier():  # a lambda: its folder would be "<lambda>"
+            network.__name__ = network.__qualname__ = "network"
+        return network
+    raise ConfigError(
+        f"NETWORK is {type(network).__name__} {first_line(repr(network))[:60]}: set it to your"
+        " network's class (NETWORK = StudentNet), an object of it (NETWORK = StudentNet()) or"
+        " functools.partial(StudentNet, width=32)"
+    )
 
 
 def display_name(spec: str) -> str:

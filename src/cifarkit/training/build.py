@@ -28,7 +28,7 @@ from ..data.splits import Splits, make_splits
 from ..hardware import keep_freed_memory, resolve_device
 from ..models import build_model, count_parameters, probe
 from ..models.identity import materialize, network_identity
-from ..models.registry import passed_object_notes
+from ..models.registry import ObjectCopies, passed_object_notes
 from ..optim import Averager, make_averager, make_optimizer, make_scheduler
 from ..runtime import Runtime, decide
 from .step import BatchFn, LossFn, TrainStep
@@ -103,6 +103,8 @@ def build_run(
     and every choice with its reason.
     """
     check_choice("upto", upto, STAGES)
+    if isinstance(model, ObjectCopies):  # the notebook's NETWORK = Net(): a copy, as an object
+        model = model()
     device = resolve_device(cfg.device)
     memory = keep_freed_memory(device)  # before the layout probe times anything
     torch.manual_seed(cfg.seed)

@@ -26,6 +26,7 @@ from ..data.dataset import Cifar10
 from ..data.loader import DeviceLoader
 from ..hardware import peak_rss_mb
 from ..models import count_parameters, spec_string
+from ..models.registry import ObjectCopies
 from ..report import epoch_line, result_line
 from ..runfolder.checkpoint import (
     CheckpointError,
@@ -279,6 +280,8 @@ def fit(
             f" {type(data).__name__}: pass fit(cfg, data=ck.load_cifar10(PATH)) or set"
             " TrainConfig(data=PATH)"
         )
+    if isinstance(model, ObjectCopies):  # the notebook's NETWORK = Net(): train a copy of it
+        model = model()
     if model is not None:
         cfg = dataclasses.replace(cfg, model=spec_string(model))
     resume, ckpt, cfg = _what_to_resume(cfg, resume, overwrite, model, caller)
