@@ -83,7 +83,10 @@ def test_failed_download_says_how_to_use_a_local_copy(tmp_path, monkeypatch):
         raise urllib.error.URLError("no internet")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", refuse)
-    with pytest.raises(DataError, match=r"could not download CIFAR-10.*--data PATH.*CIFARKIT_DATA"):
+    with pytest.raises(
+        DataError,
+        match=r"could not download CIFAR-10.*--data PATH.*CIFARKIT_DATA.*TrainConfig\(data=PATH\)",
+    ):
         load_cifar10(None, root=tmp_path)
     assert not (tmp_path / "cifar-10-python.tar.gz").exists()  # the partial file is gone
     with pytest.raises(DataError):

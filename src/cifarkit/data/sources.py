@@ -141,9 +141,10 @@ def _load_torchvision(root: Path, download: bool) -> Cifar10:
                     pass
             raise DataError(
                 f"could not download CIFAR-10 into {root} ({type(e).__name__}: {e}); without"
-                " internet, point at a local copy instead: --data PATH, or set CIFARKIT_DATA=PATH"
-                " (a folder with cifar-10-batches-py/, an ImageFolder train/ test/ tree, or a"
-                " .tar.gz / .zip of one)"
+                " internet, point at a local copy instead: --data PATH or CIFARKIT_DATA=PATH for"
+                " the command line and the notebook, TrainConfig(data=PATH) in Python (a folder"
+                " with cifar-10-batches-py/, an ImageFolder train/ test/ tree, or a .tar.gz / .zip"
+                " of one)"
             ) from None
     return _load_batches(folder)
 
