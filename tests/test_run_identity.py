@@ -372,3 +372,59 @@ def test_a_record_of_another_identity_version_is_not_compared(tmp_path, learnabl
         "cannot check that the network passed now is the one that trained it"
         in capsys.readouterr().out
     )
+
+
+def _a_forward(self, x: "Tensor") -> "Tensor":  # noqa: F821 - read as source only
+    """Written with what differs between Python versions' syntax trees: annotations, f-strings,
+    lambdas with every kind of argument, starred calls, slices, with and try."""
+    x = F.max_pool2d(self.conv1(x), 2)  # noqa: F821
+    y: int = 3
+    z = [a for a in range(3) if a] + list(*x, **{})
+    lam = lambda q=1, *r, k=2, **kw: q  # noqa: E731
+    try:
+        pass
+    except (ValueError, TypeError) as e:
+        raise RuntimeError(f"bad {x!r:>10} {y} {z} {lam}") from e
+    with open("f") as f, open("g"):
+        del f
+    if x is None and not y:
+        return F.log_softmax(self.fc(x.view(x.size(0), -1)), dim=1)  # noqa: F821
+    return x[1:2, ..., None] @ x
+
+
+def test_the_code_reads_the_same_on_every_python():
+    """A run trained on Colab (Python 3.13) continues or loads on Python 3.11 and back: the code's
+    record does not depend on the Python version (ast.dump did: 3.13 leaves out empty fields). The
+    expected value was computed on Python 3.11 and 3.13 alike, and CI runs this on both."""
+    import hashlib
+
+    from cifarkit.models.identity import source_fingerprint
+
+    text = source_fingerprint(_a_forward)
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "bd1efd5c8c067eab", text
+
+
+def test_a_run_made_under_another_torch_release_compares_code_and_shapes(
+    tmp_path, learnable_data, capsys
+):
+    """torch's names for layers (a BatchNorm's repr gained bias=True in 2.14) and operations change
+    between releases: a run recorded under another release is loaded, saying what was compared,
+    and an edit of the code is still refused."""
+    from cifarkit.runfolder.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    fit(cfg_for(tmp_path), data=learnable_data, model=cell(NET), resume="auto")
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["network"]["torch"] == ".".join(torch.__version__.split(".")[:2])
+    older = {**ckpt["network"], "torch": "1.0", "layers": "0" * 16, "forward": "1" * 16}
+    save_checkpoint(
+        run / "last.pt",
+        {k: v for k, v in {**ckpt, "network": older}.items() if k not in ("format", "version")},
+    )
+    capsys.readouterr()
+    assert fit(cfg_for(tmp_path), data=learnable_data, model=cell(NET), resume="auto").loaded
+    out = capsys.readouterr().out
+    assert "trained under torch 1.0" in out and "its layers and forward not" in out
+    with pytest.raises(CifarkitError) as e:
+        fit(cfg_for(tmp_path), data=learnable_data, model=cell(OTHER_POOL), resume="auto")
+    one_line(e, "code changed")

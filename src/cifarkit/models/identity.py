@@ -17,6 +17,12 @@ or results.
     their output shapes (another pool, another activation, a changed view);
   - ``parameters``: the names and shapes of every parameter and buffer (what a state_dict must fit).
 
+The record holds where it was made (``python`` and ``torch``, major.minor). The code is read as
+parsed source written out the same way on every Python (`_canonical`), so it compares across
+Python versions; ``layers`` and ``forward`` use torch's own names (a layer's repr gained
+``bias=True`` between torch 2.11 and 2.14), so a record made under another torch release is compared
+on its code and parameter shapes only (`identity_changes`; `uncompared` says which parts were not).
+
 The forward pass runs on a CPU copy in eval mode without gradients and with the random state forked,
 so it changes neither the network, nor its BatchNorm statistics, nor the random numbers the run
 draws. Lazy modules (`nn.LazyConv2d`...) are materialised first (`materialize`), as training would
@@ -29,6 +35,7 @@ import ast
 import copy
 import hashlib
 import inspect
+import sys
 import textwrap
 from typing import Any
 
@@ -42,7 +49,7 @@ from .keep import forked_rng, kept_modes
 
 # of the identity's definition: a run recorded under another version is not compared (a note says
 # so)
-VERSION = 3
+VERSION = 4
 # in the order a difference is named: the most telling first
 PARTS = ("parameters", "layers", "forward", "code")
 WHAT_CHANGED = {
@@ -87,15 +94,30 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _canonical(node: Any) -> str:
+    """A syntax tree as text, the same on every Python: each node's type and its fields by name,
+    leaving out the empty ones (ast.dump omits them on 3.13 but not on 3.11, and 3.12 added
+    `type_params`, which is empty unless used)."""
+    if isinstance(node, ast.AST):
+        fields = (
+            f"{name}={_canonical(value)}"
+            for name in node._fields
+            if (value := getattr(node, name, None)) is not None and value != []
+        )
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return f"[{', '.join(_canonical(v) for v in node)}]"
+    return repr(node)
+
+
 def source_fingerprint(obj: Any) -> str | None:
-    """The parsed source of a function (or method) as text, without comments, layout or docstrings;
-    None when Python cannot find it (a function built by exec, a C function)."""
+    """The parsed source of a function (or method) as text, without comments, layout or docstrings,
+    the same on every Python version; None when Python cannot find it (a function built by exec, a
+    C function)."""
     fn = inspect.unwrap(getattr(obj, "__func__", obj))
     try:
         src = textwrap.dedent(inspect.getsource(fn))
-        return ast.dump(
-            _strip_docstrings(ast.parse(src)), annotate_fields=False, include_attributes=False
-        )
+        return _canonical(_strip_docstrings(ast.parse(src)))
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
 
@@ -210,6 +232,8 @@ def network_identity(net: nn.Module, spec: str = "") -> dict[str, Any]:
     cls = type(net)
     return {
         "version": VERSION,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "torch": _release(torch.__version__),
         "name": f"{cls.__module__}:{cls.__qualname__}",
         "spec": spec,
         "code": _code_hash(probe),
@@ -245,14 +269,29 @@ def comparable(saved: dict | None) -> bool:
     return bool(saved) and saved.get("version") == VERSION
 
 
+def _release(version: str) -> str:
+    """ "2.14" of "2.14.1+cu130": the torch release whose names a record uses."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def uncompared(saved: dict | None, now: dict) -> list[str]:
+    """The parts (of PARTS) that are not compared between a record and the network now: "layers"
+    and "forward" when the record was made under another torch release (torch's own names for
+    layers and operations change between releases; the code and parameter shapes do not)."""
+    if comparable(saved) and saved.get("torch") != now.get("torch"):
+        return ["layers", "forward"]
+    return []
+
+
 def identity_changes(saved: dict | None, now: dict) -> list[str]:
-    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`; a
-    record of another version (an older cifarkit's run) is not compared: a change there may be
-    cifarkit's, not yours.
+    """The parts (of PARTS) in which the network `now` differs from the one recorded as `saved`,
+    among those that compare (`uncompared`); a record of another version (an older cifarkit's run)
+    is not compared: a change there may be cifarkit's, not yours.
     """
     if not comparable(saved):
         return []
-    return [p for p in PARTS if p in saved and saved[p] != now.get(p)]
+    skip = uncompared(saved, now)
+    return [p for p in PARTS if p in saved and p not in skip and saved[p] != now.get(p)]
 
 
 def describe_changes(changed: list[str]) -> str:

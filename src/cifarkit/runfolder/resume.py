@@ -19,7 +19,13 @@ from ..config import (
     explicit_fields,
 )
 from ..models import build_model
-from ..models.identity import comparable, describe_changes, identity_changes, network_identity
+from ..models.identity import (
+    comparable,
+    describe_changes,
+    identity_changes,
+    network_identity,
+    uncompared,
+)
 from ..models.keep import forked_rng
 from .checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 from .files import CONFIG, LAST
@@ -88,6 +94,13 @@ def check_same_network(
             " cannot check that the network passed now is the one that trained it"
         )
         return
+    skipped = uncompared(saved, now)
+    if skipped:
+        print(
+            f"note: {run_dir} was trained under torch {saved.get('torch')}, this is torch"
+            f" {now.get('torch')}: its network's code and parameter shapes are compared, its"
+            f" {describe_changes(skipped)} not (torch names them differently between releases)"
+        )
     changed = identity_changes(saved, now)
     if changed:
         raise RunDirError(
