@@ -476,3 +476,93 @@ def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(t
     (tmp_path / "run" / "last.pt").unlink()
     (check,) = reevaluate(tmp_path / "run", results)
     assert check.ok is None  # nothing to evaluate: said so
+
+
+NOTEBOOK_NET = """%matplotlib inline
+import torch.nn.functional as F
+from torch import nn
+import a_package_only_the_student_has
+
+WIDTH = 8
+
+
+class CellNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, WIDTH, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(WIDTH, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+NETWORK = CellNet
+print("this line is not run when the network is rebuilt")
+"""
+
+
+def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_trained_one(
+    tmp_path, tree
+):
+    """The notebook's own path: the network is a class in a cell (recorded as object:CellNet, which
+    no import rebuilds). --verify rebuilds it from the notebook's cells (imports, definitions,
+    literal constants; nothing else runs), requires it to be the network that trained the
+    checkpoint, and then evaluates and traces it; a class edited after training is a FAIL."""
+    import linecache
+
+    from cifarkit.analysis.rules import check_rules as check_rules_of
+    from cifarkit.config import TrainConfig
+    from cifarkit.training.trainer import fit
+    from cifarkit.verify import reevaluate
+
+    # trained as a Jupyter kernel defines it: code in __main__, its source only in linecache
+    source = NOTEBOOK_NET.replace("%matplotlib inline", "").replace(
+        "import a_package_only_the_student_has", ""
+    )
+    linecache.cache["<ipython-input-1>"] = (len(source), None, source.splitlines(True), "x")
+    ns = {"__name__": "__main__"}
+    exec(compile(source, "<ipython-input-1>", "exec"), ns)
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=10,
+        eval_batch_size=10,
+        data=str(tree),
+        out=str(tmp_path / "run"),
+        progress=False,
+        precision="fp32",
+        tta="none",
+        device="cpu",
+    )
+    result = fit(cfg, model=ns["CellNet"])
+    assert result.config.model == "object:CellNet"
+    printed = (
+        "In [9]",
+        [(c.verdict.strip(), c.rule, c.value) for c in check_rules_of(result.model)],
+    )
+
+    def cells(net_source):
+        return [
+            code("import cifarkit as ck", 1),
+            code(net_source, 2),
+            code("result = ck.fit(cfg)", 3),
+        ]
+
+    same, rules, check = reevaluate(
+        tmp_path / "run", result.final, None, printed, cells(NOTEBOOK_NET)
+    )
+    assert same.ok is True and "CellNet as In [2] defines it is the network that trained" in str(
+        same
+    )
+    assert rules.ok is True and check.ok is True, f"{rules}\n{check}"
+    # edited after training, same parameters: rules printed from it would not be the trained net's
+    edited = NOTEBOOK_NET.replace("padding=2, dilation=2", "padding=1, dilation=1")
+    (same,) = reevaluate(tmp_path / "run", result.final, None, printed, cells(edited))
+    assert same.ok is False and "is not the network that trained last.pt" in str(same)
+    assert "layers and code differ" in str(same) and same.decides
+    # a notebook without the class: cannot be rebuilt, said so
+    (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells("x = 1"))
+    assert check.ok is None and "no code cell defines CellNet" in str(check)
+    broken = NOTEBOOK_NET.replace("WIDTH = 8", "WIDTH = undefined_name")  # not a literal: left out
+    (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells(broken))
+    assert check.ok is None and "CellNet() fails: NameError" in str(check)

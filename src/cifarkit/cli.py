@@ -150,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify",
         action="store_true",
         help="also evaluate the run's checkpoint on the test set again and compare with"
-        " results.json (needs torch, the data and the network's code)",
+        " results.json, and trace its network to re-check the printed rules (needs torch, the data"
+        " and the network's code: a network a notebook cell defines is rebuilt from the notebook's"
+        " imports and definitions, nothing else in it runs, and must be the one that trained the"
+        " checkpoint)",
     )
     n.add_argument(
         "--data", help="with --verify: the CIFAR-10 copy (default: the run's, or $CIFARKIT_DATA)"

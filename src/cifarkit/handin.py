@@ -343,7 +343,7 @@ def check_notebook(
         if verify:
             from .verify import reevaluate
 
-            run_checks += reevaluate(run_dir, results, data, judged_block(cells, results))
+            run_checks += reevaluate(run_dir, results, data, judged_block(cells, results), cells)
     report = HandinReport(
         [
             check_executed(cells),
