@@ -442,13 +442,11 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, run):
     assert p.stdout.startswith("[ OK ] executed") and "Traceback" not in p.stderr, p.stderr
 
 
-def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(tmp_path, tree):
-    from cifarkit.analysis.rules import check_rules as check_rules_of
+def tiny_cfg(tmp_path, tree):
+    """One epoch on the tiny tree, on the CPU (compared with what the CPU evaluates again)."""
     from cifarkit.config import TrainConfig
-    from cifarkit.training.trainer import fit
-    from cifarkit.verify import reevaluate
 
-    cfg = TrainConfig(
+    return TrainConfig(
         epochs=1,
         batch_size=10,
         eval_batch_size=10,
@@ -459,6 +457,14 @@ def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(t
         tta="none",
         device="cpu",
     )
+
+
+def test_verify_reevaluates_the_checkpoint_and_catches_a_claim_it_did_not_make(tmp_path, tree):
+    from cifarkit.analysis.rules import check_rules as check_rules_of
+    from cifarkit.training.trainer import fit
+    from cifarkit.verify import reevaluate
+
+    cfg = tiny_cfg(tmp_path, tree)
     result = fit(cfg)
     results = result.final
     (check,) = reevaluate(tmp_path / "run", results)
@@ -512,7 +518,6 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     import linecache
 
     from cifarkit.analysis.rules import check_rules as check_rules_of
-    from cifarkit.config import TrainConfig
     from cifarkit.training.trainer import fit
     from cifarkit.verify import reevaluate
 
@@ -523,17 +528,7 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     linecache.cache["<ipython-input-1>"] = (len(source), None, source.splitlines(True), "x")
     ns = {"__name__": "__main__"}
     exec(compile(source, "<ipython-input-1>", "exec"), ns)
-    cfg = TrainConfig(
-        epochs=1,
-        batch_size=10,
-        eval_batch_size=10,
-        data=str(tree),
-        out=str(tmp_path / "run"),
-        progress=False,
-        precision="fp32",
-        tta="none",
-        device="cpu",
-    )
+    cfg = tiny_cfg(tmp_path, tree)
     result = fit(cfg, model=ns["CellNet"])
     assert result.config.model == "object:CellNet"
     printed = (
