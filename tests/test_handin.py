@@ -555,6 +555,12 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     (same,) = reevaluate(tmp_path / "run", result.final, None, printed, cells(edited))
     assert same.ok is False and "is not the network that trained last.pt" in str(same)
     assert "layers and code differ" in str(same) and same.decides
+    # a class of the same name written after the training cell (another experiment) is not the
+    # trained one: the definition before the cell whose fit printed the model is
+    fit_out = stream(f"  model            = '{result.config.model}'\n")
+    later = [*cells(NOTEBOOK_NET)[:2], code("result = ck.fit(cfg)", 3, fit_out), code(edited, 4)]
+    same, rules, check = reevaluate(tmp_path / "run", result.final, None, printed, later)
+    assert same.ok is True and "as In [2] defines it" in str(same), str(same)
     # a notebook without the class: cannot be rebuilt, said so
     (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells("x = 1"))
     assert check.ok is None and "no code cell defines CellNet" in str(check)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .base import CifarkitError, first_line
-from .records import Check, cell_name
+from .records import Check, cell_name, cell_text
 
 WHAT = "results re-evaluated"
 
@@ -106,7 +106,10 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
         if not (spec.startswith("object:") and cells):
             return model_from_checkpoint(path, device), []
         name = display_name(spec)
-        where, maker = network_from_notebook(cells, name)
+        # the definition the run trained: none after the cell whose fit printed this model (a
+        # class of the same name written later, for another experiment, is not the trained one)
+        fit_at = next((i for i, c in enumerate(cells) if f"= '{spec}'" in cell_text(c)), None)
+        where, maker = network_from_notebook(cells if fit_at is None else cells[: fit_at + 1], name)
         if maker is None:
             return None, [
                 Check(None, WHAT, f"cannot re-evaluate: no code cell defines {name}", decides=True)
