@@ -567,3 +567,28 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     broken = NOTEBOOK_NET.replace("WIDTH = 8", "WIDTH = undefined_name")  # not a literal: left out
     (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells(broken))
     assert check.ok is None and "CellNet() fails: NameError" in str(check)
+
+
+def test_a_notebook_network_is_rebuilt_from_its_cells_and_nothing_else_runs(tmp_path):
+    """Helpers and constants from earlier cells are there; magics, shell lines, calls and
+    assignments of computed values are not run; a missing class is (None, None)."""
+    from cifarkit.verify import network_from_notebook
+
+    marker = tmp_path / "ran"
+    cells = [
+        code(f"%pip install something\n!rm -rf /\nopen({str(marker)!r}, 'w').write('x')", 1),
+        code(
+            "from torch import nn\nWIDTH = 4\nDATA = load_everything()\n\n\n"
+            "def block(c):\n    return nn.Conv2d(3, c, 3)",
+            2,
+        ),
+        code(
+            "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.b = block(WIDTH)\n\n\nnet = Net()\nnet.train_for_hours()",
+            3,
+        ),
+    ]
+    where, maker = network_from_notebook(cells, "Net")
+    assert where == "In [3]" and maker().b.out_channels == 4
+    assert not marker.exists()  # the call in the first cell did not run
+    assert network_from_notebook(cells, "Other") == (None, None)
