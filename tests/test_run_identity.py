@@ -173,7 +173,7 @@ def test_an_edited_network_is_never_loaded_as_the_finished_run(tmp_path, learnab
     ):
         with pytest.raises(CifarkitError) as e:
             fit(cfg_for(tmp_path), data=learnable_data, model=cell(edited), resume="auto")
-        one_line(e, f"the network's {what}", "changed since", "overwrite=True", "cfg.out")
+        one_line(e, f"the network's {what}", "changed since", "overwrite=True once", "cfg.out")
         assert files(run) == before  # nothing written, nothing deleted
     # comments only
     again = fit(cfg_for(tmp_path), data=learnable_data, model=cell(COMMENTED), resume="auto")

@@ -32,7 +32,8 @@ ADVICE = {
         "resume": "resume with: python -m cifarkit train --resume {last}",
     },
     "python": {
-        "overwrite": "pass overwrite=True",
+        # once: left in, every later call (each Run all) trains from scratch again
+        "overwrite": "pass overwrite=True once (then take it out, or every Run all trains again)",
         "out": "set cfg.out to another folder",
         "resume": 'resume with: fit(cfg, resume="auto") (or resume={last!r})',
     },
