@@ -108,7 +108,7 @@ def test_the_notebooks_network_may_be_a_class_an_object_or_a_partial(
     net = TinyNet()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     maker = ck.own_network(net)
-    assert maker.__name__ == "TinyNet"
+    assert maker.__name__ == "TinyNet" and ck.own_network(maker) is maker  # a cell run twice
     a, b = ck.build_model(maker), ck.build_model(maker)
     assert a is not b and a is not net and torch.equal(a.conv.weight, net.conv.weight)
     net.conv.weight.data.zero_()  # an edit after NETWORK was set does not reach the copies

@@ -151,6 +151,8 @@ def own_network(network: Any) -> Callable[[], nn.Module]:
     `__name__` (the run folder's and the figures' name). A class or function is returned as it is;
     functools.partial(Net, width=32) is named "Net"; an nn.Module object (NETWORK = Net()) becomes
     `ObjectCopies` of it. Anything else is refused in one line that says what to write."""
+    if isinstance(network, ObjectCopies):  # given again (a cell run twice): as it is
+        return network
     if isinstance(network, nn.Module):
         return ObjectCopies(network)
     if isinstance(network, functools.partial):
