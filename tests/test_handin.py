@@ -561,6 +561,13 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     later = [*cells(NOTEBOOK_NET)[:2], code("result = ck.fit(cfg)", 3, fit_out), code(edited, 4)]
     same, rules, check = reevaluate(tmp_path / "run", result.final, None, printed, later)
     assert same.ok is True and "as In [2] defines it" in str(same), str(same)
+    # trained with other constructor arguments (NETWORK = CellNet(...), a partial): the same code,
+    # another network; that cannot be rebuilt, and is not a failure
+    wider = NOTEBOOK_NET.replace("WIDTH = 8", "WIDTH = 16")
+    (same,) = reevaluate(tmp_path / "run", result.final, None, printed, cells(wider))
+    assert (
+        same.ok is None and "built with other arguments or constants" in str(same) and same.decides
+    )
     # a notebook without the class: cannot be rebuilt, said so
     (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells("x = 1"))
     assert check.ok is None and "no code cell defines CellNet" in str(check)

@@ -130,6 +130,20 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
                 )
             ]
         changed = identity_changes(saved, now)
+        if changed and "code" not in changed:
+            # the same code built otherwise: the run's network was made with arguments (an
+            # object, a functools.partial) or constants other than those the cells now hold
+            return None, [
+                Check(
+                    None,
+                    "network rebuilt",
+                    f"{name}() as {where} defines it builds another network than the one that"
+                    f" trained {path.name} (its {describe_changes(changed)} differ, its code does"
+                    " not: it was built with other arguments or constants), so it cannot be"
+                    " re-evaluated",
+                    decides=True,
+                )
+            ]
         compared = (
             "its code and parameter shapes"  # another torch release names layers differently
             if uncompared(saved, now)
