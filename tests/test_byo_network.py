@@ -128,6 +128,12 @@ def test_the_notebooks_network_may_be_a_class_an_object_or_a_partial(
     wide = ck.own_network(functools.partial(TinyNet))
     assert wide.__name__ == "TinyNet" and isinstance(wide(), TinyNet)
     assert ck.models.spec_string(wide) == "object:TinyNet"  # its arguments are in no import path
+    # plain keywords are recorded (--verify calls a notebook's class with them again); others not
+    spec = ck.models.spec_string
+    assert spec(ck.own_network(functools.partial(TinyNet, width=6, act="relu"))) == (
+        "object:TinyNet(width=6, act='relu')"
+    )
+    assert spec(ck.own_network(functools.partial(TinyNet, act=nn.ReLU))) == "object:TinyNet"
     assert ck.own_network(lambda: TinyNet()).__name__ == "network"
     for bad in ("seed", 3, [TinyNet]):
         with pytest.raises(ConfigError, match=r"NETWORK = StudentNet\b") as e:

@@ -493,10 +493,10 @@ WIDTH = 8
 
 
 class CellNet(nn.Module):
-    def __init__(self):
+    def __init__(self, width=WIDTH):
         super().__init__()
-        self.conv = nn.Conv2d(3, WIDTH, 3, padding=2, dilation=2)
-        self.fc = nn.Linear(WIDTH, 10)
+        self.conv = nn.Conv2d(3, width, 3, padding=2, dilation=2)
+        self.fc = nn.Linear(width, 10)
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv(x)), 2)
@@ -568,12 +568,24 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     assert (
         same.ok is None and "built with other arguments or constants" in str(same) and same.decides
     )
+    # NETWORK = functools.partial(CellNet, width=6): its keywords are recorded and used again
+    import functools
+
+    import cifarkit as ck
+
+    wide = fit(
+        tiny_cfg(tmp_path / "p", tree),
+        model=ck.own_network(functools.partial(ns["CellNet"], width=6)),
+    )
+    assert wide.config.model == "object:CellNet(width=6)" and wide.network == "CellNet"
+    same, check = reevaluate(tmp_path / "p" / "run", wide.final, None, None, cells(NOTEBOOK_NET))
+    assert same.ok is True and check.ok is True, f"{same}\n{check}"
     # a notebook without the class: cannot be rebuilt, said so
     (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells("x = 1"))
     assert check.ok is None and "no code cell defines CellNet" in str(check)
     broken = NOTEBOOK_NET.replace("WIDTH = 8", "WIDTH = undefined_name")  # not a literal: left out
     (check,) = reevaluate(tmp_path / "run", result.final, None, printed, cells(broken))
-    assert check.ok is None and "CellNet() fails: NameError" in str(check)
+    assert check.ok is None and "In [2] does not run here: NameError: name 'WIDTH'" in str(check)
 
 
 def test_a_notebook_network_is_rebuilt_from_its_cells_and_nothing_else_runs(tmp_path):

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .base import CifarkitError, first_line
+from .base import CifarkitError, first_line, format_call, parse_call
 from .records import Check, cell_name, cell_text
 
 WHAT = "results re-evaluated"
@@ -97,7 +97,6 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
         network_identity,
         uncompared,
     )
-    from .models.registry import display_name
     from .runfolder.checkpoint import config_from_checkpoint, load_checkpoint, model_from_checkpoint
 
     try:
@@ -105,7 +104,7 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
         spec = config_from_checkpoint(ckpt, path).model
         if not (spec.startswith("object:") and cells):
             return model_from_checkpoint(path, device), []
-        name = display_name(spec)
+        name, kwargs = parse_call(spec.removeprefix("object:"), "model")  # a partial's keywords
         # the definition the run trained: none after the cell whose fit printed this model (a
         # class of the same name written later, for another experiment, is not the trained one)
         fit_at = next((i for i, c in enumerate(cells) if f"= '{spec}'" in cell_text(c)), None)
@@ -115,9 +114,10 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
                 Check(None, WHAT, f"cannot re-evaluate: no code cell defines {name}", decides=True)
             ]
         try:
-            net = maker()
+            net = maker(**kwargs)
         except Exception as e:  # noqa: BLE001 - the student's constructor
-            raise CifarkitError(f"{name}() fails: {type(e).__name__}: {first_line(e)}") from None
+            call = format_call(name, kwargs) if kwargs else f"{name}()"
+            raise CifarkitError(f"{call} fails: {type(e).__name__}: {first_line(e)}") from None
         saved, now = ckpt.get("network"), network_identity(net, spec)
         if not comparable(saved):
             return model_from_checkpoint(path, device, model=net), [

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..base import ConfigError, first_line, parse_call, portable_path, show_path
+from ..base import ConfigError, first_line, format_call, parse_call, portable_path, show_path
 from .check import user_frame
 from .identity import materialize
 
@@ -108,6 +108,10 @@ def spec_string(model: Any) -> str:
     """
     if isinstance(model, str):
         return model
+    if isinstance(model, functools.partial) and _plain_keywords(model):
+        # its arguments are in no import path, but a notebook's class can be called with them
+        # again (check-notebook --verify)
+        return f"object:{format_call(model.__name__, model.keywords)}"
     if isinstance(model, (functools.partial, ObjectCopies)):
         # its arguments (or the object's weights and later edits) are not in any import path
         return f"object:{model.__name__}"
@@ -169,6 +173,17 @@ def own_network(network: Any) -> Callable[[], nn.Module]:
         f"NETWORK is {type(network).__name__} {first_line(repr(network))[:60]}: set it to your"
         " network's class (NETWORK = StudentNet), an object of it (NETWORK = StudentNet()) or"
         " functools.partial(StudentNet, width=32)"
+    )
+
+
+def _plain_keywords(call: functools.partial) -> bool:
+    """True when a partial has keyword arguments only, each a number, bool, None or a plain word:
+    what a spec can hold and `parse_call` reads back."""
+    return not call.args and all(
+        v is None
+        or isinstance(v, (bool, int, float))
+        or (isinstance(v, str) and v.replace("_", "").isalnum())
+        for v in call.keywords.values()
     )
 
 
