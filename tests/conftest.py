@@ -18,10 +18,11 @@ from PIL import Image
 
 from cifarkit.base import CLASSES
 
+
 def _data_copy() -> Path:
-    """The JPEG copy the integration tests read (its facts are that copy's: ../shared/data/README.md):
-    $CIFARKIT_DATA where it names a file of that name (a GPU machine carries it elsewhere), else
-    ../shared/data/cifar10-jpg.tar.gz beside the checkout."""
+    """The JPEG copy the integration tests read (their facts are that copy's, as
+    ../shared/data/README.md states them): $CIFARKIT_DATA where it names a file of that name (a GPU
+    machine carries it elsewhere), else ../shared/data/cifar10-jpg.tar.gz beside the checkout."""
     given = Path(os.environ.get("CIFARKIT_DATA") or "")
     if given.name == "cifar10-jpg.tar.gz" and given.is_file():
         return given.resolve()
