@@ -156,19 +156,18 @@ def epoch_estimate(
     if not (isinstance(model, str) and model == "seed"):
         notes.append("measured for the Assignment 7 network; yours may differ")
     caution = f" ({'; '.join(notes)})" if notes else ""
+    total = f"so {plural(epochs, 'epoch')} take{'s' * (epochs == 1)} about {when}{caution}"
     if len(rows) == 1:
         m = rows[0]
         return (
-            f"time per epoch: about {m.seconds:.0f} s on a {m.device} in {m.precision}, so"
-            f" {plural(epochs, 'epoch')} take{'s' * (epochs == 1)} about {when}{caution}; source:"
-            f" {m.source}"
+            f"time per epoch: about {m.seconds:.0f} s on a {m.device} in {m.precision}, {total};"
+            f" source: {m.source}"
         )
     return (
         f"time per epoch: {_span([m.seconds for m in rows])} on this kind of device"
         f" ({device_kind(device)}), measured on {len(rows)} machines: "
         + ", ".join(f"{m.seconds:.0f} s on a {m.device} in {m.precision}" for m in rows)
-        + f"; so {plural(epochs, 'epoch')} take{'s' * (epochs == 1)} about {when}{caution};"
-        + " sources (docs/speed.md): "
+        + f"; {total}; sources (docs/speed.md): "
         + ", ".join(m.source.split(": ")[0] for m in rows)
     )
 

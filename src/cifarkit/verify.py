@@ -103,7 +103,7 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
         ckpt = load_checkpoint(path)
         spec = config_from_checkpoint(ckpt, path).model
         if not (spec.startswith("object:") and cells):
-            return model_from_checkpoint(path, device), []
+            return model_from_checkpoint(path, device, ckpt=ckpt), []
         name, kwargs = parse_call(spec.removeprefix("object:"), "model")  # a partial's keywords
         # the definition the run trained: none after the cell whose fit printed this model (a
         # class of the same name written later, for another experiment, is not the trained one)
@@ -120,7 +120,7 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
             raise CifarkitError(f"{call} fails: {type(e).__name__}: {first_line(e)}") from None
         saved, now = ckpt.get("network"), network_identity(net, spec)
         if not comparable(saved):
-            return model_from_checkpoint(path, device, model=net), [
+            return model_from_checkpoint(path, device, model=net, ckpt=ckpt), [
                 Check(
                     None,
                     "network rebuilt",
@@ -144,23 +144,30 @@ def _rebuilt(path: Path, cells: list[dict] | None, device) -> tuple[Any, list[Ch
                     decides=True,
                 )
             ]
+        if changed:
+            return None, [
+                Check(
+                    False,
+                    "network rebuilt",
+                    f"{name} as {where} defines it is not the network that trained {path.name}:"
+                    f" its {describe_changes(changed)} differ",
+                    decides=True,
+                )
+            ]
         compared = (
             "its code and parameter shapes"  # another torch release names layers differently
             if uncompared(saved, now)
             else "its code, layers, forward and parameter shapes"
         )
-        same = Check(
-            not changed,
-            "network rebuilt",
-            f"{name} as {where} defines it is the network that trained {path.name} ({compared})"
-            if not changed
-            else f"{name} as {where} defines it is not the network that trained {path.name}: its"
-            f" {describe_changes(changed)} differ",
-            decides=True,
-        )
-        if changed:
-            return None, [same]
-        return model_from_checkpoint(path, device, model=net), [same]
+        return model_from_checkpoint(path, device, model=net, ckpt=ckpt), [
+            Check(
+                True,
+                "network rebuilt",
+                f"{name} as {where} defines it is the network that trained {path.name}"
+                f" ({compared})",
+                decides=True,
+            )
+        ]
     except CifarkitError as e:
         return None, [Check(None, WHAT, f"cannot re-evaluate: {e}", decides=True)]
 

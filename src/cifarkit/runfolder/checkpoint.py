@@ -168,15 +168,19 @@ def load_weights(
 
 
 def model_from_checkpoint(
-    path: str | os.PathLike, device: torch.device | str = "cpu", model: nn.Module | None = None
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    model: nn.Module | None = None,
+    ckpt: dict | None = None,
 ):
     """(model with the weights the run evaluated, its config, the raw checkpoint).
 
     The network is rebuilt from the config's model (registry name or import path), or `model` is
     used when given (a network the run trained as an object). When the run used weight EMA, the EMA
-    weights are the ones that were reported, so those are loaded.
+    weights are the ones that were reported, so those are loaded. `ckpt`: the checkpoint at `path`
+    when the caller has loaded it already (it is not read again).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
     try:
         model = build_model(model if model is not None else cfg.model, cfg.dropout)
