@@ -4,6 +4,7 @@ format."""
 from __future__ import annotations
 
 import io
+import linecache
 import os
 import pickle
 import subprocess
@@ -54,6 +55,19 @@ def device(request) -> str:
     """Each device present, by name: a test that takes it holds its promise on every one. A test of
     a CPU-only mechanism says device="cpu" instead."""
     return request.param
+
+
+_kernel_cells = iter(range(10**6))
+
+
+def kernel_cell(source: str) -> dict:
+    """Run `source` as a Jupyter kernel runs a notebook cell: its code in __main__, its source only
+    in linecache (where inspect finds a method's source, as it does in a kernel); its namespace."""
+    name = f"<ipython-input-{next(_kernel_cells)}>"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+    ns = {"__name__": "__main__"}
+    exec(compile(source, name, "exec"), ns)
+    return ns
 
 
 def have_data() -> bool:

@@ -10,6 +10,8 @@ import pytest
 from cifarkit.cli import main
 from cifarkit.handin import check_notebook
 
+from conftest import kernel_cell
+
 RULES = """Course rules
 [PASS] parameters < 1,000,000     77,050
 [PASS] receptive field > 44       52 px
@@ -515,8 +517,6 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     no import rebuilds). --verify rebuilds it from the notebook's cells (imports, definitions,
     literal constants; nothing else runs), requires it to be the network that trained the
     checkpoint, and then evaluates and traces it; a class edited after training is a FAIL."""
-    import linecache
-
     from cifarkit.analysis.rules import check_rules as check_rules_of
     from cifarkit.training.trainer import fit
     from cifarkit.verify import reevaluate
@@ -525,9 +525,7 @@ def test_verify_rebuilds_a_network_a_notebook_cell_defines_and_checks_it_is_the_
     source = NOTEBOOK_NET.replace("%matplotlib inline", "").replace(
         "import a_package_only_the_student_has", ""
     )
-    linecache.cache["<ipython-input-1>"] = (len(source), None, source.splitlines(True), "x")
-    ns = {"__name__": "__main__"}
-    exec(compile(source, "<ipython-input-1>", "exec"), ns)
+    ns = kernel_cell(source)
     cfg = tiny_cfg(tmp_path, tree)
     result = fit(cfg, model=ns["CellNet"])
     assert result.config.model == "object:CellNet"

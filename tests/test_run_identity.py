@@ -3,8 +3,6 @@
 changed, a damaged folder (best.pt or history without a readable last.pt) and unreadable results; a
 resumed run keeps the layout and precision it started with."""
 
-import linecache
-
 import pytest
 import torch
 
@@ -17,7 +15,7 @@ from cifarkit.runfolder.checkpoint import load_checkpoint
 from cifarkit.runfolder.signals import RunStopped
 from cifarkit.training.trainer import fit
 
-from conftest import interrupt_in_epoch_2
+from conftest import interrupt_in_epoch_2, kernel_cell
 
 NET = '''
 import torch.nn as nn
@@ -44,17 +42,11 @@ COMMENTED = NET.replace(
 ).replace('"""A student\'s network."""', '"""Another docstring."""')
 # weights of another shape
 WIDER = NET.replace("nn.Conv2d(3, 8, 3, padding=1)", "nn.Conv2d(3, 8, 5, padding=2)")
-_cells = iter(range(10**6))
 
 
 def cell(source: str):
-    """The class `Net` as a notebook cell defines it: code in __main__, its source only in
-    linecache."""
-    name = f"<ipython-input-{next(_cells)}>"
-    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
-    ns = {"__name__": "__main__"}
-    exec(compile(source, name, "exec"), ns)
-    return ns["Net"]
+    """The class `Net` as a notebook cell defines it (`conftest.kernel_cell`)."""
+    return kernel_cell(source)["Net"]
 
 
 def cfg_for(tmp_path, **kw):
